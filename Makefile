@@ -1,0 +1,73 @@
+# AutoLabel operator: the commands a newcomer needs (see README.md).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEVENV := PYTHONPATH=tools $(PY) -m devenv
+PYTEST_ARGS ?=
+
+.PHONY: help venv bins crds lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
+	dev-up dev-down demo bench clean kind-up kind-down
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv with the project and its dev tools (torch, kopf, ...)
+
+bins: ## Build the control plane, etcd and MinIO from source (cached in .cache/bin)
+	bash tools/build-bins.sh
+
+crds: venv ## Regenerate crds/ from the API models (autolabel/api.py)
+	$(PY) -m autolabel.crd > crds/autolabeljobs.autolabel.dev.yaml
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy autolabel operator/autolabel_operator job_image/autolabel_worker tools/devenv
+
+test: venv bins lint ## Install what is needed and run the whole suite (unit + integration + end to end)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## Unit tests only (no control plane, no S3 server)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+cluster-up: venv bins ## Start the local control plane; kubeconfig at .cluster/kubeconfig
+	$(DEVENV).cluster up --state-dir .cluster
+
+cluster-down: ## Stop the local control plane and remove its state
+	$(DEVENV).cluster down --state-dir .cluster
+
+s3-up: venv bins ## Start only the S3 server (MinIO on loopback)
+	$(DEVENV).s3 up --state-dir .s3
+
+s3-down: ## Stop the S3 server
+	$(DEVENV).s3 down --state-dir .s3
+
+dev-up: venv bins ## Control plane + S3 server + operator + local node runner; writes .dev/env
+	$(DEVENV).dev up
+
+dev-down: ## Stop exactly what dev-up started
+	$(DEVENV).dev down
+
+demo: venv bins ## The whole loop on the local control plane with the bundled sample dataset
+	$(DEVENV).demo
+
+bench: venv ## Worker benchmarks (prints tables; see docs/benchmarks.md)
+	$(PY) benchmarks/bench_worker.py
+
+kind-up: ## A kind cluster for people with Docker (kind-config.yaml)
+	kind create cluster --config kind-config.yaml
+
+kind-down:
+	kind delete cluster --name autolabel
+
+clean: cluster-down s3-down ## Stop local services and remove caches (keeps .cache/bin)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,127 @@
+"""A real S3-protocol server on loopback: MinIO, built from source by tools/build-bins.sh.
+
+    python -m devenv.s3 up   [--state-dir .s3]
+    python -m devenv.s3 down [--state-dir .s3]
+
+Everything in the project reaches it through boto3 with an endpoint URL, exactly as it would reach
+AWS S3, OBS or any other S3-compatible store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from devenv.procs import ProcessGroup, ensure_binaries, free_port, http_ok, wait_until
+
+
+class MinioServer:
+    def __init__(self, state_dir: str | Path = ".s3"):
+        self.state_dir = Path(state_dir).resolve()
+        self.procs = ProcessGroup(self.state_dir)
+        self.info_file = self.state_dir / "s3.json"
+        self.endpoint_url = ""
+        self.access_key = ""
+        self.secret_key = ""
+        self.region = "us-east-1"
+        if self.info_file.exists() and self.procs.alive():
+            self.__dict__.update(json.loads(self.info_file.read_text()))
+
+    def start(self, timeout: float = 60) -> MinioServer:
+        if self.procs.alive():
+            raise RuntimeError(f"an S3 server is already running from {self.state_dir} (stop it first)")
+        bins = ensure_binaries("minio")
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        (self.state_dir / "data").mkdir(parents=True)
+        port, console = free_port(), free_port()
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.access_key = "autolabel-" + secrets.token_hex(4)
+        self.secret_key = secrets.token_hex(16)
+        log = self.procs.start(
+            "minio",
+            [str(bins / "minio"), "server", "--quiet", "--address", f"127.0.0.1:{port}",
+             "--console-address", f"127.0.0.1:{console}", str(self.state_dir / "data")],  # fmt: skip
+            env={
+                "MINIO_ROOT_USER": self.access_key,
+                "MINIO_ROOT_PASSWORD": self.secret_key,
+                "MINIO_BROWSER": "off",
+                "MINIO_UPDATE": "off",
+                "MINIO_CI_CD": "1",
+            },
+        )
+        wait_until(lambda: http_ok(f"{self.endpoint_url}/minio/health/live"), timeout, "MinIO", log)
+        self.info_file.write_text(json.dumps(self.env_info(), indent=1))
+        return self
+
+    def env_info(self) -> dict[str, str]:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "region": self.region,
+        }
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point boto3 (and the AWS CLI) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def make_bucket(self, name: str) -> None:
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def stop(self) -> list[str]:
+        stopped = self.procs.stop_all()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return stopped
+
+    def __enter__(self) -> MinioServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devenv.s3", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--state-dir", default=".s3")
+    args = parser.parse_args(argv)
+    server = MinioServer(args.state_dir)
+    if args.command == "up":
+        if not server.procs.alive():
+            server.start()
+        for key, value in server.env().items():
+            print(f"export {key}={value}")
+    else:
+        stopped = server.stop()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
