@@ -1,0 +1,286 @@
+"""Reader for ModelArts-style JSON Lines dataset manifests, and a PASCAL VOC box parser.
+
+One JSON object per line::
+
+    {"source": "s3://b/img/1.png", "usage": "TRAIN",
+     "annotation": [{"type": "modelarts/image_classification", "name": "3"}]}
+    {"source": "img/2.png"}                                   # unlabeled; relative to the manifest
+    {"source": "s3://b/img/7.jpg", "annotation": [{"type": "modelarts/object_detection",
+     "annotation-loc": "s3://b/xml/7.xml", "annotation-format": "PASCAL VOC"}]}
+
+A line without ``annotation`` (or with an empty list) is an unlabeled image. Every malformed line raises
+:class:`ManifestError` naming the manifest, the line number and the reason; blank lines are skipped.
+Reading is streamed: :func:`read_manifest` holds one line at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from autolabel.storage import Storage, join_uri
+
+CLASSIFICATION_TYPE = "modelarts/image_classification"
+DETECTION_TYPE = "modelarts/object_detection"
+KNOWN_TYPES = (CLASSIFICATION_TYPE, DETECTION_TYPE)
+VOC_FORMAT = "PASCAL VOC"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    type: str
+    name: str | None = None
+    annotation_loc: str | None = None
+    annotation_format: str | None = None
+    annotated_by: str | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    line_no: int
+    source: str
+    """The image, resolved against the manifest's folder (an s3:// URI or a local path)."""
+    annotations: tuple[Annotation, ...]
+    usage: str | None
+    raw: dict[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def is_labeled(self) -> bool:
+        return bool(self.annotations)
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names of the classification annotations, in order, without repeats."""
+        names: list[str] = []
+        for ann in self.annotations:
+            if ann.type == CLASSIFICATION_TYPE and ann.name is not None and ann.name not in names:
+                names.append(ann.name)
+        return names
+
+
+class ManifestError(ValueError):
+    """A manifest line is malformed. ``str()`` is ``"<manifest uri> line <n>: <reason>"``."""
+
+    def __init__(self, uri: str, line_no: int, reason: str):
+        super().__init__(f"{uri} line {line_no}: {reason}")
+        self.uri = uri
+        self.line_no = line_no
+        self.reason = reason
+
+
+def _optional_str(obj: dict[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'{where}"{key}" must be a string, got {type(value).__name__}')
+    return value
+
+
+def _parse_annotation(obj: Any, index: int, manifest_uri: str) -> Annotation:
+    where = f"annotation[{index}]: "
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}must be a JSON object, got {type(obj).__name__}")
+    ann_type = obj.get("type")
+    if not isinstance(ann_type, str) or not ann_type:
+        raise ValueError(f'{where}missing "type" (one of {", ".join(KNOWN_TYPES)})')
+    if ann_type not in KNOWN_TYPES:
+        raise ValueError(
+            f'{where}unknown annotation type "{ann_type}" (expected one of {", ".join(KNOWN_TYPES)})'
+        )
+    name = obj.get("name")
+    if name is not None and not isinstance(name, str):
+        if isinstance(name, int | float) and not isinstance(name, bool):
+            name = str(name)  # {"name": 3} is a common slip; the label is "3"
+        else:
+            raise ValueError(f'{where}"name" must be a string, got {type(name).__name__}')
+    if name is not None:
+        name = name.strip()
+    confidence = obj.get("confidence")
+    if confidence is not None:
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float) or math.isnan(confidence):
+            raise ValueError(f'{where}"confidence" must be a number between 0 and 1')
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError(f'{where}"confidence" {confidence} is outside 0..1')
+        confidence = float(confidence)
+    loc = _optional_str(obj, "annotation-loc", where)
+    fmt = _optional_str(obj, "annotation-format", where)
+    if ann_type == CLASSIFICATION_TYPE:
+        if not name:
+            raise ValueError(f'{where}classification annotation without a "name" (the class label)')
+    else:
+        if not loc:
+            raise ValueError(
+                f'{where}detection annotation without "annotation-loc" (the PASCAL VOC XML file)'
+            )
+        if fmt is not None and fmt.strip().upper() != VOC_FORMAT:
+            raise ValueError(f'{where}unsupported "annotation-format" "{fmt}" (only "{VOC_FORMAT}")')
+        loc = join_uri(manifest_uri, loc)
+    return Annotation(
+        type=ann_type,
+        name=name or None,
+        annotation_loc=loc,
+        annotation_format=fmt,
+        annotated_by=_optional_str(obj, "annotated-by", where),
+        confidence=confidence,
+    )
+
+
+def _parse_line(text: str, line_no: int, manifest_uri: str) -> ManifestEntry:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(manifest_uri, line_no, f"invalid JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(obj, dict):
+        raise ManifestError(manifest_uri, line_no, f"expected a JSON object, got {type(obj).__name__}")
+    source = obj.get("source")
+    if source is None:
+        raise ManifestError(manifest_uri, line_no, 'missing "source"')
+    if not isinstance(source, str):
+        raise ManifestError(manifest_uri, line_no, f'"source" must be a string, got {type(source).__name__}')
+    if not source.strip():
+        raise ManifestError(manifest_uri, line_no, '"source" is empty')
+    raw_annotations = obj.get("annotation")
+    if raw_annotations is None:
+        raw_annotations = []
+    if not isinstance(raw_annotations, list):
+        raise ManifestError(
+            manifest_uri, line_no, f'"annotation" must be a list, got {type(raw_annotations).__name__}'
+        )
+    try:
+        annotations = tuple(_parse_annotation(a, i, manifest_uri) for i, a in enumerate(raw_annotations))
+        usage = _optional_str(obj, "usage", "")
+        resolved = join_uri(manifest_uri, source.strip())
+    except ValueError as exc:
+        raise ManifestError(manifest_uri, line_no, str(exc)) from exc
+    return ManifestEntry(line_no=line_no, source=resolved, annotations=annotations, usage=usage, raw=obj)
+
+
+def parse_manifest(lines: Iterable[str], manifest_uri: str) -> Iterator[ManifestEntry]:
+    """Parse manifest lines lazily; raises :class:`ManifestError` at the first malformed line."""
+    for line_no, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        yield _parse_line(text, line_no, manifest_uri)
+
+
+def read_manifest(storage: Storage, uri: str) -> Iterator[ManifestEntry]:
+    """Stream and parse the manifest at ``uri`` (storage errors propagate as StorageError)."""
+    return parse_manifest(storage.iter_lines(uri), uri)
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+@dataclass
+class ManifestSummary:
+    label_counts: Counter[str] = field(default_factory=Counter)
+    """Images per class label (an image with two labels counts for both)."""
+    labeled: int = 0
+    unlabeled: int = 0
+    annotation_types: set[str] = field(default_factory=set)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
+    """(source, first line, repeating line) for every repeated source."""
+
+    @property
+    def total(self) -> int:
+        return self.labeled + self.unlabeled
+
+
+def summarize(entries: Iterable[ManifestEntry], track_duplicates: bool = True) -> ManifestSummary:
+    """Count labels and labeled/unlabeled images.
+
+    Memory grows with the number of labels, plus one entry per source only when ``track_duplicates``
+    (the operator passes False for huge manifests). Repeated sources are counted each time here; the
+    worker's preflight keeps only the first.
+    """
+    summary = ManifestSummary()
+    first_line: dict[str, int] = {}
+    for entry in entries:
+        if track_duplicates:
+            seen = first_line.setdefault(entry.source, entry.line_no)
+            if seen != entry.line_no:
+                summary.duplicates.append((entry.source, seen, entry.line_no))
+        if entry.is_labeled:
+            summary.labeled += 1
+            summary.label_counts.update(entry.labels)
+            summary.annotation_types.update(a.type for a in entry.annotations)
+        else:
+            summary.unlabeled += 1
+    return summary
+
+
+# -------------------------------------------------------------------------------------- PASCAL VOC
+
+
+class VocBox(NamedTuple):
+    name: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    confidence: float | None = None
+
+
+class VocError(ValueError):
+    """A PASCAL VOC file is malformed; ``str()`` names the file and the object at fault."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def _voc_number(obj: ET.Element, path: str, source: str, where: str) -> float:
+    text = obj.findtext(path)
+    if text is None or not text.strip():
+        raise VocError(source, f"{where}: missing <{path.replace('/', '><')}>")
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise VocError(
+            source, f"{where}: <{path.rsplit('/', 1)[-1]}> is not a number: {text.strip()!r}"
+        ) from exc
+    if math.isnan(value) or math.isinf(value):
+        raise VocError(source, f"{where}: <{path.rsplit('/', 1)[-1]}> is not a finite number")
+    return value
+
+
+def parse_voc(xml_bytes: bytes, source: str = "<voc>") -> list[VocBox]:
+    """The rectangles of a PASCAL VOC annotation: ``[VocBox(name, xmin, ymin, xmax, ymax, confidence)]``.
+
+    ``confidence`` comes from an object's ``<confidence>`` element (written for predictions), else None.
+    Raises :class:`VocError` naming ``source`` and the object (1-based) at fault.
+    """
+    try:
+        root = ET.fromstring(xml_bytes)
+    except ET.ParseError as exc:
+        raise VocError(source, f"not valid XML: {exc}") from exc
+    if root.tag != "annotation":
+        raise VocError(source, f"root element is <{root.tag}>, expected <annotation>")
+    boxes = []
+    for i, obj in enumerate(root.findall("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        where = f"object {i}"
+        if not name:
+            raise VocError(source, f"{where}: missing <name>")
+        where = f'object {i} ("{name}")'
+        if obj.find("bndbox") is None:
+            raise VocError(source, f"{where}: no <bndbox> (only rectangles are supported)")
+        xmin, ymin, xmax, ymax = (_voc_number(obj, f"bndbox/{k}", source, where) for k in
+                                  ("xmin", "ymin", "xmax", "ymax"))  # fmt: skip
+        if xmax <= xmin or ymax <= ymin:
+            raise VocError(source, f"{where}: empty box ({xmin}, {ymin}, {xmax}, {ymax})")
+        confidence = None
+        if obj.findtext("confidence") is not None:
+            confidence = _voc_number(obj, "confidence", source, where)
+            if not 0.0 <= confidence <= 1.0:
+                raise VocError(source, f"{where}: <confidence> {confidence} is outside 0..1")
+        boxes.append(VocBox(name, xmin, ymin, xmax, ymax, confidence))
+    return boxes
