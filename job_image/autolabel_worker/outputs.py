@@ -1,0 +1,312 @@
+"""Writing a run's results: ``result.manifest``, ``summary.json``, ``model/`` (design brief, "Results").
+
+Result lines are streamed to a local temporary file and uploaded once at the end, so 100k predictions
+never sit in memory and readers never see half a manifest. ``summary.json`` is written last: its presence
+means the run (or shard) completed, which is what :func:`merge_shards` relies on.
+
+One line per image that was unlabeled::
+
+    {"source": "s3://b/img/2.png",
+     "annotation": [{"type": "modelarts/image_classification", "name": "3",
+                     "annotated-by": "autolabel/active-learning", "confidence": 0.9731}],
+     "hard": false, "hard-coefficient": 0.0269, "hard-reasons": ""}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
+
+from autolabel.api import Task
+from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox
+from autolabel.storage import ScopedWriter, Storage, StorageError, join_uri
+
+log = logging.getLogger(__name__)
+
+RESULT_KEY = "result.manifest"
+SUMMARY_KEY = "summary.json"
+MODEL_DIR = "model"
+ACTIVE_LEARNING_BY = "autolabel/active-learning"
+PRE_LABELING_BY = "autolabel/pre-labeling"
+
+
+def format_reasons(reasons: Iterable[int | str] | str) -> str:
+    """Hard-example reason IDs joined by ``-`` (ModelArts style), e.g. ``[1, 19] -> "1-19"``."""
+    if isinstance(reasons, str):
+        return reasons
+    seen: list[str] = []
+    for reason in reasons:
+        text = str(int(reason)) if not isinstance(reason, str) else reason.strip()
+        if text and text not in seen:
+            seen.append(text)
+    return "-".join(seen)
+
+
+def _unit(value: float, what: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} {value} is outside 0..1")
+    return value
+
+
+def voc_xml(
+    filename: str,
+    size: tuple[int, int, int],
+    boxes: Sequence[VocBox],
+    annotated_by: str = ACTIVE_LEARNING_BY,
+) -> bytes:
+    """A PASCAL VOC annotation with a ``<confidence>`` per object (readable by :func:`parse_voc`)."""
+    width, height, depth = size
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = filename
+    size_el = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", depth)):
+        ET.SubElement(size_el, tag).text = str(value)
+    for box in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = box.name
+        ET.SubElement(obj, "annotated-by").text = annotated_by
+        if box.confidence is not None:
+            ET.SubElement(obj, "confidence").text = f"{_unit(box.confidence, 'confidence'):.6g}"
+        bnd = ET.SubElement(obj, "bndbox")
+        for tag, coord in (("xmin", box.xmin), ("ymin", box.ymin), ("xmax", box.xmax), ("ymax", box.ymax)):
+            ET.SubElement(bnd, tag).text = f"{coord:g}"
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+class ResultWriter:
+    """Streams result lines to a temp file; :meth:`close` uploads ``result.manifest``.
+
+    Use as a context manager: on an exception the temp file is removed and nothing is uploaded.
+    Counts (``total``, ``auto_labeled``, ``hard_examples``, ``label_counts``) feed the summary.
+    """
+
+    def __init__(
+        self,
+        writer: ScopedWriter,
+        annotated_by: str = ACTIVE_LEARNING_BY,
+        task: Task | str = Task.IMAGE_CLASSIFICATION,
+        result_key: str = RESULT_KEY,
+    ):
+        self.writer = writer
+        self.annotated_by = annotated_by
+        self.task = task.value if isinstance(task, Task) else str(task)
+        self.result_key = result_key
+        self.total = 0
+        self.auto_labeled = 0
+        self.hard_examples = 0
+        self.label_counts: Counter[str] = Counter()
+        self._tmp: IO[str] | None = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in close/abort)
+            "w", encoding="utf-8", prefix="autolabel-result-", suffix=".manifest", delete=False
+        )
+        self._closed = False
+
+    # ------------------------------------------------------------------ lines
+
+    def add(
+        self,
+        source: str,
+        annotations: list[dict[str, Any]],
+        hard: bool,
+        hard_coefficient: float,
+        hard_reasons: Iterable[int | str] | str = (),
+    ) -> None:
+        """Append one result line with ready-made annotation objects."""
+        if self._tmp is None:
+            raise RuntimeError("ResultWriter is closed")
+        line = {
+            "source": source,
+            "annotation": annotations,
+            "hard": bool(hard),
+            "hard-coefficient": round(_unit(hard_coefficient, "hard-coefficient"), 6),
+            "hard-reasons": format_reasons(hard_reasons),
+        }
+        self._tmp.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.total += 1
+        if hard:
+            self.hard_examples += 1
+        else:
+            self.auto_labeled += 1
+
+    def add_classification(
+        self,
+        source: str,
+        label: str,
+        confidence: float,
+        hard: bool,
+        hard_coefficient: float,
+        hard_reasons: Iterable[int | str] | str = (),
+    ) -> None:
+        """One classified image: its proposed class ``label`` with ``confidence`` (0..1)."""
+        annotation = {
+            "type": CLASSIFICATION_TYPE,
+            "name": label,
+            "annotated-by": self.annotated_by,
+            "confidence": round(_unit(confidence, "confidence"), 6),
+        }
+        self.label_counts[label] += 1
+        self.add(source, [annotation], hard, hard_coefficient, hard_reasons)
+
+    def add_detection(
+        self,
+        source: str,
+        boxes: Sequence[VocBox],
+        image_size: tuple[int, int, int],
+        hard: bool,
+        hard_coefficient: float,
+        hard_reasons: Iterable[int | str] | str = (),
+    ) -> None:
+        """One image's boxes: a VOC file under ``annotations/`` plus a line pointing at it."""
+        xml_key = f"annotations/{self.total:08d}.xml"
+        name = source.rsplit("/", 1)[-1]
+        self.writer.write_bytes(xml_key, voc_xml(name, image_size, boxes, self.annotated_by))
+        annotation = {
+            "type": DETECTION_TYPE,
+            "annotation-loc": self.writer.uri(xml_key),
+            "annotation-format": VOC_FORMAT,
+            "annotated-by": self.annotated_by,
+        }
+        self.label_counts.update(box.name for box in boxes)
+        self.add(source, [annotation], hard, hard_coefficient, hard_reasons)
+
+    # ------------------------------------------------------------------ finishing
+
+    def close(self) -> str:
+        """Upload ``result.manifest`` (once) and return its URI."""
+        if self._closed:
+            return self.writer.uri(self.result_key)
+        assert self._tmp is not None
+        path = self._tmp.name
+        self._tmp.close()
+        self._tmp = None
+        try:
+            self.writer.upload_file(path, self.result_key)
+        finally:
+            os.unlink(path)
+        self._closed = True
+        log.info("wrote %s (%d lines)", self.writer.uri(self.result_key), self.total)
+        return self.writer.uri(self.result_key)
+
+    def abort(self) -> None:
+        """Drop the lines written so far (nothing is uploaded)."""
+        if self._tmp is not None:
+            path = self._tmp.name
+            self._tmp.close()
+            self._tmp = None
+            os.unlink(path)
+        self._closed = True
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "autoLabeled": self.auto_labeled,
+            "hardExamples": self.hard_examples,
+            "labelCounts": dict(sorted(self.label_counts.items())),
+        }
+
+    def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``summary.json``: the counts of this writer, overridden by ``summary``. Write it last."""
+        doc = {**self.counts(), **dict(summary)}
+        write_json(self.writer, SUMMARY_KEY, doc)
+        return doc
+
+    def upload_model(self, local_dir: str, key: str = MODEL_DIR) -> list[str]:
+        """Upload every file below ``local_dir`` to ``<key>/…``; returns the URIs written."""
+        return upload_dir(self.writer, local_dir, key)
+
+
+def write_json(writer: ScopedWriter, key: str, doc: Mapping[str, Any]) -> None:
+    writer.write_bytes(key, (json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode())
+
+
+def upload_dir(writer: ScopedWriter, local_dir: str, key: str) -> list[str]:
+    """Upload a folder's files, ``labels.json`` last so its presence means the model is complete."""
+    if not os.path.isdir(local_dir):
+        raise StorageError(local_dir, "cannot upload: not a folder")
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(local_dir):
+        dirnames.sort()
+        files.extend(os.path.join(dirpath, name) for name in sorted(filenames))
+    files.sort(key=lambda p: os.path.basename(p) == "labels.json")
+    written = []
+    for path in files:
+        relative = os.path.relpath(path, local_dir).replace(os.sep, "/")
+        writer.upload_file(path, f"{key.rstrip('/')}/{relative}")
+        written.append(writer.uri(f"{key.rstrip('/')}/{relative}"))
+    return written
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+
+def shard_prefix(index: int) -> str:
+    return f"shards/{index}/"
+
+
+def merge_shards(storage: Storage, writer: ScopedWriter, shard_count: int) -> dict[str, Any] | None:
+    """Merge ``shards/<i>/`` into the top-level results when every shard's ``summary.json`` exists.
+
+    Returns the merged summary, or None when a shard has not finished. The merge is deterministic (shard
+    order, streamed), so running it twice, or from two shards at once, writes the same objects.
+    """
+    summaries = []
+    for index in range(shard_count):
+        summary_uri = writer.uri(shard_prefix(index) + SUMMARY_KEY)
+        if not storage.exists(summary_uri):
+            return None
+        summaries.append(json.loads(storage.read_bytes(summary_uri)))
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".manifest", delete=False) as tmp:
+        for index in range(shard_count):
+            result_uri = writer.uri(shard_prefix(index) + RESULT_KEY)
+            for line in storage.iter_lines(result_uri):
+                if line.strip():
+                    tmp.write(line + "\n")
+    try:
+        writer.upload_file(tmp.name, RESULT_KEY)
+    finally:
+        os.unlink(tmp.name)
+    merged = merge_summaries(summaries)
+    write_json(writer, SUMMARY_KEY, merged)
+    return merged
+
+
+def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the counts, concatenate the lists, keep the shared settings of the first shard."""
+    merged: dict[str, Any] = dict(summaries[0]) if summaries else {}
+    for key in ("total", "autoLabeled", "hardExamples", "convertedImages"):
+        merged[key] = sum(int(s.get(key) or 0) for s in summaries)
+    for key in ("unreadableImages", "duplicates"):
+        merged[key] = [item for s in summaries for item in (s.get(key) or [])]
+    labels: Counter[str] = Counter()
+    for s in summaries:
+        labels.update(s.get("labelCounts") or {})
+    merged["labelCounts"] = dict(sorted(labels.items()))
+    duration = max((float(s.get("durationSeconds") or 0.0) for s in summaries), default=0.0)
+    merged["durationSeconds"] = duration
+    merged["imagesPerSecond"] = round(merged["total"] / duration, 3) if duration > 0 else None
+    precisions = [(s.get("estimatedPrecision"), int(s.get("autoLabeled") or 0)) for s in summaries]
+    known = [(float(p), n) for p, n in precisions if p is not None]
+    if known and len(known) == len(precisions) and merged["autoLabeled"] > 0:
+        merged["estimatedPrecision"] = sum(p * n for p, n in known) / merged["autoLabeled"]
+    merged["shards"] = len(summaries)
+    merged.pop("shard", None)
+    return merged
+
+
+def result_uri(prefix: str) -> str:
+    return join_uri(prefix if prefix.endswith("/") else prefix + "/", RESULT_KEY)
