@@ -10,8 +10,8 @@ mkdir -p "$BIN_DIR"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 command -v go >/dev/null || { echo "build-bins: Go is required (https://go.dev/dl)" >&2; exit 1; }
 
-# stamp GROUP: a hash of the group's go.mod/go.sum and this script, to know when to rebuild.
-stamp() { cat "$here/$1/go.mod" "$here/$1/go.sum" "$here/build-bins.sh" | sha256sum | cut -c1-16; }
+# stamp GROUP: a hash of the group's go.mod/go.sum (the pinned versions), to know when to rebuild.
+stamp() { cat "$here/$1/go.mod" "$here/$1/go.sum" | sha256sum | cut -c1-16; }
 
 build_group() {  # build_group GROUP "BINARIES" LDFLAGS PACKAGE...
   local group=$1 bins=$2 ldflags=$3; shift 3

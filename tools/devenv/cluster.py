@@ -20,6 +20,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from devenv.procs import ProcessGroup, ensure_binaries, free_port, http_ok, wait_until
@@ -149,6 +150,7 @@ class LocalCluster:
         self.kubeconfig.chmod(0o600)
 
     def _register_node(self) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         capacity = {"cpu": "2", "memory": "24Gi", "pods": "110", "nvidia.com/gpu": str(NODE_GPUS),
                     "ephemeral-storage": "50Gi"}  # fmt: skip
         node = {
@@ -172,7 +174,8 @@ class LocalCluster:
                 "allocatable": capacity,
                 "conditions": [
                     {"type": "Ready", "status": "True", "reason": "LocalNodeRunner",
-                     "message": "this machine, run by tools/devenv/node.py"}  # fmt: skip
+                     "message": "this machine, run by tools/devenv/node.py",
+                     "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
                 ],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                               {"type": "Hostname", "address": NODE_NAME}],  # fmt: skip
