@@ -276,8 +276,8 @@ class ObjectMeta(BaseModel):
 
 class AutoLabelJob(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
-    api_version: Literal["autolabel.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["AutoLabelJob"] = KIND
+    api_version: Literal["autolabel.dev/v1alpha1"] = Field(default="autolabel.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["AutoLabelJob"] = "AutoLabelJob"
     metadata: ObjectMeta
     spec: AutoLabelJobSpec
     status: AutoLabelJobStatus | None = None

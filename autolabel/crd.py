@@ -22,7 +22,7 @@ from autolabel import api
 _KEPT_KEYWORDS = {
     "type", "description", "default", "enum", "format", "pattern", "minLength", "maxLength",
     "minimum", "maximum", "minItems", "maxItems", "items", "properties", "required",
-}  # fmt: skip
+}
 
 
 def _to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +154,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Precision", "type": "number", "jsonPath": ".status.result.estimatedPrecision", "priority": 1},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
-]  # fmt: skip
+]
 
 
 def build_crd() -> dict[str, Any]:

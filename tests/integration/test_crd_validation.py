@@ -13,10 +13,10 @@ pytestmark = pytest.mark.integration
 
 def _job(name: str, **spec_overrides) -> str:
     spec = {"task": "ImageClassification", "mode": "ActiveLearning",
-            "dataset": {"manifest": "s3://datasets/digits/digits.manifest"}}  # fmt: skip
+            "dataset": {"manifest": "s3://datasets/digits/digits.manifest"}}
     spec.update(spec_overrides)
     return yaml.safe_dump({"apiVersion": "autolabel.dev/v1alpha1", "kind": "AutoLabelJob",
-                           "metadata": {"name": name}, "spec": spec})  # fmt: skip
+                           "metadata": {"name": name}, "spec": spec})
 
 
 def _apply(cluster: LocalCluster, namespace: str, manifest: str):
@@ -50,7 +50,7 @@ def test_crd_is_established_with_short_name_and_printer_columns(cluster: LocalCl
         ({"dataset": {"manifest": "/data/digits.manifest"}}, "spec.dataset.manifest", "should match"),
         ({"task": "Segmentation"}, "spec.task", "Unsupported value"),
     ],
-)  # fmt: skip
+)
 def test_bad_specs_are_rejected_by_the_api_server(
     cluster: LocalCluster, namespace: str, overrides: dict, field: str, message: str
 ) -> None:
@@ -62,11 +62,12 @@ def test_bad_specs_are_rejected_by_the_api_server(
 @pytest.mark.parametrize("field", ["task", "mode", "dataset"])
 def test_immutable_fields_cannot_change(cluster: LocalCluster, namespace: str, field: str) -> None:
     assert _apply(cluster, namespace, _job("fixed")).returncode == 0
-    changes = {
+    all_changes: dict[str, dict[str, object]] = {
         "task": {"task": "ObjectDetection"},
         "mode": {"mode": "PreLabeling", "preLabeling": {"model": {"uri": "s3://m/model.pt"}}},
         "dataset": {"dataset": {"manifest": "s3://datasets/other/other.manifest"}},
-    }[field]
+    }
+    changes = all_changes[field]
     result = _apply(cluster, namespace, _job("fixed", **changes))
     assert result.returncode != 0
     assert f"spec.{field} is immutable" in result.stderr, result.stderr
@@ -75,7 +76,7 @@ def test_immutable_fields_cannot_change(cluster: LocalCluster, namespace: str, f
 def test_valid_specs_are_accepted_with_defaults_filled_in(cluster: LocalCluster, namespace: str) -> None:
     assert _apply(cluster, namespace, _job("al")).returncode == 0
     prelabel = _job("pl", mode="PreLabeling", preLabeling={"model": {"uri": "s3://m/model.pt", "version": "3"}},
-                    resources={"computeNodes": 5, "flavor": "gpu-1"})  # fmt: skip
+                    resources={"computeNodes": 5, "flavor": "gpu-1"})
     assert _apply(cluster, namespace, prelabel).returncode == 0
     stored = json.loads(cluster.kubectl("get", "alj", "al", "-n", namespace, "-o", "json").stdout)["spec"]
     assert stored["activeLearning"] == {"algorithm": "Fast", "targetPrecision": 0.95, "seed": 0}
@@ -91,9 +92,9 @@ def test_status_subresource_keeps_declared_fields(cluster: LocalCluster, namespa
     assert _apply(cluster, namespace, _job("st")).returncode == 0
     status = {"status": {"phase": "Running", "progress": {"stage": "inference", "processed": 5, "total": 10,
               "percent": 50}, "conditions": [{"type": "LockAcquired", "status": "True", "reason": "Acquired",
-              "message": "holder", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}  # fmt: skip
+              "message": "holder", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
     cluster.kubectl("patch", "alj", "st", "-n", namespace, "--subresource=status", "--type=merge",
-                    "-p", json.dumps(status))  # fmt: skip
+                    "-p", json.dumps(status))
     stored = json.loads(cluster.kubectl("get", "alj", "st", "-n", namespace, "-o", "json").stdout)["status"]
     assert stored["progress"]["percent"] == 50
     assert stored["conditions"][0]["reason"] == "Acquired"

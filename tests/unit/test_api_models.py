@@ -58,7 +58,7 @@ def test_printer_columns() -> None:
 
 def _spec(**overrides) -> dict:
     spec = {"task": "ImageClassification", "mode": "ActiveLearning",
-            "dataset": {"manifest": "s3://datasets/digits/digits.manifest"}}  # fmt: skip
+            "dataset": {"manifest": "s3://datasets/digits/digits.manifest"}}
     spec.update(overrides)
     return spec
 
@@ -83,7 +83,7 @@ def test_spec_defaults() -> None:
         ({"task": "Segmentation"}, "task"),
         ({"unknownField": 1}, "unknownField"),
     ],
-)  # fmt: skip
+)
 def test_bad_specs_are_rejected_naming_the_field(overrides: dict, message: str) -> None:
     with pytest.raises(ValidationError) as error:
         api.AutoLabelJobSpec.model_validate(_spec(**overrides))

@@ -60,7 +60,7 @@ class LocalCluster:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
             "--initial-cluster", f"local=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync", "--log-level", "warn",
-        ])  # fmt: skip
+        ])
         wait_until(lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, "etcd", etcd_log)
 
         api_log = self.procs.start("kube-apiserver", [
@@ -75,7 +75,7 @@ class LocalCluster:
             "--service-account-key-file", str(certs / "sa.pub"),
             "--service-account-signing-key-file", str(certs / "sa.key"),
             "--v", "1",
-        ])  # fmt: skip
+        ])
         auth = {"Authorization": f"Bearer {token}"}
         server = f"https://127.0.0.1:{api_port}"
         wait_until(lambda: http_ok(f"{server}/readyz", auth, insecure=True), timeout, "kube-apiserver", api_log)
@@ -88,12 +88,12 @@ class LocalCluster:
             "--root-ca-file", str(certs / "apiserver.crt"),
             "--service-account-private-key-file", str(certs / "sa.key"),
             "--concurrent-job-syncs", "10", "--v", "1",
-        ])  # fmt: skip
+        ])
         self.procs.start("kube-scheduler", [
             str(bins / "kube-scheduler"), "--kubeconfig", str(self.kubeconfig),
             "--bind-address", "127.0.0.1", "--secure-port", str(sched_port), "--leader-elect=false",
             "--v", "1",
-        ])  # fmt: skip
+        ])
         (self.state_dir / "cluster.json").write_text(
             json.dumps({"server": server, "etcd": f"http://127.0.0.1:{etcd_port}"}, indent=1)
         )
@@ -130,9 +130,9 @@ class LocalCluster:
 
     def _write_service_account_key(self, certs: Path) -> None:
         subprocess.run(["openssl", "genrsa", "-out", str(certs / "sa.key"), "2048"], check=True,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True)
         subprocess.run(["openssl", "rsa", "-in", str(certs / "sa.key"), "-pubout", "-out", str(certs / "sa.pub")],
-                       check=True, capture_output=True)  # fmt: skip
+                       check=True, capture_output=True)
 
     def _write_kubeconfig(self, server: str, token: str, ca_file: Path) -> None:
         # The apiserver's self-signed serving certificate (written to --cert-dir) is its own CA bundle.
@@ -152,7 +152,7 @@ class LocalCluster:
     def _register_node(self) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         capacity = {"cpu": "2", "memory": "24Gi", "pods": "110", "nvidia.com/gpu": str(NODE_GPUS),
-                    "ephemeral-storage": "50Gi"}  # fmt: skip
+                    "ephemeral-storage": "50Gi"}
         node = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -175,14 +175,14 @@ class LocalCluster:
                 "conditions": [
                     {"type": "Ready", "status": "True", "reason": "LocalNodeRunner",
                      "message": "this machine, run by tools/devenv/node.py",
-                     "lastHeartbeatTime": now, "lastTransitionTime": now}  # fmt: skip
+                     "lastHeartbeatTime": now, "lastTransitionTime": now}
                 ],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                              {"type": "Hostname", "address": NODE_NAME}],  # fmt: skip
+                              {"type": "Hostname", "address": NODE_NAME}],
                 "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "local",
                              "kubeProxyVersion": "", "bootID": "", "machineID": "", "systemUUID": "",
                              "containerRuntimeVersion": "local-process://", "kernelVersion": "",
-                             "osImage": ""},  # fmt: skip
+                             "osImage": ""},
             }
         }
         self.kubectl("patch", "node", NODE_NAME, "--subresource=status", "--type=merge", "-p", json.dumps(status))

@@ -10,6 +10,7 @@ AWS S3, OBS or any other S3-compatible store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import shutil
@@ -46,7 +47,7 @@ class MinioServer:
         log = self.procs.start(
             "minio",
             [str(bins / "minio"), "server", "--quiet", "--address", f"127.0.0.1:{port}",
-             "--console-address", f"127.0.0.1:{console}", str(self.state_dir / "data")],  # fmt: skip
+             "--console-address", f"127.0.0.1:{console}", str(self.state_dir / "data")],
             env={
                 "MINIO_ROOT_USER": self.access_key,
                 "MINIO_ROOT_PASSWORD": self.secret_key,
@@ -89,10 +90,8 @@ class MinioServer:
 
     def make_bucket(self, name: str) -> None:
         client = self.client()
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
 
     def stop(self) -> list[str]:
         stopped = self.procs.stop_all()
