@@ -1,0 +1,159 @@
+"""Operator settings from environment variables (overridable by command-line flags in :mod:`.main`).
+
+The flavor catalogue is a YAML file::
+
+    default: cpu                 # the flavor used when spec.resources.flavor is empty
+    flavors:
+      cpu:
+        resources: {requests: {cpu: "1", memory: 2Gi}, limits: {memory: 4Gi}}
+      gpu-1:
+        resources: {requests: {nvidia.com/gpu: 1}, limits: {nvidia.com/gpu: 1}}
+        nodeSelector: {nvidia.com/gpu.present: "true"}
+        tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+
+A flavor that asks for ``nvidia.com/gpu`` in its limits gets the same amount as an explicit request
+(Kueue counts requests; the API server would default them, but we say it).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class ConfigError(ValueError):
+    """Bad operator configuration; the message names the file/variable and the field."""
+
+
+class Flavor(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    resources: dict[str, dict[str, str | int]] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+    def pod_resources(self) -> dict[str, dict[str, str]]:
+        """``resources`` for the container: values as strings, GPUs requested explicitly."""
+        out = {
+            kind: {name: str(value) for name, value in amounts.items()}
+            for kind, amounts in self.resources.items()
+            if kind in ("requests", "limits")
+        }
+        gpu_limit = out.get("limits", {}).get(GPU_RESOURCE)
+        if gpu_limit is not None:
+            out.setdefault("requests", {}).setdefault(GPU_RESOURCE, gpu_limit)
+        return out
+
+
+# The catalogue used when none is configured: one flavor that runs on any node.
+DEFAULT_FLAVORS = {"cpu": Flavor(resources={"requests": {"cpu": "1", "memory": "1Gi"}})}
+
+
+@dataclass(frozen=True)
+class FlavorCatalogue:
+    flavors: dict[str, Flavor]
+    default: str
+
+    def get(self, name: str | None) -> Flavor | None:
+        return self.flavors.get(name or self.default)
+
+
+def parse_flavors(text: str, source: str) -> FlavorCatalogue:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("flavors"), dict) or not data["flavors"]:
+        raise ConfigError(f"{source}: expected a mapping with a non-empty `flavors` mapping")
+    flavors: dict[str, Flavor] = {}
+    for name, body in data["flavors"].items():
+        try:
+            flavors[str(name)] = Flavor.model_validate(body or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{source}: flavors.{name}.{where}: {first['msg']}") from exc
+    default = str(data.get("default") or next(iter(flavors)))
+    if default not in flavors:
+        raise ConfigError(f"{source}: default flavor {default!r} is not in flavors ({', '.join(flavors)})")
+    return FlavorCatalogue(flavors=flavors, default=default)
+
+
+def load_flavors(path: str | None) -> FlavorCatalogue:
+    if not path:
+        return FlavorCatalogue(flavors=dict(DEFAULT_FLAVORS), default="cpu")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"AUTOLABEL_FLAVORS={path}: cannot read: {exc.strerror}") from exc
+    return parse_flavors(text, path)
+
+
+def _float_env(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    flavors: FlavorCatalogue = field(
+        default_factory=lambda: FlavorCatalogue(flavors=dict(DEFAULT_FLAVORS), default="cpu")
+    )
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    worker_image: str = "ghcr.io/autolabel/worker:latest"
+    worker_command: tuple[str, ...] = ("autolabel-worker",)
+    image_pull_policy: str = "IfNotPresent"
+    metrics_port: int = 9090  # 0 disables the metrics server
+    liveness: str | None = None  # e.g. http://0.0.0.0:8080/healthz
+    reconcile_interval: float = 5.0  # seconds between timer reconciliations of an active job
+    lease_duration: int = 60  # seconds; renewed every reconcile while the job holds it
+    storage_retries: int = 4  # attempts of a precondition read before StorageUnreachable
+    storage_backoff: float = 1.0  # seconds, doubled per attempt
+    time_budget_seconds: int | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        namespaces = tuple(n.strip() for n in env.get("AUTOLABEL_NAMESPACES", "").split(",") if n.strip())
+        command = tuple(shlex.split(env.get("AUTOLABEL_WORKER_COMMAND", "") or "autolabel-worker"))
+        port_raw = env.get("AUTOLABEL_METRICS_PORT", "9090")
+        try:
+            metrics_port = int(port_raw)
+        except ValueError:
+            raise ConfigError(f"AUTOLABEL_METRICS_PORT={port_raw!r}: not an integer") from None
+        budget = env.get("AUTOLABEL_TIME_BUDGET_SECONDS")
+        return cls(
+            namespaces=namespaces,
+            flavors=load_flavors(env.get("AUTOLABEL_FLAVORS")),
+            s3_endpoint=env.get("AUTOLABEL_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL") or None,
+            s3_region=env.get("AUTOLABEL_S3_REGION") or env.get("AWS_REGION") or None,
+            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            worker_image=env.get("AUTOLABEL_WORKER_IMAGE") or cls.worker_image,
+            worker_command=command,
+            image_pull_policy=env.get("AUTOLABEL_IMAGE_PULL_POLICY") or cls.image_pull_policy,
+            metrics_port=metrics_port,
+            liveness=env.get("AUTOLABEL_LIVENESS") or None,
+            reconcile_interval=_float_env(env, "AUTOLABEL_RECONCILE_INTERVAL", cls.reconcile_interval),
+            lease_duration=int(_float_env(env, "AUTOLABEL_LEASE_DURATION", cls.lease_duration)),
+            storage_retries=int(_float_env(env, "AUTOLABEL_STORAGE_RETRIES", cls.storage_retries)),
+            storage_backoff=_float_env(env, "AUTOLABEL_STORAGE_BACKOFF", cls.storage_backoff),
+            time_budget_seconds=int(budget) if budget else None,
+        )

@@ -1,0 +1,19 @@
+"""Create, resume (operator start) and spec updates: reconcile at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from autolabel.api import GROUP, PLURAL, VERSION
+
+from .runtime import get_runtime
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+    async def reconcile_now(*, body: kopf.Body, **kwargs: Any) -> None:
+        await get_runtime().reconcile(body, kwargs["worker_jobs"], kwargs["worker_pods"], kwargs["active_by_dataset"])

@@ -1,0 +1,102 @@
+"""What every handler shares: the reconciler, one lock per AutoLabelJob, and applying an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .. import metrics
+from ..kube import KubeError
+from ..lock import Conflict
+from ..names import DATASET_LABEL, dataset_key
+from ..reconcile import Children, Outcome, Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The operator's state in memory. The operator is the only writer of AutoLabelJob status, so the
+    status it last wrote is never older than what a (possibly lagging) watch event shows."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._status: dict[str, dict[str, Any]] = {}
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def forget(self, uid: str) -> None:
+        self._locks.pop(uid, None)
+        self._status.pop(uid, None)
+        self.reconciler.forget(uid)
+        metrics.PHASES.forget(uid)
+
+    def status_of(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        uid = body["metadata"]["uid"]
+        if uid in self._status:
+            return copy.deepcopy(self._status[uid])
+        return copy.deepcopy(dict(body.get("status") or {}))
+
+    async def reconcile(
+        self,
+        body: kopf.Body,
+        job_index: kopf.Index,
+        pod_index: kopf.Index,
+        dataset_index: kopf.Index,
+    ) -> Outcome | None:
+        raw: dict[str, Any] = copy.deepcopy(
+            {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
+        )
+        meta = raw["metadata"]
+        uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
+        async with self.lock(uid):
+            raw["status"] = self.status_of(body)
+            manifest = ((raw.get("spec") or {}).get("dataset") or {}).get("manifest", "")
+            children = Children(
+                job=next(iter(job_index.get(uid, [])), None),
+                pods=list(pod_index.get(uid, [])),
+                competitors=list(dataset_index.get((namespace, dataset_key(manifest)), [])),
+            )
+            try:
+                outcome = await self.reconciler.reconcile(raw, children)
+            except (KubeError, Conflict, OSError) as exc:
+                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                raise kopf.TemporaryError(f"reconcile of {namespace}/{name} failed: {exc}", delay=5) from exc
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels("unexpected").inc()
+                raise
+            kube = self.reconciler.kube
+            if outcome.labels:
+                await kube.patch_autolabeljob(namespace, name, {"metadata": {"labels": outcome.labels}})
+            if outcome.status:
+                patched = await kube.patch_autolabeljob(namespace, name, {"status": outcome.status}, status=True)
+                if patched is None:  # deleted meanwhile
+                    return outcome
+                self._status[uid] = dict(patched.get("status") or {})
+            metrics.PHASES.set(uid, outcome.phase)
+        for kind, reason, message in outcome.events:
+            kopf.event(body, type=kind, reason=reason, message=message)
+        return outcome
+
+
+_RUNTIME: Runtime | None = None
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    global _RUNTIME
+    _RUNTIME = runtime
+
+
+def get_runtime() -> Runtime:
+    if _RUNTIME is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return _RUNTIME
+
+
+__all__ = ["DATASET_LABEL", "Runtime", "get_runtime", "set_runtime"]

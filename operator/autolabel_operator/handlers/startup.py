@@ -1,0 +1,51 @@
+"""Operator start and stop: kopf settings, the API client, the metrics server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from .. import metrics
+from ..config import Settings
+from ..kube import Kube, new_api_client
+from ..names import MANAGED_BY, MANAGED_BY_LABEL
+from ..reconcile import Reconciler
+from .runtime import Runtime, get_runtime, set_runtime
+
+FINALIZER = "autolabel.dev/finalizer"
+
+
+def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
+    @kopf.on.startup(registry=registry)
+    async def start(*, settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="autolabel.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="autolabel.dev", key="last-handled-configuration"
+        )
+        # Explicit watch time-outs (as crate-operator does): no silently dead streams.
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 310
+        settings.watching.connect_timeout = 30
+        selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+        settings.watching.label_selectors[("batch/v1", "jobs")] = selector
+        settings.watching.label_selectors[("v1", "pods")] = selector
+        settings.posting.level = logging.INFO
+        api = await new_api_client()
+        set_runtime(Runtime(Reconciler(op_settings, Kube(api))))
+        metrics.serve(op_settings.metrics_port)
+        logger.info(
+            "autolabel-operator: namespaces=%s flavors=%s (default %s) metrics port %s",
+            ",".join(op_settings.namespaces) or "<all>",
+            ",".join(op_settings.flavors.flavors),
+            op_settings.flavors.default,
+            op_settings.metrics_port or "off",
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        runtime = get_runtime()
+        set_runtime(None)
+        await runtime.reconciler.kube.api.close()

@@ -1,0 +1,32 @@
+"""The timer that keeps an unfinished AutoLabelJob's status true: lock turns, Job/pod state from the
+indexes, progress from storage. Finished jobs have no timer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from autolabel.api import GROUP, PLURAL, VERSION
+
+from ..config import Settings
+from ..status import is_terminal
+from .runtime import get_runtime
+
+
+def _unfinished(*, body: kopf.Body, **_: Any) -> bool:
+    return not is_terminal(dict(body.get("status") or {})) and not body["metadata"].get("deletionTimestamp")
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=settings.reconcile_interval,
+        initial_delay=settings.reconcile_interval,
+        when=_unfinished,
+        registry=registry,
+    )
+    async def keep_status(*, body: kopf.Body, **kwargs: Any) -> None:
+        await get_runtime().reconcile(body, kwargs["worker_jobs"], kwargs["worker_pods"], kwargs["active_by_dataset"])

@@ -1,0 +1,202 @@
+"""The objects that run an AutoLabelJob's workers: a ConfigMap with the job, a credentials Secret, a Job.
+
+Pure functions from the AutoLabelJob body and the settings to manifests (dicts), so that every field can be
+unit-tested. The pod spec is deliberately plain: one container, command + env (values, ConfigMap and
+Secret key references), an emptyDir for /tmp and nothing else, so a local node runner can run it as a
+process exactly as a kubelet would run the container.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autolabel.api import AutoLabelJob, Mode, results_prefix
+
+from .config import Flavor, Settings
+from .names import KUEUE_QUEUE_LABEL, child_labels, child_name, owner_reference, secret_name
+
+JOB_CONFIG_KEY = "job.json"
+BACKOFF_LIMIT_PER_INDEX = 1  # one retry of a shard for transient failures (node loss is not counted)
+# The annotations that would only bloat the job description the worker reads.
+_DROPPED_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/")
+
+
+def job_description(body: dict[str, Any]) -> dict[str, Any]:
+    """What the worker gets in ``AUTOLABEL_JOB``: metadata (name, namespace, uid, labels, annotations) +
+    spec exactly as the API server stored it (defaults filled in)."""
+    meta = body["metadata"]
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if not k.startswith(_DROPPED_ANNOTATION_PREFIXES)
+    }
+    return {
+        "apiVersion": body.get("apiVersion", "autolabel.dev/v1alpha1"),
+        "kind": "AutoLabelJob",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": annotations,
+        },
+        "spec": body["spec"],
+    }
+
+
+def build_configmap(body: dict[str, Any], job: AutoLabelJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": child_name(job),
+            "namespace": job.metadata.namespace,
+            "labels": child_labels(job, "job-description"),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "data": {JOB_CONFIG_KEY: json.dumps(job_description(body), indent=1, sort_keys=True)},
+    }
+
+
+def credentials_secret_name(job: AutoLabelJob, settings: Settings) -> str | None:
+    """The Secret whose keys AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY the pods read, if any."""
+    if job.spec.storage is not None and job.spec.storage.secret_ref is not None:
+        return job.spec.storage.secret_ref.name
+    if settings.access_key and settings.secret_key:
+        return secret_name(job)
+    return None
+
+
+def build_credentials_secret(body: dict[str, Any], job: AutoLabelJob, settings: Settings) -> dict | None:
+    """A copy of the operator's credentials owned by the AutoLabelJob, when the spec names no Secret:
+    credentials reach pods only by reference, and go away with the job."""
+    if job.spec.storage is not None and job.spec.storage.secret_ref is not None:
+        return None
+    if not (settings.access_key and settings.secret_key):
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": secret_name(job),
+            "namespace": job.metadata.namespace,
+            "labels": child_labels(job, "storage-credentials"),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": settings.access_key,
+            "AWS_SECRET_ACCESS_KEY": settings.secret_key,
+        },
+    }
+
+
+def shards(job: AutoLabelJob) -> int:
+    return job.spec.resources.compute_nodes if job.spec.mode == Mode.PRE_LABELING else 1
+
+
+def _env(job: AutoLabelJob, settings: Settings) -> list[dict[str, Any]]:
+    name = child_name(job)
+    storage = job.spec.storage
+    endpoint = (storage.endpoint if storage else None) or settings.s3_endpoint
+    region = (storage.region if storage else None) or settings.s3_region
+    env: list[dict[str, Any]] = [
+        {"name": "AUTOLABEL_JOB", "valueFrom": {"configMapKeyRef": {"name": name, "key": JOB_CONFIG_KEY}}},
+        {"name": "AUTOLABEL_OUTPUT", "value": results_prefix(job)},
+        {"name": "AUTOLABEL_SHARDS", "value": str(shards(job))},
+        # The root filesystem is read-only: caches go to the /tmp emptyDir.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "TORCH_HOME", "value": "/tmp/.cache/torch"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    # JOB_COMPLETION_INDEX is added by the Job controller itself (Indexed completion mode).
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+    if region:
+        env.append({"name": "AWS_REGION", "value": region})
+    secret = credentials_secret_name(job, settings)
+    if secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    budget = settings.time_budget_seconds
+    if job.spec.active_learning is not None and job.spec.active_learning.time_budget_seconds:
+        budget = job.spec.active_learning.time_budget_seconds
+    if budget:
+        env.append({"name": "AUTOLABEL_TIME_BUDGET_SECONDS", "value": str(budget)})
+    return env
+
+
+def build_job(body: dict[str, Any], job: AutoLabelJob, settings: Settings, flavor: Flavor) -> dict[str, Any]:
+    """The batch/v1 Job: Indexed (one index per shard; ActiveLearning is a single index), never restarted
+    in place, disruptions not counted as failures, suspended only when Kueue is to admit it."""
+    name = child_name(job)
+    n = shards(job)
+    labels = child_labels(job, "worker")
+    job_labels = dict(labels)
+    if job.spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = job.spec.queue_name
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "worker",
+                "image": settings.worker_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": list(settings.worker_command),
+                "env": _env(job, settings),
+                "resources": flavor.pod_resources(),
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if flavor.node_selector:
+        pod_spec["nodeSelector"] = dict(flavor.node_selector)
+    if flavor.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in flavor.tolerations]
+    if n > 1:
+        # Spread shards over nodes, but still run them when there are fewer nodes than shards.
+        pod_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"autolabel.dev/job": job.metadata.name}},
+            }
+        ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": job.metadata.namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": n,
+            "parallelism": n,
+            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
+            "maxFailedIndexes": 0,
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+            "activeDeadlineSeconds": job.spec.active_deadline_seconds,
+            "ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished,
+            "suspend": bool(job.spec.queue_name),
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,244 @@
+"""Status of an AutoLabelJob: conditions (metav1.Condition), phase derived from the child Job and its
+pods, progress and result from the worker's objects. Pure functions, unit-tested."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from autolabel.api import Phase
+
+# Condition types (logic reads these; `phase` is for display).
+PRECONDITIONS_MET = "PreconditionsMet"
+LOCK_ACQUIRED = "LockAcquired"
+ADMITTED = "Admitted"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+CONDITION_TYPES = (PRECONDITIONS_MET, LOCK_ACQUIRED, ADMITTED, RUNNING, SUCCEEDED, FAILED)
+
+
+def now_rfc3339(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any] | None:
+    for cond in conditions or []:
+        if cond.get("type") == ctype:
+            return cond
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, ctype: str) -> bool:
+    cond = get_condition(conditions, ctype)
+    return cond is not None and cond.get("status") == "True"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """A new list with ``ctype`` set; ``lastTransitionTime`` moves only when ``status`` changes.
+    Conditions keep the order of :data:`CONDITION_TYPES` so that diffs stay small."""
+    old = get_condition(conditions, ctype)
+    transition = old["lastTransitionTime"] if old and old.get("status") == status else now or now_rfc3339()
+    new = {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    merged = {c["type"]: c for c in conditions or []}
+    merged[ctype] = new
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(merged.values(), key=lambda c: (order.get(c["type"], len(order)), c["type"]))
+
+
+def is_terminal(status: dict[str, Any] | None) -> bool:
+    conditions = (status or {}).get("conditions")
+    return is_true(conditions, SUCCEEDED) or is_true(conditions, FAILED)
+
+
+# ------------------------------------------------------------------------------ the child Job + pods
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the Job and its pods say, reduced to what the status needs."""
+
+    exists: bool = False
+    suspended: bool = False
+    complete: bool = False
+    failed: bool = False
+    failed_reason: str = ""
+    failed_message: str = ""
+    start_time: str | None = None
+    completion_time: str | None = None
+    shards: int = 1
+    running: int = 0
+    succeeded: int = 0
+    unschedulable: str | None = None  # the scheduler's message for a pod it cannot place
+    pod_failures: list[str] = field(default_factory=list)
+
+
+def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observation:
+    if job is None:
+        return Observation()
+    spec = job.get("spec") or {}
+    status = job.get("status") or {}
+    complete = _job_condition(job, "Complete")
+    failed = _job_condition(job, "Failed")
+    unschedulable = None
+    running = 0
+    failures = []
+    for pod in pods:
+        pstatus = pod.get("status") or {}
+        phase = pstatus.get("phase")
+        if phase == "Running":
+            running += 1
+        if phase == "Pending":
+            for cond in pstatus.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    unschedulable = cond.get("message") or cond.get("reason") or "Unschedulable"
+        if phase == "Failed":
+            for cs in pstatus.get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                if term:
+                    failures.append(
+                        f"pod {pod['metadata']['name']}: exit code {term.get('exitCode')}"
+                        + (f": {term['message'].strip()}" if term.get("message") else "")
+                    )
+    return Observation(
+        exists=True,
+        suspended=bool(spec.get("suspend")),
+        complete=complete is not None,
+        failed=failed is not None,
+        failed_reason=(failed or {}).get("reason") or "",
+        failed_message=(failed or {}).get("message") or "",
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        shards=int(spec.get("completions") or 1),
+        running=running,
+        succeeded=int(status.get("succeeded") or 0),
+        unschedulable=unschedulable,
+        pod_failures=failures,
+    )
+
+
+@dataclass(frozen=True)
+class Derived:
+    phase: Phase
+    conditions: list[tuple[str, str, str, str]]  # (type, status, reason, message)
+    message: str
+
+
+def derive(obs: Observation, queue_name: str | None = None) -> Derived:
+    """Phase and conditions of a job that holds its lock and has a Job (or is about to)."""
+    if not obs.exists:
+        return Derived(Phase.PENDING, [(ADMITTED, "Unknown", "Creating", "creating the worker Job")], "")
+    if obs.complete:
+        msg = f"all {obs.shards} shard(s) completed"
+        return Derived(
+            Phase.SUCCEEDED,
+            [
+                (RUNNING, "False", "Completed", msg),
+                (SUCCEEDED, "True", "JobComplete", msg),
+                (FAILED, "False", "JobComplete", msg),
+            ],
+            msg,
+        )
+    if obs.failed:
+        parts = [f"worker Job failed ({obs.failed_reason or 'Failed'})"]
+        if obs.failed_message:
+            parts.append(obs.failed_message)
+        parts.extend(obs.pod_failures[:3])
+        msg = ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
+        reason = obs.failed_reason or "JobFailed"
+        return Derived(
+            Phase.FAILED,
+            [
+                (RUNNING, "False", reason, msg),
+                (SUCCEEDED, "False", reason, msg),
+                (FAILED, "True", reason, msg),
+            ],
+            msg,
+        )
+    if obs.suspended:
+        msg = (
+            f"waiting for Kueue to admit the Job to queue {queue_name}" if queue_name else "the worker Job is suspended"
+        )
+        return Derived(
+            Phase.QUEUED,
+            [(ADMITTED, "False", "WaitingForAdmission", msg), (RUNNING, "False", "NotAdmitted", msg)],
+            msg,
+        )
+    admitted = (ADMITTED, "True", "Admitted" if queue_name else "JobCreated", "the worker Job may run")
+    if obs.running > 0:
+        msg = f"{obs.running}/{obs.shards} worker pod(s) running, {obs.succeeded} done"
+        return Derived(Phase.RUNNING, [admitted, (RUNNING, "True", "PodsRunning", msg)], msg)
+    if obs.unschedulable:
+        msg = f"worker pods cannot be scheduled: {obs.unschedulable}"
+        return Derived(Phase.QUEUED, [admitted, (RUNNING, "False", "Unschedulable", msg)], msg)
+    if obs.succeeded > 0:
+        msg = f"{obs.succeeded}/{obs.shards} shard(s) done"
+        return Derived(Phase.RUNNING, [admitted, (RUNNING, "True", "PodsRunning", msg)], msg)
+    msg = "waiting for worker pods to start"
+    return Derived(Phase.PENDING, [admitted, (RUNNING, "False", "PodsPending", msg)], msg)
+
+
+# --------------------------------------------------------------------------- worker result objects
+
+
+def progress_from(doc: Any) -> dict[str, Any] | None:
+    """``status.progress`` from a progress.json document; None when it is not usable."""
+    if not isinstance(doc, dict):
+        return None
+    out: dict[str, Any] = {}
+    if isinstance(doc.get("stage"), str):
+        out["stage"] = doc["stage"]
+    for key in ("processed", "total"):
+        value = doc.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+    percent = doc.get("percent")
+    if not isinstance(percent, int | float) or isinstance(percent, bool):
+        percent = None
+        if out.get("total"):
+            percent = 100 * out.get("processed", 0) / out["total"]
+    if percent is not None:
+        out["percent"] = max(0, min(100, int(percent)))
+    return out or None
+
+
+def result_from(summary: Any, uri: str) -> dict[str, Any]:
+    """``status.result`` from summary.json (camelCase keys as the worker writes them)."""
+    out: dict[str, Any] = {"uri": uri}
+    if not isinstance(summary, dict):
+        return out
+    for key in ("total", "autoLabeled", "hardExamples"):
+        value = summary.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+    precision = summary.get("estimatedPrecision")
+    if isinstance(precision, int | float) and not isinstance(precision, bool):
+        out["estimatedPrecision"] = float(precision)
+    verifiable = summary.get("targetVerifiable")
+    if isinstance(verifiable, bool):
+        out["targetVerifiable"] = verifiable
+    return out
