@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from autolabel.storage import ScopedWriter, StorageError
@@ -47,6 +48,7 @@ class ProgressReporter:
         stream: TextIO | None = None,
         tty: bool | None = None,
         extra: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.writer = writer
         self.interval = interval
@@ -55,7 +57,7 @@ class ProgressReporter:
         self.tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         self.extra = dict(extra or {})
         self._lock = threading.Lock()
-        self._clock = time.monotonic
+        self._clock = clock
         self.stage = stage
         self.total = max(0, int(total))
         self.processed = 0
@@ -113,6 +115,7 @@ class ProgressReporter:
             self.processed = self.total
             log.info("done")
             self._publish(force=True)
+            self._end_bar()
 
     def fail(self, error: str) -> None:
         """The run failed: stage ``failed`` with the error message (the operator shows it)."""
@@ -121,6 +124,7 @@ class ProgressReporter:
             self.stage = FAILED
             self.error = error
             self._publish(force=True)
+            self._end_bar()
 
     def close(self) -> None:
         with self._lock:
