@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -12,18 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-
-from devenv import node  # noqa: E402
-from devenv.node import (  # noqa: E402
+from devenv import node
+from devenv.node import (
     ContainerResult,
     ContainerState,
     PodConfigError,
     command_line,
     container_env,
-    expand,
     exit_code_of,
+    expand,
     field_ref_value,
     parse_quantity,
     pod_phase,
@@ -149,10 +145,11 @@ def test_env_errors_name_container_and_variable(var: dict[str, Any], message: st
 
 
 def test_env_from_missing_source() -> None:
-    container = {"name": "c", "envFrom": [{"configMapRef": {"name": "gone"}}]}
+    ref: dict[str, Any] = {"name": "gone"}
+    container = {"name": "c", "envFrom": [{"configMapRef": ref}]}
     with pytest.raises(PodConfigError, match="envFrom ConfigMap team-a/gone not found"):
         container_env(POD, container, SOURCES)
-    container["envFrom"][0]["configMapRef"]["optional"] = True
+    ref["optional"] = True
     assert container_env(POD, container, SOURCES) == {}
 
 

@@ -221,9 +221,7 @@ def container_env(
         if values is None:
             if ref.get("optional"):
                 continue
-            raise PodConfigError(
-                f"container {cname!r}: envFrom {kind} {namespace}/{ref.get('name')} not found"
-            )
+            raise PodConfigError(f"container {cname!r}: envFrom {kind} {namespace}/{ref.get('name')} not found")
         for key, value in values.items():
             if _valid_env_name(prefix + key):
                 env[prefix + key] = value
@@ -540,9 +538,7 @@ class PodWorker:
         except Exception:
             log.exception("pod %s/%s: the node runner failed while running it", self.namespace, self.name)
             self._kill_all(0)
-            self._report_terminal(
-                reason="NodeRunnerError", message="the local node runner failed; see its log"
-            )
+            self._report_terminal(reason="NodeRunnerError", message="the local node runner failed; see its log")
         finally:
             self.finished = True
             self.runner.worker_done(self)
@@ -631,11 +627,7 @@ class PodWorker:
                     if proc.poll() is None:
                         continue
                     self._container_exited(state, proc)
-                elif (
-                    state.result is None
-                    and state.started_at is None
-                    and time.time() >= next_start[state.name]
-                ):
+                elif state.result is None and state.started_at is None and time.time() >= next_start[state.name]:
                     if not self._start_container(state):
                         retry_later(state)
                         changed = True
@@ -679,9 +671,7 @@ class PodWorker:
         """Start one container; False when its configuration is not resolvable yet (retried later)."""
         spec = state.spec
         try:
-            env = container_env(
-                self.pod, spec, self.runner.sources, self._base_env(), self.runner.allocatable
-            )
+            env = container_env(self.pod, spec, self.runner.sources, self._base_env(), self.runner.allocatable)
         except PodConfigError as exc:
             state.waiting_reason, state.waiting_message = "CreateContainerConfigError", str(exc)
             log.warning("pod %s/%s: %s", self.namespace, self.name, exc)
@@ -797,9 +787,7 @@ class PodWorker:
             )
         except ApiException as exc:
             if exc.status != 404:
-                log.error(
-                    "pod %s/%s: status update failed: %s %s", self.namespace, self.name, exc.status, exc.body
-                )
+                log.error("pod %s/%s: status update failed: %s %s", self.namespace, self.name, exc.status, exc.body)
 
     def _patch_status(self) -> None:
         self._patch(self._status())
@@ -839,9 +827,7 @@ class PodWorker:
             )
         except ApiException as exc:
             if exc.status not in (404, 409):
-                log.error(
-                    "pod %s/%s: delete failed: %s %s", self.namespace, self.name, exc.status, exc.reason
-                )
+                log.error("pod %s/%s: delete failed: %s %s", self.namespace, self.name, exc.status, exc.reason)
         shutil.rmtree(self.dir / "work", ignore_errors=True)
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
         log.info("pod %s/%s: deleted", self.namespace, self.name)
@@ -870,9 +856,7 @@ class NodeRunner:
         self.sources = ApiSources(self.core)
         venv_bin = str(Path(sys.prefix) / "bin")
         host_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        self.default_path = os.pathsep.join(
-            [venv_bin, *[p for p in host_path.split(os.pathsep) if p != venv_bin]]
-        )
+        self.default_path = os.pathsep.join([venv_bin, *[p for p in host_path.split(os.pathsep) if p != venv_bin]])
         self.service_env = self._service_env(api_client.configuration.host)
         self.allocatable: dict[str, str] = {}
         self.workers: dict[str, PodWorker] = {}
@@ -944,9 +928,7 @@ class NodeRunner:
         from kubernetes.client.exceptions import ApiException
 
         node = self.ensure_node()
-        ready = next(
-            (c for c in node.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), None
-        )
+        ready = next((c for c in node.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"), None)
         cond = {
             "type": "Ready",
             "status": "True",
@@ -1100,7 +1082,7 @@ class NodeRunner:
                 for event in stream:
                     if self.stopping.is_set():
                         break
-                    raw = event.get("raw_object") or {}
+                    raw = event.get("object") or {}  # deserialize=False: the raw JSON
                     if event["type"] == "ERROR":
                         need_list = True
                         break
@@ -1167,9 +1149,7 @@ def _previous_result(pod: Pod, state: ContainerState) -> ContainerResult | None:
     if running is None:
         return None
     started = _parse_time(running.get("startedAt"))
-    return ContainerResult(
-        137, started, time.time(), reason="Error", message="killed: the node runner restarted"
-    )
+    return ContainerResult(137, started, time.time(), reason="Error", message="killed: the node runner restarted")
 
 
 def _parse_time(text: str | None) -> float:
@@ -1182,9 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devenv.node", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kubeconfig", required=True, help="admin kubeconfig of the cluster")
     parser.add_argument("--node-name", default="local-node", help="the Node whose pods this runs")
-    parser.add_argument(
-        "--state-dir", default=".dev/node", help="per-pod folders and logs (default .dev/node)"
-    )
+    parser.add_argument("--state-dir", default=".dev/node", help="per-pod folders and logs (default .dev/node)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
