@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from devenv import node
@@ -91,9 +91,7 @@ def test_env_resolution_order_sources_and_expansion() -> None:
             {
                 "name": "JOB_COMPLETION_INDEX",
                 "valueFrom": {
-                    "fieldRef": {
-                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-                    }
+                    "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
                 },
             },
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
@@ -163,18 +161,10 @@ def test_quantities_and_resource_field_refs() -> None:
     container = {"name": "c", "resources": {"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}}}
     allocatable = {"cpu": "2", "memory": "24Gi"}
     assert resource_field_value(container, {"resource": "requests.cpu"}, allocatable) == "1"  # rounded up
-    assert (
-        resource_field_value(container, {"resource": "requests.cpu", "divisor": "1m"}, allocatable) == "250"
-    )
+    assert resource_field_value(container, {"resource": "requests.cpu", "divisor": "1m"}, allocatable) == "250"
     assert resource_field_value(container, {"resource": "limits.cpu"}, allocatable) == "2"  # node allocatable
-    assert (
-        resource_field_value(container, {"resource": "limits.memory", "divisor": "1Mi"}, allocatable)
-        == "1024"
-    )
-    assert (
-        resource_field_value(container, {"resource": "requests.memory", "divisor": "1Mi"}, allocatable)
-        == "1024"
-    )
+    assert resource_field_value(container, {"resource": "limits.memory", "divisor": "1Mi"}, allocatable) == "1024"
+    assert resource_field_value(container, {"resource": "requests.memory", "divisor": "1Mi"}, allocatable) == "1024"
 
 
 def test_field_ref_whole_label_map() -> None:
@@ -274,15 +264,13 @@ def test_pod_worker_runs_init_then_main_and_reports(tmp_path: Path) -> None:
                 "name": "main",
                 "command": ["sh", "-c"],
                 "args": ['cat ../work/init.txt; echo "key=$KEY tmp=$TMPDIR"; pwd; exit 3'],
-                "env": [
-                    {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}}}
-                ],
+                "env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}}}],
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }
         ],
         initContainers=[{"name": "init", "command": ["sh", "-c", "echo from-init > init.txt"]}],
     )
-    worker = node.PodWorker(runner, pod)  # type: ignore[arg-type]
+    worker = node.PodWorker(cast(Any, runner), pod)
     worker.start()
     for _ in range(100):
         phases = [p["phase"] for p in runner.core.patches]
@@ -308,7 +296,7 @@ def test_pod_worker_kills_process_group_on_deletion(tmp_path: Path) -> None:
     runner = FakeRunner(tmp_path)
     pod = _pod([{"name": "sleeper", "command": ["sh", "-c", "sleep 300 & echo $! > child.pid; wait"]}])
     pod["spec"]["terminationGracePeriodSeconds"] = 2
-    worker = node.PodWorker(runner, pod)  # type: ignore[arg-type]
+    worker = node.PodWorker(cast(Any, runner), pod)
     worker.start()
     child_pid_file = worker.dir / "work" / "child.pid"
     for _ in range(100):
@@ -328,7 +316,7 @@ def test_pod_worker_kills_process_group_on_deletion(tmp_path: Path) -> None:
 def test_pod_worker_deadline_and_missing_command(tmp_path: Path) -> None:
     runner = FakeRunner(tmp_path)
     pod = _pod([{"name": "long", "command": ["sleep", "30"]}], activeDeadlineSeconds=1)
-    worker = node.PodWorker(runner, pod)  # type: ignore[arg-type]
+    worker = node.PodWorker(cast(Any, runner), pod)
     worker.start()
     for _ in range(100):
         if runner.core.patches and runner.core.patches[-1]["phase"] == "Failed":
@@ -338,7 +326,7 @@ def test_pod_worker_deadline_and_missing_command(tmp_path: Path) -> None:
     worker.shutdown()
 
     runner = FakeRunner(tmp_path / "2")
-    worker = node.PodWorker(runner, _pod([{"name": "x", "command": ["no-such-binary-xyz"]}]))  # type: ignore[arg-type]
+    worker = node.PodWorker(cast(Any, runner), _pod([{"name": "x", "command": ["no-such-binary-xyz"]}]))
     worker.start()
     for _ in range(50):
         if runner.core.patches and runner.core.patches[-1]["phase"] == "Failed":
@@ -347,4 +335,32 @@ def test_pod_worker_deadline_and_missing_command(tmp_path: Path) -> None:
     term = runner.core.patches[-1]["containerStatuses"][0]["state"]["terminated"]
     assert term["reason"] == "StartError" and term["exitCode"] == 128
     assert "no-such-binary-xyz" in term["message"]
+    worker.shutdown()
+
+
+def test_only_empty_dir_volumes_are_supported() -> None:
+    pod = _pod(
+        [{"name": "c", "command": ["true"], "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                                             {"name": "cfg", "mountPath": "/etc/cfg"}]}],
+        volumes=[{"name": "tmp", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "x"}},
+                 {"name": "unused", "hostPath": {"path": "/"}}],
+    )  # fmt: skip
+    assert node.unsupported_volumes(pod) == ["volume 'cfg' (configMap)"]
+
+
+def test_pod_with_unsupported_volume_fails_clearly(tmp_path: Path) -> None:
+    runner = FakeRunner(tmp_path)
+    pod = _pod(
+        [{"name": "c", "command": ["true"], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}}],
+    )
+    worker = node.PodWorker(cast(Any, runner), pod)
+    worker.start()
+    for _ in range(50):
+        if runner.core.patches:
+            break
+        time.sleep(0.1)
+    final = runner.core.patches[-1]
+    assert final["phase"] == "Failed" and final["reason"] == "UnsupportedVolume"
+    assert "volume 'data' (persistentVolumeClaim)" in final["message"]
     worker.shutdown()

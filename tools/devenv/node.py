@@ -399,6 +399,25 @@ def condition(ctype: str, status: bool, since: str, reason: str | None = None) -
     return cond
 
 
+def unsupported_volumes(pod: Pod) -> list[str]:
+    """The mounted volumes that a runner without images and mounts cannot provide. ``emptyDir`` is fine
+    (the process gets a private working directory and ``TMPDIR``), and so is the API server's
+    service-account token volume (nothing here reads it)."""
+    spec = pod.get("spec", {})
+    containers = (spec.get("initContainers") or []) + (spec.get("containers") or [])
+    mounted = {m.get("name") for c in containers for m in c.get("volumeMounts") or []}
+    problems = []
+    for volume in spec.get("volumes") or []:
+        name = volume.get("name")
+        kind = next((k for k in volume if k != "name"), "unknown")
+        if name not in mounted or kind == "emptyDir":
+            continue
+        if kind == "projected" and str(name).startswith("kube-api-access-"):
+            continue
+        problems.append(f"volume {name!r} ({kind})")
+    return problems
+
+
 def termination_message(log_path: Path) -> str | None:
     """The tail of a log, for ``terminationMessagePolicy: FallbackToLogsOnError``."""
     try:
@@ -551,6 +570,12 @@ class PodWorker:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.start_time = time.time()
         log.info("pod %s/%s: starting; logs in %s", self.namespace, self.name, self.dir / "logs")
+        problems = unsupported_volumes(self.pod)
+        if problems:
+            message = f"the local node runner cannot mount {', '.join(problems)}: only emptyDir volumes work here"
+            log.warning("pod %s/%s: %s", self.namespace, self.name, message)
+            self._report_terminal(reason="UnsupportedVolume", message=message)
+            return self._end_after_report()
         self._patch_status()
 
         for state in self.init_states:
@@ -582,20 +607,21 @@ class PodWorker:
             )
         else:
             self._report_terminal()
+        self._end_after_report()
+
+    def _end_after_report(self) -> None:
+        """The pod is terminal: clean up, then delete it (grace 0) once it is being deleted."""
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
-        if cause == Interrupt.DELETED:
-            self._delete_now()
-            return
         # Terminal but still in the API: wait for deletion (then delete with grace 0) or node shutdown.
         while True:
-            self._wake.wait(5)
-            self._wake.clear()
             cause = self.interrupt()
             if cause == Interrupt.DELETED:
                 self._delete_now()
                 return
             if cause in (Interrupt.GONE, Interrupt.SHUTDOWN):
                 return
+            self._wake.wait(5)
+            self._wake.clear()
 
     def _grace_seconds(self, cause: str | None) -> float:
         if cause == Interrupt.SHUTDOWN:
