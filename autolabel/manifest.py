@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -83,7 +84,27 @@ def _optional_str(obj: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-def _parse_annotation(obj: Any, index: int, manifest_uri: str) -> Annotation:
+class _Resolver:
+    """``join_uri`` against one manifest, with a fast path for plain relative paths (most lines)."""
+
+    def __init__(self, manifest_uri: str):
+        self.manifest_uri = manifest_uri
+        folder = join_uri(manifest_uri, "x")[:-1]
+        self.folder = folder if folder.endswith(("/", os.sep)) else None
+
+    def __call__(self, relative: str) -> str:
+        if (
+            self.folder is not None
+            and not relative.startswith((".", "/"))
+            and "://" not in relative
+            and "/." not in relative
+            and "//" not in relative
+        ):
+            return self.folder + relative
+        return join_uri(self.manifest_uri, relative)
+
+
+def _parse_annotation(obj: Any, index: int, resolve: _Resolver) -> Annotation:
     where = f"annotation[{index}]: "
     if not isinstance(obj, dict):
         raise ValueError(f"{where}must be a JSON object, got {type(obj).__name__}")
@@ -91,9 +112,7 @@ def _parse_annotation(obj: Any, index: int, manifest_uri: str) -> Annotation:
     if not isinstance(ann_type, str) or not ann_type:
         raise ValueError(f'{where}missing "type" (one of {", ".join(KNOWN_TYPES)})')
     if ann_type not in KNOWN_TYPES:
-        raise ValueError(
-            f'{where}unknown annotation type "{ann_type}" (expected one of {", ".join(KNOWN_TYPES)})'
-        )
+        raise ValueError(f'{where}unknown annotation type "{ann_type}" (expected one of {", ".join(KNOWN_TYPES)})')
     name = obj.get("name")
     if name is not None and not isinstance(name, str):
         if isinstance(name, int | float) and not isinstance(name, bool):
@@ -116,12 +135,10 @@ def _parse_annotation(obj: Any, index: int, manifest_uri: str) -> Annotation:
             raise ValueError(f'{where}classification annotation without a "name" (the class label)')
     else:
         if not loc:
-            raise ValueError(
-                f'{where}detection annotation without "annotation-loc" (the PASCAL VOC XML file)'
-            )
+            raise ValueError(f'{where}detection annotation without "annotation-loc" (the PASCAL VOC XML file)')
         if fmt is not None and fmt.strip().upper() != VOC_FORMAT:
             raise ValueError(f'{where}unsupported "annotation-format" "{fmt}" (only "{VOC_FORMAT}")')
-        loc = join_uri(manifest_uri, loc)
+        loc = resolve(loc)
     return Annotation(
         type=ann_type,
         name=name or None,
@@ -132,7 +149,8 @@ def _parse_annotation(obj: Any, index: int, manifest_uri: str) -> Annotation:
     )
 
 
-def _parse_line(text: str, line_no: int, manifest_uri: str) -> ManifestEntry:
+def _parse_line(text: str, line_no: int, resolve: _Resolver) -> ManifestEntry:
+    manifest_uri = resolve.manifest_uri
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -150,13 +168,11 @@ def _parse_line(text: str, line_no: int, manifest_uri: str) -> ManifestEntry:
     if raw_annotations is None:
         raw_annotations = []
     if not isinstance(raw_annotations, list):
-        raise ManifestError(
-            manifest_uri, line_no, f'"annotation" must be a list, got {type(raw_annotations).__name__}'
-        )
+        raise ManifestError(manifest_uri, line_no, f'"annotation" must be a list, got {type(raw_annotations).__name__}')
     try:
-        annotations = tuple(_parse_annotation(a, i, manifest_uri) for i, a in enumerate(raw_annotations))
+        annotations = tuple(_parse_annotation(a, i, resolve) for i, a in enumerate(raw_annotations))
         usage = _optional_str(obj, "usage", "")
-        resolved = join_uri(manifest_uri, source.strip())
+        resolved = resolve(source.strip())
     except ValueError as exc:
         raise ManifestError(manifest_uri, line_no, str(exc)) from exc
     return ManifestEntry(line_no=line_no, source=resolved, annotations=annotations, usage=usage, raw=obj)
@@ -164,10 +180,11 @@ def _parse_line(text: str, line_no: int, manifest_uri: str) -> ManifestEntry:
 
 def parse_manifest(lines: Iterable[str], manifest_uri: str) -> Iterator[ManifestEntry]:
     """Parse manifest lines lazily; raises :class:`ManifestError` at the first malformed line."""
+    resolve = _Resolver(manifest_uri)
     for line_no, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        yield _parse_line(text, line_no, manifest_uri)
+        yield _parse_line(text, line_no, resolve)
 
 
 def read_manifest(storage: Storage, uri: str) -> Iterator[ManifestEntry]:
@@ -244,9 +261,7 @@ def _voc_number(obj: ET.Element, path: str, source: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError as exc:
-        raise VocError(
-            source, f"{where}: <{path.rsplit('/', 1)[-1]}> is not a number: {text.strip()!r}"
-        ) from exc
+        raise VocError(source, f"{where}: <{path.rsplit('/', 1)[-1]}> is not a number: {text.strip()!r}") from exc
     if math.isnan(value) or math.isinf(value):
         raise VocError(source, f"{where}: <{path.rsplit('/', 1)[-1]}> is not a finite number")
     return value
