@@ -254,10 +254,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return EXIT_OK
+    env = dict(os.environ)
     try:
-        job, output, shard_index, shard_count = job_from_env(dict(os.environ))
+        job, output, shard_index, shard_count = job_from_env(env)
     except JobConfigError as exc:
         log.error("%s", exc)
+        output = env.get("AUTOLABEL_OUTPUT", "").strip()
+        if output:  # the operator named the results folder: tell it why, through progress.json
+            try:
+                shard_count = max(1, int(env.get("AUTOLABEL_SHARDS", "1")))
+                shard_index = max(0, int(env.get("JOB_COMPLETION_INDEX", "0")))
+            except ValueError:
+                shard_count, shard_index = 1, 0
+            write_failure(Storage(), output, shard_index, shard_count, "InvalidJob", str(exc))
         return EXIT_BAD_JOB
     return execute(job, storage_for(job), output, shard_index, shard_count)
 

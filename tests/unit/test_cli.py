@@ -239,3 +239,15 @@ def test_entrypoint_env_defaults() -> None:
     assert output == "s3://b/d/autolabel/x-abcd1234/" and (index, count) == (0, 1)
     job, _, _, _ = entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc), "AUTOLABEL_TIME_BUDGET_SECONDS": "120"})
     assert job.spec.active_learning is not None and job.spec.active_learning.time_budget_seconds == 120
+
+
+def test_invalid_job_is_reported_in_progress_when_the_output_is_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOLABEL_JOB", '{"metadata": {"name": "x"}, "spec": {"task": "Foo"}}')
+    monkeypatch.setenv("AUTOLABEL_OUTPUT", str(tmp_path / "out") + "/")
+    monkeypatch.delenv("AUTOLABEL_SHARDS", raising=False)
+    assert entrypoint.main([]) == entrypoint.EXIT_BAD_JOB
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert progress["stage"] == "failed" and progress["reason"] == "InvalidJob"
+    assert "spec.task" in progress["error"]
