@@ -484,9 +484,20 @@ class Storage:
 
             bucket, key = split_s3(uri)
             transfer = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20)
-            self._call(
-                uri, "upload", lambda: self.client.upload_file(local_file, bucket, key, Config=transfer)
-            )
+            from boto3.exceptions import S3UploadFailedError
+
+            def upload() -> None:
+                try:
+                    self.client.upload_file(local_file, bucket, key, Config=transfer)
+                except S3UploadFailedError as exc:
+                    # boto3 wraps the ClientError (implicitly chained); unwrap it so that it is mapped
+                    # like every other call's (not found, access denied, ...).
+                    inner = exc.__cause__ or exc.__context__
+                    if isinstance(inner, _CLIENT_ERROR):
+                        raise inner from None
+                    raise StorageError(uri, f"cannot upload: {exc}") from exc
+
+            self._call(uri, "upload", upload)
             return
         path = local_path(uri)
 
