@@ -47,9 +47,7 @@ def _node_at(root: yaml.Node | None, loc: Sequence[str | int]) -> yaml.Node | No
     node = root
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next(
-                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None
-            )
+            match = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
             if match is None:
                 return node
             node = match
@@ -135,15 +133,12 @@ def ensure_sample_dataset(job: AutoLabelJob) -> None:
     if not sample or manifest.startswith("s3://") or os.path.exists(manifest):
         return
     if sample != "digits":
-        raise JobFileError(
-            f'annotation {SAMPLE_DATASET_ANNOTATION}: unknown sample dataset "{sample}" (known: digits)'
-        )
+        raise JobFileError(f'annotation {SAMPLE_DATASET_ANNOTATION}: unknown sample dataset "{sample}" (known: digits)')
     from autolabel_worker.data import MANIFEST_NAME, ensure_digits_dataset
 
     if os.path.basename(manifest) != MANIFEST_NAME:
         raise JobFileError(
-            f"spec.dataset.manifest {manifest} does not exist, "
-            f"and the digits sample is written as {MANIFEST_NAME}"
+            f"spec.dataset.manifest {manifest} does not exist, and the digits sample is written as {MANIFEST_NAME}"
         )
     log.info("writing the digits sample dataset to %s", os.path.dirname(manifest))
     ensure_digits_dataset(os.path.dirname(manifest))

@@ -180,9 +180,7 @@ def model_files(storage: Storage, model_uri: str) -> tuple[str, str]:
     for model_file, labels_file in candidates:
         if storage.exists(model_file) and not _is_local_dir(model_file):
             return model_file, labels_file
-    raise ObjectNotFound(
-        model_uri, "no model: expected a TorchScript file, or a folder with model.pt and labels.json"
-    )
+    raise ObjectNotFound(model_uri, "no model: expected a TorchScript file, or a folder with model.pt and labels.json")
 
 
 def _is_local_dir(uri: str) -> bool:
@@ -212,16 +210,13 @@ def check_model(storage: Storage, model_uri: str, task: Task | str) -> list[Prec
     failures = []
     labels = info.get("labels")
     if not isinstance(labels, list) or len(labels) < 1 or not all(isinstance(x, str) and x for x in labels):
-        failures.append(
-            PreconditionFailure("ModelInvalid", f'{labels_uri}: "labels" must be a list of names')
-        )
+        failures.append(PreconditionFailure("ModelInvalid", f'{labels_uri}: "labels" must be a list of names'))
     model_task = normalise_task(info.get("task"))
     if model_task is None:
         failures.append(
             PreconditionFailure(
                 "ModelInvalid",
-                f'{labels_uri}: "task" must be {" or ".join(sorted(SUPPORTED_TASKS))}, '
-                f"got {info.get('task')!r}",
+                f'{labels_uri}: "task" must be {" or ".join(sorted(SUPPORTED_TASKS))}, got {info.get("task")!r}',
             )
         )
     elif model_task != task_value:

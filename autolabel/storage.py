@@ -220,9 +220,7 @@ class Storage:
 
     def _check_writable(self, uri: str) -> None:
         if _normalise(uri) in self._protected:
-            raise ValueError(
-                f"refusing to overwrite {uri}: it is an input of this job (the dataset manifest)"
-            )
+            raise ValueError(f"refusing to overwrite {uri}: it is an input of this job (the dataset manifest)")
 
     # ------------------------------------------------------------------ S3 plumbing
 
@@ -293,9 +291,7 @@ class Storage:
                 return ObjectNotFound(uri, f"cannot {what}: the bucket does not exist")
             return ObjectNotFound(uri, f"cannot {what}: no such object")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == "403":
-            return StorageError(
-                uri, f"cannot {what}: access denied ({code}: {message}); check the credentials"
-            )
+            return StorageError(uri, f"cannot {what}: access denied ({code}: {message}); check the credentials")
         return StorageError(uri, f"cannot {what}: {code or status}: {message}")
 
     # ------------------------------------------------------------------ reads
@@ -371,9 +367,7 @@ class Storage:
             except _CONNECTION_ERRORS as exc:
                 failures += 1
                 if failures > self.config.connect_retries:
-                    raise StorageUnreachable(
-                        uri, f"cannot read: connection lost {failures} times ({exc})"
-                    ) from exc
+                    raise StorageUnreachable(uri, f"cannot read: connection lost {failures} times ({exc})") from exc
                 log.warning("%s: connection lost at byte %d (%s); resuming", uri, offset, exc)
                 self._sleep(min(self.config.backoff_max, self.config.backoff_base * 2 ** (failures - 1)))
                 continue
@@ -431,9 +425,7 @@ class Storage:
                 if os.path.relpath(full, root).startswith(name_prefix):
                     yield "file://" + full if prefix.startswith("file://") else full
 
-    def fetch_many(
-        self, uris: Iterable[str], max_workers: int = 16
-    ) -> Iterator[tuple[str, bytes | StorageError]]:
+    def fetch_many(self, uris: Iterable[str], max_workers: int = 16) -> Iterator[tuple[str, bytes | StorageError]]:
         """Read many objects concurrently; yields ``(uri, bytes or the error)`` in input order.
 
         At most ``2 * max_workers`` reads are in flight or waiting to be yielded, so memory stays bounded

@@ -239,9 +239,7 @@ def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
     shard_count = _int_env(env, "AUTOLABEL_SHARDS", 1, 1)
     shard_index = _int_env(env, "JOB_COMPLETION_INDEX", 0, 0)
     if shard_index >= shard_count:
-        raise JobConfigError(
-            f"JOB_COMPLETION_INDEX={shard_index} is not below AUTOLABEL_SHARDS={shard_count}"
-        )
+        raise JobConfigError(f"JOB_COMPLETION_INDEX={shard_index} is not below AUTOLABEL_SHARDS={shard_count}")
     output = env.get("AUTOLABEL_OUTPUT", "").strip() or results_prefix(job)
     return job, output, shard_index, shard_count
 

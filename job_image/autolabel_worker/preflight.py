@@ -106,9 +106,7 @@ def run_preflight(
     del first_line
     result.total_images = len(unique)
     if result.duplicates:
-        log.warning(
-            "%d repeated sources in the manifest; only the first of each is used", len(result.duplicates)
-        )
+        log.warning("%d repeated sources in the manifest; only the first of each is used", len(result.duplicates))
 
     fail_on_alpha = str(spec.images.alpha) == AlphaPolicy.FAIL.value
     with_alpha: list[str] = []

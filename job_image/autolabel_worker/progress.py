@@ -13,8 +13,8 @@ import logging
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from autolabel.storage import ScopedWriter, StorageError
