@@ -71,6 +71,7 @@ def test_many_lines_are_streamed_not_held(tmp_path: Path) -> None:
         results.add_classification(
             f"s3://b/img/{i}.png", str(i % 10), 0.99, i % 7 == 0, 0.01, [1] if i % 7 == 0 else []
         )
+    assert results._tmp is not None
     tmp_name = results._tmp.name
     assert Path(tmp_name).stat().st_size > 1_000_000
     uri = results.close()
