@@ -1,0 +1,241 @@
+"""Models sized to the images, the calibrated ensemble, and TorchScript export/import.
+
+Small images (up to 64 px, e.g. the 8x8 digits) get a small CNN whose pooling stops at 2x2, because a
+torchvision ResNet would pool an 8x8 input away in its stem. Larger images get torchvision's ResNet-18
+at 224 px (MobileNetV3 is one argument away). Pretrained weights are used when a weights file is named
+(env ``AUTOLABEL_PRETRAINED_WEIGHTS``) or torchvision's checkpoint is already in the local torch hub cache;
+nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SMALL_IMAGE_MAX = 64
+LARGE_INPUT = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_ENV = "AUTOLABEL_PRETRAINED_WEIGHTS"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every model of a job shares: architecture, input size and normalization."""
+
+    arch: str  # "smallcnn" | "resnet18" | "mobilenet_v3_small"
+    input_size: tuple[int, int]  # (H, W)
+    num_classes: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    width: int = 32
+
+
+def choose_model_spec(sizes: list[tuple[int, int]], num_classes: int, arch: str | None = None) -> ModelSpec:
+    """Pick architecture and input size from the labeled images' (width, height) sizes.
+
+    Images whose median side is at most 64 px keep their median size (rounded up to a multiple of 4, at
+    least 8) and get the small CNN; anything larger is resized to 224 x 224 for ResNet-18.
+    """
+    if not sizes:
+        raise ValueError("no image sizes to choose a model from")
+    widths = sorted(w for w, _ in sizes)
+    heights = sorted(h for _, h in sizes)
+    mw, mh = widths[len(widths) // 2], heights[len(heights) // 2]
+    if arch is None:
+        arch = "smallcnn" if max(mw, mh) <= SMALL_IMAGE_MAX else "resnet18"
+    if arch == "smallcnn":
+        side = max(8, -(-max(mw, mh) // 4) * 4)
+        return ModelSpec(arch, (side, side), num_classes, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return ModelSpec(arch, (LARGE_INPUT, LARGE_INPUT), num_classes)
+
+
+class SmallCNN(nn.Module):
+    """Three conv stages (w, 2w, 4w channels) with batch norm; pooling only while the map is >= 4 px."""
+
+    def __init__(self, num_classes: int, input_size: tuple[int, int], width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = 3, min(input_size)
+        for i, out in enumerate((width, width * 2, width * 4)):
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            if i > 0:
+                layers += [nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            if size >= 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = out
+        self.body = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(channels, num_classes)
+        self.feature_dim = channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(x)))
+
+
+class TorchvisionClassifier(nn.Module):
+    """A torchvision backbone with its classifier replaced; `features` is the penultimate layer."""
+
+    def __init__(self, arch: str, num_classes: int, pretrained: bool = True):
+        super().__init__()
+        import torchvision
+
+        if arch == "resnet18":
+            net = torchvision.models.resnet18(weights=None)
+            if pretrained:
+                _load_pretrained(net, "resnet18-f37072fd.pth")
+            self.feature_dim = net.fc.in_features
+            net.fc = nn.Identity()  # type: ignore[assignment]
+        elif arch == "mobilenet_v3_small":
+            net = torchvision.models.mobilenet_v3_small(weights=None)
+            if pretrained:
+                _load_pretrained(net, "mobilenet_v3_small-047dcff4.pth")
+            self.feature_dim = net.classifier[0].in_features  # type: ignore[assignment]
+            net.classifier = nn.Identity()  # type: ignore[assignment]
+        else:
+            raise ValueError(f"unknown architecture {arch!r}")
+        self.backbone = net
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.backbone(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def _load_pretrained(net: nn.Module, hub_file: str) -> None:
+    """Load ImageNet weights from a named file or torch's hub cache if present; never download."""
+    candidates = []
+    if os.environ.get(WEIGHTS_ENV):
+        candidates.append(Path(os.environ[WEIGHTS_ENV]))
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / hub_file)
+    for path in candidates:
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+            missing, _ = net.load_state_dict(state, strict=False)
+            log.info("pretrained weights loaded from %s (%d head tensors left new)", path, len(missing))
+            return
+    log.info("no pretrained weights found (%s); training from scratch", ", ".join(map(str, candidates)))
+
+
+def build_model(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
+    if spec.arch == "smallcnn":
+        return SmallCNN(spec.num_classes, spec.input_size, spec.width)
+    return TorchvisionClassifier(spec.arch, spec.num_classes, pretrained=pretrained)
+
+
+class CalibratedEnsemble(nn.Module):
+    """Mean of the members' temperature-scaled probabilities, returned as log-probabilities.
+
+    The output is a valid logit vector (its softmax is the ensemble's calibrated probability), so the
+    exported TorchScript model needs no extra post-processing by whoever loads it.
+    """
+
+    def __init__(self, members: list[nn.Module], temperature: float = 1.0):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.zeros(0)
+        for i, member in enumerate(self.members):
+            p = torch.softmax(member(x) / self.temperature, dim=1)
+            probs = p if i == 0 else probs + p
+        return torch.log(probs / len(self.members) + 1e-12)
+
+    @torch.jit.export
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' penultimate features, concatenated."""
+        feats: list[torch.Tensor] = []
+        for member in self.members:
+            feats.append(F.normalize(member.features(x), dim=1))
+        return torch.cat(feats, dim=1)
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model: TorchScript or eager module, plus what labels.json says about it."""
+
+    model: Any  # torch.jit.ScriptModule or nn.Module, called as model(x) -> logits
+    labels: list[str]
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_features(self) -> bool:
+        return hasattr(self.model, "features")
+
+
+def export_model(
+    ensemble: CalibratedEnsemble,
+    spec: ModelSpec,
+    labels: list[str],
+    folder: Path,
+    task: str,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write `model.pt` (TorchScript) and `labels.json` into a local folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ensemble.eval()
+    scripted = torch.jit.script(ensemble)
+    model_path = folder / "model.pt"
+    scripted.save(str(model_path))
+    meta = {
+        "task": task,
+        "labels": labels,
+        "inputSize": list(spec.input_size),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "createdBy": "autolabel/active-learning",
+        "architecture": spec.arch,
+        "ensembleSize": len(ensemble.members),
+        "outputs": "log-probabilities (temperature-calibrated)",
+    }
+    meta.update(extra or {})
+    labels_path = folder / "labels.json"
+    labels_path.write_text(json.dumps(meta, indent=2))
+    return model_path, labels_path
+
+
+def load_model(model_bytes: bytes, labels_json: bytes, source: str) -> ModelBundle:
+    """Load a TorchScript model and its labels.json (pre-labeling); errors name `source`."""
+    import io
+
+    try:
+        meta = json.loads(labels_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: labels.json is not valid JSON: {exc}") from exc
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{source}: labels.json field 'labels' must be a list of at least 2 names")
+    size = meta.get("inputSize", [LARGE_INPUT, LARGE_INPUT])
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"{source}: labels.json field 'inputSize' must be [height, width]")
+    mean = tuple(float(v) for v in meta.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in meta.get("std", IMAGENET_STD))
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{source}: labels.json fields 'mean' and 'std' need 3 values (RGB)")
+    try:
+        model = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
+    except Exception as exc:
+        raise ValueError(f"{source}: not a TorchScript model: {exc}") from exc
+    model.eval()
+    return ModelBundle(model, [str(x) for x in labels], (size[0], size[1]), mean, std, meta)
