@@ -32,7 +32,7 @@ KNOWN_TYPES = (CLASSIFICATION_TYPE, DETECTION_TYPE)
 VOC_FORMAT = "PASCAL VOC"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Annotation:
     type: str
     name: str | None = None
@@ -42,7 +42,7 @@ class Annotation:
     confidence: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestEntry:
     line_no: int
     source: str

@@ -288,7 +288,7 @@ def merge_shards(storage: Storage, writer: ScopedWriter, shard_count: int) -> di
 def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the counts, concatenate the lists, keep the shared settings of the first shard."""
     merged: dict[str, Any] = dict(summaries[0]) if summaries else {}
-    for key in ("total", "autoLabeled", "hardExamples", "convertedImages"):
+    for key in ("total", "autoLabeled", "hardExamples", "convertedImages", "duplicateCount"):
         merged[key] = sum(int(s.get(key) or 0) for s in summaries)
     for key in ("unreadableImages", "duplicates"):
         merged[key] = [item for s in summaries for item in (s.get(key) or [])]

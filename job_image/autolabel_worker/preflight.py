@@ -24,6 +24,7 @@ from autolabel_worker.images import ImageError, probe_image
 log = logging.getLogger(__name__)
 
 MAX_LISTED = 20  # sources named in an error message
+MAX_DUPLICATES_KEPT = 1000  # repeated sources listed in summary.json (all are counted)
 
 
 class PreflightError(Exception):
@@ -51,7 +52,9 @@ class PreflightResult:
     converted: int = 0
     """Readable images with transparency that decoding will flatten to RGB."""
     duplicates: list[dict[str, object]] = field(default_factory=list)
-    """``[{"source", "firstLine", "line"}]``: repeated sources (only the first is used)."""
+    """``[{"source", "firstLine", "line"}]``: repeated sources (only the first is used), at most
+    ``MAX_DUPLICATES_KEPT`` of them; ``duplicate_count`` counts them all."""
+    duplicate_count: int = 0
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     """(width, height) -> number of readable images."""
     boxes: dict[str, list[VocBox]] = field(default_factory=dict)
@@ -73,6 +76,7 @@ class PreflightResult:
             "unreadableImages": self.unreadable,
             "convertedImages": self.converted,
             "duplicates": self.duplicates,
+            "duplicateCount": self.duplicate_count,
         }
 
 
@@ -100,13 +104,15 @@ def run_preflight(
     for entry in entries:
         seen = first_line.setdefault(entry.source, entry.line_no)
         if seen != entry.line_no:
-            result.duplicates.append({"source": entry.source, "firstLine": seen, "line": entry.line_no})
+            result.duplicate_count += 1
+            if len(result.duplicates) < MAX_DUPLICATES_KEPT:
+                result.duplicates.append({"source": entry.source, "firstLine": seen, "line": entry.line_no})
             continue
         unique.append(entry)
     del first_line
     result.total_images = len(unique)
-    if result.duplicates:
-        log.warning("%d repeated sources in the manifest; only the first of each is used", len(result.duplicates))
+    if result.duplicate_count:
+        log.warning("%d repeated sources in the manifest; only the first of each is used", result.duplicate_count)
 
     fail_on_alpha = str(spec.images.alpha) == AlphaPolicy.FAIL.value
     with_alpha: list[str] = []
@@ -176,7 +182,7 @@ def run_preflight(
         len(result.classes),
         len(result.unreadable),
         result.converted,
-        len(result.duplicates),
+        result.duplicate_count,
     )
     return result
 

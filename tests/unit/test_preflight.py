@@ -232,7 +232,19 @@ def test_duplicates_reported_and_used_once(tmp_path: Path) -> None:
         fh.write(json.dumps({"source": "img/u0.png"}) + "\n")
     result = preflight(manifest)
     assert result.duplicates == [{"source": str(tmp_path / "img/u0.png"), "firstLine": 11, "line": 14}]
-    assert len(result.unlabeled) == 3
+    assert len(result.unlabeled) == 3 and result.duplicate_count == 1
+
+
+def test_duplicates_listed_are_capped_but_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autolabel_worker import preflight as preflight_mod
+
+    monkeypatch.setattr(preflight_mod, "MAX_DUPLICATES_KEPT", 2)
+    manifest = make_dataset(tmp_path)
+    with open(manifest, "a") as fh:
+        fh.write("\n".join(json.dumps({"source": "img/u1.png"}) for _ in range(5)) + "\n")
+    result = preflight(manifest)
+    assert len(result.duplicates) == 2 and result.duplicate_count == 5
+    assert result.summary_fields()["duplicateCount"] == 5
 
 
 def test_detection_labels_come_from_voc_files(tmp_path: Path) -> None:
