@@ -18,7 +18,7 @@ MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
-    @kopf.index("batch/v1", "jobs", labels=MANAGED, registry=registry)
+    @kopf.index("batch/v1", "jobs", id="worker_jobs", labels=MANAGED, registry=registry)
     def worker_jobs(*, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, Any]:
         owner = labels.get(JOB_UID_LABEL)
         if not owner:
@@ -31,7 +31,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
             }
         }
 
-    @kopf.index("v1", "pods", labels=MANAGED, registry=registry)
+    @kopf.index("v1", "pods", id="worker_pods", labels=MANAGED, registry=registry)
     def worker_pods(*, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, Any]:
         owner = labels.get(JOB_UID_LABEL)
         if not owner:
@@ -43,7 +43,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
             }
         }
 
-    @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.index(GROUP, VERSION, PLURAL, id="active_by_dataset", registry=registry)
     def active_by_dataset(*, body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Any]:
         """(namespace, dataset key) -> the jobs that compete for that dataset's lock."""
         raw = {k: body.get(k) for k in ("metadata", "spec", "status")}

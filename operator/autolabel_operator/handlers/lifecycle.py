@@ -12,8 +12,8 @@ from .runtime import get_runtime
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-on-update", field="spec", registry=registry)
     async def reconcile_now(*, body: kopf.Body, **kwargs: Any) -> None:
         await get_runtime().reconcile(body, kwargs["worker_jobs"], kwargs["worker_pods"], kwargs["active_by_dataset"])

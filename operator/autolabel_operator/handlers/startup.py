@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -18,6 +19,13 @@ FINALIZER = "autolabel.dev/finalizer"
 
 
 def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In a pod: its service account; elsewhere: $KUBECONFIG or ~/.kube/config (kopf's own readers)."""
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            return kopf.login_with_service_account(**kwargs)
+        return kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def start(*, settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER

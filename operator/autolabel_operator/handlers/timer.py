@@ -25,6 +25,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         PLURAL,
         interval=settings.reconcile_interval,
         initial_delay=settings.reconcile_interval,
+        id="keep_status",
         when=_unfinished,
         registry=registry,
     )
