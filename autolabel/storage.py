@@ -292,6 +292,10 @@ class Storage:
             return ObjectNotFound(uri, f"cannot {what}: no such object")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == "403":
             return StorageError(uri, f"cannot {what}: access denied ({code}: {message}); check the credentials")
+        if status.startswith("5"):
+            # botocore's standard mode has already retried these; a store that keeps answering 5xx
+            # (overloaded, or down behind a proxy) is unreachable for our purposes.
+            return StorageUnreachable(uri, f"cannot {what}: the store keeps failing ({status} {code}: {message})")
         return StorageError(uri, f"cannot {what}: {code or status}: {message}")
 
     # ------------------------------------------------------------------ reads

@@ -296,3 +296,20 @@ def test_s3_line_stream_resumes_after_a_lost_connection() -> None:
     assert client.ranges[0] is None and client.ranges[1] is not None
     resumed_at = int(client.ranges[1].removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_at <= 40 and client.data[resumed_at - 1 : resumed_at] == b"\n"
+
+
+def test_client_errors_are_mapped() -> None:
+    from botocore.exceptions import ClientError
+
+    def err(code: str, status: int) -> ClientError:
+        return ClientError(
+            {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op"
+        )
+
+    mapped = Storage._map_client_error
+    assert type(mapped("s3://b/k", "read", err("NoSuchKey", 404))) is ObjectNotFound
+    assert "bucket does not exist" in str(mapped("s3://b/k", "read", err("NoSuchBucket", 404)))
+    denied = mapped("s3://b/k", "read", err("AccessDenied", 403))
+    assert type(denied) is StorageError and "check the credentials" in str(denied)
+    assert type(mapped("s3://b/k", "read", err("SlowDown", 503))) is StorageUnreachable
+    assert type(mapped("s3://b/k", "read", err("InvalidRange", 416))) is StorageError
