@@ -67,6 +67,11 @@ class ProgressReporter:
         self._last_bar = float("-inf")
         self._bar_open = False
         self.writes = 0
+        self._log_filter: _ClearBarFilter | None = None
+        if self.tty:
+            self._log_filter = _ClearBarFilter(self)
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(self._log_filter)
         self._publish(force=True)
 
     # ------------------------------------------------------------------ public API
@@ -116,6 +121,7 @@ class ProgressReporter:
             log.info("done")
             self._publish(force=True)
             self._end_bar()
+            self._remove_log_filter()
 
     def fail(self, error: str) -> None:
         """The run failed: stage ``failed`` with the error message (the operator shows it)."""
@@ -125,10 +131,18 @@ class ProgressReporter:
             self.error = error
             self._publish(force=True)
             self._end_bar()
+            self._remove_log_filter()
 
     def close(self) -> None:
         with self._lock:
             self._end_bar()
+            self._remove_log_filter()
+
+    def _remove_log_filter(self) -> None:
+        if self._log_filter is not None:
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(self._log_filter)
+            self._log_filter = None
 
     def __enter__(self) -> ProgressReporter:
         return self
@@ -182,3 +196,20 @@ class ProgressReporter:
             self.stream.write("\n")
             self.stream.flush()
             self._bar_open = False
+
+
+class _ClearBarFilter(logging.Filter):
+    """Clears the progress bar's line before a log record is printed, so that log lines stay whole
+    (the bar is redrawn by the next update)."""
+
+    def __init__(self, reporter: ProgressReporter):
+        super().__init__()
+        self.reporter = reporter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reporter = self.reporter
+        if reporter._bar_open:
+            reporter.stream.write("\r\033[K")
+            reporter.stream.flush()
+            reporter._bar_open = False
+        return True

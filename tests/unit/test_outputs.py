@@ -223,3 +223,20 @@ def test_progress_survives_storage_errors(tmp_path: Path, caplog: pytest.LogCapt
     progress.advance()
     progress.done()
     assert "could not write progress.json" in caplog.text
+
+
+def test_log_lines_do_not_collide_with_the_bar() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        progress = ProgressReporter(None, total=10, stage="train", tty=True, stream=stream)
+        progress.update(3)
+        logging.getLogger("autolabel_worker.test").warning("epoch 3 done")
+        progress.update(6)
+        progress.close()
+        assert "\r\033[Kepoch 3 done\n" in stream.getvalue()
+        assert not handler.filters  # removed on close
+    finally:
+        root.removeHandler(handler)
