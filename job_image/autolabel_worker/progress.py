@@ -89,8 +89,7 @@ class ProgressReporter:
         with self._lock:
             self._end_bar()
             self.stage = stage
-            if total is not None:
-                self.total = max(0, int(total))
+            self.total = max(0, int(total)) if total is not None else 0  # a new stage starts its own count
             self.processed = processed
             log.info("stage %s%s", stage, f" ({self.total} items)" if self.total else "")
             self._publish(force=True)
