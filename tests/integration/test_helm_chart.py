@@ -13,7 +13,12 @@ import ast
 import importlib
 import json
 import os
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from devenv.cluster import LocalCluster
+from devenv.s3 import MinioServer
 
 pytestmark = pytest.mark.integration
 
@@ -509,3 +515,118 @@ def test_helm_install_with_watch_namespaces_confines_the_operator(
         assert not any(elsewhere.values()), f"allowed outside: {[p for p, ok in elsewhere.items() if ok]}"
     finally:
         helm("uninstall", release, *kube, "--timeout", "60s")
+
+
+# ------------------------------------------------- the operator itself, as the chart's ServiceAccount
+def _wait(check: Any, timeout: float, what: str, log: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r}); operator log:\n{tail}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(cluster: LocalCluster, namespace: str, *what: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", *what, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def test_the_operator_works_with_only_the_charts_permissions(
+    helm: Any, tmp_path: Path, cluster: LocalCluster, namespace: str, s3_server: MinioServer
+) -> None:
+    """The real operator, configured by the rendered Deployment's env and flavor catalogue and
+    authenticated as the chart's ServiceAccount (namespaced mode, so it serves only this test's
+    namespace), takes a job through lock, Job creation, suspend and deletion, with no request refused."""
+    bucket = f"helm-{uuid.uuid4().hex[:8]}"
+    s3_server.make_bucket(bucket)
+    lines = [json.dumps({"source": f"img/{label}{i}.png",
+                         "annotation": [{"type": "modelarts/image_classification", "name": label}]})
+             for label in ("cat", "dog") for i in range(5)]
+    lines += [json.dumps({"source": f"img/u{i}.png"}) for i in range(3)]
+    s3_server.client().put_object(Bucket=bucket, Key="ds/data.manifest", Body="\n".join(lines).encode())
+    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.access_key}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.secret_key}")
+
+    release = f"r{uuid.uuid4().hex[:6]}"
+    values = {"watchNamespaces": [namespace], "crds": {"install": False},
+              "s3": {"endpoint": s3_server.endpoint_url, "region": "us-east-1", "credentialsSecret": "s3-creds"},
+              "reconcileIntervalSeconds": 1}
+    kube = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace]
+    helm("install", release, str(CHART), *kube, *_values_file(tmp_path, values), "--timeout", "60s")
+    operator: subprocess.Popen[bytes] | None = None
+    log = tmp_path / "operator.log"
+    try:
+        docs = render(helm, tmp_path, values, namespace=namespace, release=release)
+        (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+        sa = one(docs, "ServiceAccount")["metadata"]["name"]
+        token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=10m").stdout.strip()
+        kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+        kubeconfig["users"] = [{"name": kubeconfig["users"][0]["name"], "user": {"token": token}}]
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        (tmp_path / "flavors.yaml").write_text(one(docs, "ConfigMap")["data"]["flavors.yaml"])
+        secret = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
+        env = {var["name"]: var["value"] if "value" in var else secret[var["valueFrom"]["secretKeyRef"]["key"]]
+               for var in container["env"]}
+        health = _free_port()
+        env.update({  # what differs between the pod and a local process: files, ports, credentials
+            "AUTOLABEL_FLAVORS": str(tmp_path / "flavors.yaml"),
+            "AUTOLABEL_METRICS_PORT": str(_free_port()),
+            "AUTOLABEL_LIVENESS": env["AUTOLABEL_LIVENESS"].replace("0.0.0.0:8080", f"127.0.0.1:{health}"),
+            "KUBECONFIG": str(tmp_path / "kubeconfig"),
+            "HOME": str(tmp_path),
+            "PATH": os.environ["PATH"],
+        })
+        with open(log, "wb") as out:
+            operator = subprocess.Popen([sys.executable, "-m", "autolabel_operator.main"], env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+        _wait(lambda: _healthy(f"http://127.0.0.1:{health}/healthz"), 60, "the liveness endpoint /healthz", log)
+
+        job = {"apiVersion": "autolabel.dev/v1alpha1", "kind": "AutoLabelJob", "metadata": {"name": "chart"},
+               "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
+                        "dataset": {"manifest": f"s3://{bucket}/ds/data.manifest"}, "resources": {"flavor": "cpu"}}}
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+        status = _wait(lambda: ((_get(cluster, namespace, "autolabeljob", "chart") or {}).get("status") or {})
+                       .get("jobName"), 60, "the worker Job's name in the status", log)
+        worker = _wait(lambda: _get(cluster, namespace, "job", status), 30, f"Job {status}", log)
+        requests = worker["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+        assert requests == {"cpu": "2", "memory": "4Gi"}, requests  # the chart's `cpu` flavor
+
+        cluster.kubectl("patch", "autolabeljob", "chart", "-n", namespace, "--type=merge",
+                        "-p", '{"spec": {"suspend": true}}')
+        _wait(lambda: (_get(cluster, namespace, "job", status) or {}).get("spec", {}).get("suspend"), 30,
+              "the Job to be suspended", log)
+        cluster.kubectl("delete", "autolabeljob", "chart", "-n", namespace, "--timeout=60s")
+        _wait(lambda: _get(cluster, namespace, "autolabeljob", "chart") is None, 30, "deletion", log)
+        assert operator.poll() is None, "the operator exited"
+    finally:
+        if operator is not None and operator.poll() is None:
+            os.killpg(operator.pid, signal.SIGTERM)
+            try:
+                operator.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(operator.pid, signal.SIGKILL)
+                operator.wait(10)
+        helm("uninstall", release, *kube, "--timeout", "60s")
+    text = log.read_text(errors="replace")
+    refused = [line for line in text.splitlines()
+               if any(word in line for word in ("forbidden", "Forbidden", " 403", "Not enough permissions"))]
+    assert not refused, "requests refused to the chart's ServiceAccount:\n" + "\n".join(refused[:20])
