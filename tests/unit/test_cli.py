@@ -251,3 +251,34 @@ def test_invalid_job_is_reported_in_progress_when_the_output_is_known(
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert progress["stage"] == "failed" and progress["reason"] == "InvalidJob"
     assert "spec.task" in progress["error"]
+
+
+def test_sample_dataset_annotation_writes_the_digits(tmp_path: Path) -> None:
+    from autolabel.cli import ensure_sample_dataset
+
+    text = JOB.replace(
+        "  name: digits-al\n", "  name: digits-al\n  annotations:\n    autolabel.dev/sample-dataset: digits\n"
+    )
+    path = write(tmp_path, text)
+    job = localize(load_job_file(path), path, None)
+    ensure_sample_dataset(job)
+    manifest = tmp_path / "data" / "digits.manifest"
+    lines = manifest.read_text().splitlines()
+    assert len(lines) == 1797
+    first_image = json.loads(lines[0])["source"]
+    assert (manifest.parent / first_image).exists()
+    before = manifest.stat().st_mtime_ns
+    ensure_sample_dataset(job)  # present: left alone
+    assert manifest.stat().st_mtime_ns == before
+
+    unknown = localize(load_job_file(write(tmp_path, text.replace(": digits\n", ": cifar\n"), "u.yaml")), path, None)
+    other = tmp_path / "elsewhere"
+    unknown = unknown.model_copy(
+        update={
+            "spec": unknown.spec.model_copy(
+                update={"dataset": unknown.spec.dataset.model_copy(update={"manifest": str(other / "digits.manifest")})}
+            )
+        }  # fmt: skip
+    )
+    with pytest.raises(JobFileError, match='unknown sample dataset "cifar"'):
+        ensure_sample_dataset(unknown)
