@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Create .venv with the project and its dev tools (torch, kopf, ...)
 
-bins: ## Build the control plane, etcd and MinIO from source (cached in .cache/bin)
+bins: ## Build the control plane, etcd, MinIO and Helm from source (cached in .cache/bin)
 	bash tools/build-bins.sh
+	bash tools/install-helm.sh
 
 crds: venv ## Regenerate crds/ from the API models (autolabel/api.py)
 	$(PY) -m autolabel.crd > crds/autolabeljobs.autolabel.dev.yaml
