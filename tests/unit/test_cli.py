@@ -271,14 +271,8 @@ def test_sample_dataset_annotation_writes_the_digits(tmp_path: Path) -> None:
     ensure_sample_dataset(job)  # present: left alone
     assert manifest.stat().st_mtime_ns == before
 
-    unknown = localize(load_job_file(write(tmp_path, text.replace(": digits\n", ": cifar\n"), "u.yaml")), path, None)
-    other = tmp_path / "elsewhere"
-    unknown = unknown.model_copy(
-        update={
-            "spec": unknown.spec.model_copy(
-                update={"dataset": unknown.spec.dataset.model_copy(update={"manifest": str(other / "digits.manifest")})}
-            )
-        }  # fmt: skip
-    )
+    unknown_text = text.replace(": digits\n", ": cifar\n").replace("data/digits.manifest", "other/digits.manifest")
+    unknown_path = write(tmp_path, unknown_text, "u.yaml")
+    unknown = localize(load_job_file(unknown_path), unknown_path, None)
     with pytest.raises(JobFileError, match='unknown sample dataset "cifar"'):
         ensure_sample_dataset(unknown)
