@@ -100,15 +100,16 @@ class DevEnv:
             print(f"control plane: already running from {self.cluster.state_dir} (reused; down leaves it)", file=out)
         else:
             print("control plane: starting ...", file=out, flush=True)
-            self.cluster.start()
-            state["cluster_started"] = True
+            state["cluster_started"] = True  # recorded first: a half-started control plane is ours to stop
             self._save(state)
+            self.cluster.start()
         state["cluster_ports"] = self._cluster_ports()
 
         if "s3" not in already:
             print("S3 server (MinIO): starting ...", file=out, flush=True)
-            self.s3.start()
             state["s3_started"] = True
+            self._save(state)
+            self.s3.start()
         state["s3_endpoint"] = self.s3.endpoint_url
         self._save(state)
 
@@ -127,7 +128,13 @@ class DevEnv:
                  "--node-name", NODE_NAME, "--state-dir", str(self.dir / "node")],
                 env={"PYTHONPATH": _pythonpath()},
             )  # fmt: skip
-            wait_until(lambda: "started (state in" in log.read_text(), 60, "local node runner", log)
+
+            def runner_ready() -> bool:
+                if "node-runner" not in self.procs.alive():
+                    raise RuntimeError(f"the local node runner exited at start; see {log}:\n{_tail(log)}")
+                return "started (state in" in log.read_text()
+
+            wait_until(runner_ready, 60, "local node runner", log)
             print(f"local node runner: started (log {log})", file=out)
 
         status = 0
