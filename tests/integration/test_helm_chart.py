@@ -38,6 +38,10 @@ GENERATED_CRD = REPO_ROOT / "crds" / "autolabeljobs.autolabel.dev.yaml"
 OPERATOR_SRC = REPO_ROOT / "operator" / "autolabel_operator"
 HELM_VERSION = "v3.21.4"
 
+# Installed releases keep their operator pod unscheduled: the local node runner (started by other test
+# modules) runs every pod bound to local-node as a process, and a stray cluster-wide operator would
+# reconcile other tests' jobs. Unbound pods also go away at once on uninstall (no kubelet to confirm).
+NEVER_SCHEDULED = {"nodeSelector": {"autolabel.dev/helm-test": "never-scheduled"}}
 Perm = tuple[str, str, str]  # (API group, resource[/subresource], verb)
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
 
@@ -477,12 +481,22 @@ def test_helm_install_grants_the_service_account_what_the_operator_uses(
     release = f"r{uuid.uuid4().hex[:6]}"
     kube = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace]
     # The session's CRD is applied by the test fixture (not owned by a release): the chart leaves it alone.
-    helm("install", release, str(CHART), *kube, "--set", "crds.install=false", "--timeout", "60s")
+    values = _values_file(tmp_path, {"crds": {"install": False}, **NEVER_SCHEDULED})
+    helm("install", release, str(CHART), *kube, *values, "--timeout", "60s")
     try:
         status = json.loads(helm("status", release, *kube, "-o", "json").stdout)
         assert status["info"]["status"] == "deployed"
         deploy = json.loads(cluster.kubectl("get", "deployment", "-n", namespace, "-o", "json").stdout)["items"]
         assert [d["metadata"]["name"] for d in deploy] == [f"{release}-autolabel-operator"]
+
+        def unschedulable() -> bool:
+            found = _get(cluster, namespace, "pods", "-l", f"app.kubernetes.io/instance={release}") or {}
+            pods: list[dict[str, Any]] = found.get("items") or []
+            return bool(pods) and all(
+                c["type"] == "PodScheduled" and c["reason"] == "Unschedulable"
+                for pod in pods for c in pod["status"].get("conditions", []))
+
+        _wait(unschedulable, 30, "the operator pod to be refused by the scheduler (NEVER_SCHEDULED)")
         sa = f"system:serviceaccount:{namespace}:{release}-autolabel-operator"
         need = operator_permissions(namespaced=False)
         for ns in (namespace, "default"):  # cluster-wide: any namespace
@@ -503,7 +517,7 @@ def test_helm_install_with_watch_namespaces_confines_the_operator(
 ) -> None:
     release = f"r{uuid.uuid4().hex[:6]}"
     kube = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace]
-    values = _values_file(tmp_path, {"watchNamespaces": [namespace], "crds": {"install": False}})
+    values = _values_file(tmp_path, {"watchNamespaces": [namespace], "crds": {"install": False}, **NEVER_SCHEDULED})
     helm("install", release, str(CHART), *kube, *values, "--timeout", "60s")
     try:
         sa = f"system:serviceaccount:{namespace}:{release}-autolabel-operator"
@@ -518,7 +532,7 @@ def test_helm_install_with_watch_namespaces_confines_the_operator(
 
 
 # ------------------------------------------------- the operator itself, as the chart's ServiceAccount
-def _wait(check: Any, timeout: float, what: str, log: Path) -> Any:
+def _wait(check: Any, timeout: float, what: str, log: Path | None = None) -> Any:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -526,7 +540,7 @@ def _wait(check: Any, timeout: float, what: str, log: Path) -> Any:
         if last:
             return last
         time.sleep(0.3)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r}); operator log:\n{tail}")
 
 
@@ -569,7 +583,7 @@ def test_the_operator_works_with_only_the_charts_permissions(
     release = f"r{uuid.uuid4().hex[:6]}"
     values = {"watchNamespaces": [namespace], "crds": {"install": False},
               "s3": {"endpoint": s3_server.endpoint_url, "region": "us-east-1", "credentialsSecret": "s3-creds"},
-              "reconcileIntervalSeconds": 1}
+              "reconcileIntervalSeconds": 1, **NEVER_SCHEDULED}
     kube = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace]
     helm("install", release, str(CHART), *kube, *_values_file(tmp_path, values), "--timeout", "60s")
     operator: subprocess.Popen[bytes] | None = None
