@@ -21,6 +21,7 @@ code  meaning                                                         retryable
 4     object storage unreachable after retries                        yes
 5     object storage refused or lacks an object (credentials, 404)    no
 130   interrupted (SIGINT)                                            n/a
+143   terminated (SIGTERM: pod deleted or suspended, deadline passed) n/a
 ====  ==============================================================  ==========
 
 On failure ``progress.json`` gets stage ``failed`` with ``error`` (the message) and ``reason``
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -59,12 +61,24 @@ EXIT_DATA = 3
 EXIT_STORAGE_UNREACHABLE = 4
 EXIT_STORAGE = 5
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JobConfigError(ValueError):
     """The job description handed to the worker is unusable."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (the pod is being deleted, suspended or is past its deadline).
+
+    A BaseException, so that ``except Exception`` blocks inside the pipeline do not swallow it.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated("stopped by SIGTERM (the pod was deleted or suspended, or the Job passed its deadline)")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -85,6 +99,8 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
 
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "Interrupted"
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED, "Terminated"
     if isinstance(exc, JobConfigError | ValidationError):
         return EXIT_BAD_JOB, "InvalidJob"
     if isinstance(exc, PreflightError):
@@ -247,6 +263,7 @@ def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Container entry point; returns (and exits with) the exit code."""
     configure_logging()
+    signal.signal(signal.SIGTERM, _raise_terminated)  # record why in progress.json, then exit 143
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] in ("-h", "--help"):

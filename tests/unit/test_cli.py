@@ -276,3 +276,37 @@ def test_sample_dataset_annotation_writes_the_digits(tmp_path: Path) -> None:
     unknown = localize(load_job_file(unknown_path), unknown_path, None)
     with pytest.raises(JobFileError, match='unknown sample dataset "cifar"'):
         ensure_sample_dataset(unknown)
+
+
+def test_sigterm_is_recorded_and_exits_143(tmp_path: Path) -> None:
+    """The real container entry point in a subprocess, stopped with SIGTERM while the pipeline runs."""
+    import os
+    import signal
+    import time
+
+    manifest = dataset(tmp_path)
+    started = tmp_path / "started"
+    # A stand-in pipeline module that blocks until the signal arrives.
+    code = (
+        "import autolabel_worker.entrypoint as e, sys, time, types, pathlib\n"
+        "m = types.ModuleType('autolabel_worker.pipeline')\n"
+        f"def run_job(*a):\n    pathlib.Path({str(started)!r}).touch()\n    time.sleep(60)\n"
+        "m.run_job = run_job\nsys.modules['autolabel_worker.pipeline'] = m\nsys.exit(e.main([]))\n"
+    )
+    doc = {"metadata": {"name": "j"}, "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
+           "dataset": {"manifest": str(manifest)}}}  # fmt: skip
+    env = {**os.environ, "AUTOLABEL_JOB": json.dumps(doc), "AUTOLABEL_OUTPUT": str(tmp_path / "out")}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert started.exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == entrypoint.EXIT_TERMINATED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert progress["stage"] == "failed" and progress["reason"] == "Terminated"
+    assert "SIGTERM" in progress["error"]
