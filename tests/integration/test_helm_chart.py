@@ -644,3 +644,14 @@ def test_the_operator_works_with_only_the_charts_permissions(
     refused = [line for line in text.splitlines()
                if any(word in line for word in ("forbidden", "Forbidden", " 403", "Not enough permissions"))]
     assert not refused, "requests refused to the chart's ServiceAccount:\n" + "\n".join(refused[:20])
+
+
+def test_existing_service_account_without_rbac(helm: Any, tmp_path: Path) -> None:
+    """For clusters where RBAC is managed by hand: the chart creates neither, and uses the named account."""
+    docs = render(helm, tmp_path, {"serviceAccount": {"create": False, "name": "ops-autolabel"},
+                                   "rbac": {"create": False}})
+    assert not {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & {
+        d["kind"] for d in docs}
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops-autolabel"
+    result = helm("template", "al", str(CHART), "--set", "serviceAccount.create=false", check=False)
+    assert result.returncode != 0 and "serviceAccount.name is required" in result.stderr, result.stderr
