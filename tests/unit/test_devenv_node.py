@@ -364,3 +364,14 @@ def test_pod_with_unsupported_volume_fails_clearly(tmp_path: Path) -> None:
     assert final["phase"] == "Failed" and final["reason"] == "UnsupportedVolume"
     assert "volume 'data' (persistentVolumeClaim)" in final["message"]
     worker.shutdown()
+
+
+def test_containers_started_decides_what_a_restarted_runner_resumes() -> None:
+    waiting = {"name": "c", "state": {"waiting": {"reason": "CreateContainerConfigError"}}, "lastState": {}}
+    assert not node.containers_started({"status": {"phase": "Pending", "containerStatuses": [waiting]}})
+    assert not node.containers_started({"status": {}})
+    assert node.containers_started({"status": {"phase": "Running"}})
+    init_done = {"name": "i", "state": {"terminated": {"exitCode": 0}}}
+    assert node.containers_started(
+        {"status": {"phase": "Pending", "initContainerStatuses": [init_done], "containerStatuses": [waiting]}}
+    )

@@ -568,7 +568,8 @@ class PodWorker:
             return
         for sub in ("work", "tmp", "logs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.start_time = time.time()
+        previous_start = self.pod.get("status", {}).get("startTime")
+        self.start_time = _parse_time(previous_start) if previous_start else time.time()
         log.info("pod %s/%s: starting; logs in %s", self.namespace, self.name, self.dir / "logs")
         problems = unsupported_volumes(self.pod)
         if problems:
@@ -1024,8 +1025,8 @@ class NodeRunner:
         for pod in pods:
             phase = pod.get("status", {}).get("phase", "Pending")
             started = pod.get("status", {}).get("startTime")
-            if phase in ("Succeeded", "Failed") or (phase == "Pending" and not started):
-                continue
+            if phase in ("Succeeded", "Failed") or not containers_started(pod):
+                continue  # finished, or nothing of it ever ran: the watch loop (re)starts it
             meta = pod["metadata"]
             log.info(
                 "pod %s/%s was %s under a previous node runner: marking it Failed",
@@ -1156,6 +1157,18 @@ class NodeRunner:
         for worker in workers:
             worker.join(SHUTDOWN_GRACE_SECONDS + 35)
         log.info("node runner stopped (%d pods shut down)", len(workers))
+
+
+def containers_started(pod: Pod) -> bool:
+    """Whether any container of the pod was ever started (a process existed for it)."""
+    status = pod.get("status", {})
+    if status.get("phase") == "Running":
+        return True
+    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    return any(
+        "running" in (s.get("state") or {}) or "terminated" in (s.get("state") or {}) or s.get("lastState")
+        for s in statuses
+    )
 
 
 def _previous_result(pod: Pod, state: ContainerState) -> ContainerResult | None:
