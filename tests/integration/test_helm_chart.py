@@ -241,6 +241,12 @@ def test_lint_strict(helm: Any, tmp_path: Path) -> None:
                    {"metrics": {"serviceMonitor": {"enabled": True}}, "s3": {"credentialsSecret": "s3"}}):
         result = helm("lint", "--strict", str(CHART), *_values_file(tmp_path, values))
         assert "0 chart(s) failed" in result.stdout, result.stdout
+    # The packaged chart (what a chart repository serves) carries the CRD file and renders the same.
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("autolabel-operator-*.tgz")
+    packaged = helm("template", "al", str(package), "--namespace", "autolabel").stdout
+    assert packaged == helm("template", "al", str(CHART), "--namespace", "autolabel").stdout
+    assert "kind: CustomResourceDefinition" in packaged
 
 
 @pytest.mark.parametrize(
