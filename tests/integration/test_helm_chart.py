@@ -233,6 +233,17 @@ def test_derivation_finds_the_operator_requests() -> None:
     assert {("batch", "jobs", "create"), ("coordination.k8s.io", "leases", "update"),
             ("autolabel.dev", "autolabeljobs/status", "patch")} <= perms, perms
     assert len(perms) >= 8, perms
+    # Every API call must go through Kube.request(): typed clients (CoreV1Api, ...) or other call_api()
+    # users would escape this derivation.
+    for rel, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = _call_name(node) or ""
+                assert not (name.endswith("Api") and name[:1].isupper()), f"{rel}:{node.lineno}: {name}()"
+                if name == "call_api":
+                    fn = next(f for f in ast.walk(tree) if isinstance(f, ast.AsyncFunctionDef | ast.FunctionDef)
+                              and node in ast.walk(f))
+                    assert fn.name == "request", f"{rel}:{node.lineno}: call_api() outside Kube.request()"
 
 
 # --------------------------------------------------------------------------------- lint and render
