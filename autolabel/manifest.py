@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from autolabel.storage import Storage, join_uri
+from autolabel.storage import S3_SCHEME, Storage, join_uri, uri_scheme
 
 CLASSIFICATION_TYPE = "modelarts/image_classification"
 DETECTION_TYPE = "modelarts/object_detection"
@@ -149,6 +149,17 @@ def _parse_annotation(obj: Any, index: int, resolve: _Resolver) -> Annotation:
     )
 
 
+def _check_location(uri: str, manifest_uri: str, what: str) -> None:
+    """Sources are s3:// URIs or local paths; an s3:// manifest may only name objects in a store."""
+    if uri.startswith(S3_SCHEME):
+        return
+    scheme = uri_scheme(uri)
+    if scheme and scheme != "file://":
+        raise ValueError(f"{what} {uri!r}: unsupported URI scheme {scheme!r} (use s3:// or a path)")
+    if manifest_uri.startswith(S3_SCHEME):
+        raise ValueError(f"{what} {uri!r} is a local path, but the manifest is in object storage")
+
+
 def _parse_line(text: str, line_no: int, resolve: _Resolver) -> ManifestEntry:
     manifest_uri = resolve.manifest_uri
     try:
@@ -173,6 +184,10 @@ def _parse_line(text: str, line_no: int, resolve: _Resolver) -> ManifestEntry:
         annotations = tuple(_parse_annotation(a, i, resolve) for i, a in enumerate(raw_annotations))
         usage = _optional_str(obj, "usage", "")
         resolved = resolve(source.strip())
+        _check_location(resolved, manifest_uri, '"source"')
+        for ann in annotations:
+            if ann.annotation_loc is not None:
+                _check_location(ann.annotation_loc, manifest_uri, '"annotation-loc"')
     except ValueError as exc:
         raise ManifestError(manifest_uri, line_no, str(exc)) from exc
     return ManifestEntry(line_no=line_no, source=resolved, annotations=annotations, usage=usage, raw=obj)

@@ -57,6 +57,10 @@ class StorageUnreachable(StorageError):
     """The store could not be reached, after retries with backoff were exhausted."""
 
 
+class UnsupportedURI(StorageError, ValueError):
+    """A URI with a scheme other than s3:// or file:// (or a plain path)."""
+
+
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -133,8 +137,14 @@ def local_path(uri: str) -> str:
     if uri.startswith("file://"):
         return uri[len("file://") :]
     if _SCHEME_RE.match(uri):
-        raise ValueError(f"unsupported URI scheme (use s3:// or a local path): {uri!r}")
+        raise UnsupportedURI(uri, "unsupported URI scheme (use s3:// or a local path)")
     return uri
+
+
+def uri_scheme(uri: str) -> str | None:
+    """``"s3://"``, ``"file://"``, ``"https://"``, … or None for a plain path."""
+    match = _SCHEME_RE.match(uri)
+    return match.group(0) if match else None
 
 
 def is_absolute_uri(uri: str) -> bool:

@@ -127,6 +127,12 @@ def test_detection_entries() -> None:
             '"confidence" 1.5 is outside 0..1',
         ),
         ('{"source": "a.png", "usage": 3}', '"usage" must be a string'),
+        ('{"source": "obs://bucket/a.png"}', "unsupported URI scheme 'obs://'"),
+        ('{"source": "/etc/passwd"}', "is a local path, but the manifest is in object storage"),
+        (
+            '{"source": "a.png", "annotation": [{"type": "modelarts/object_detection", "annotation-loc": "/x.xml"}]}',
+            "\"annotation-loc\" '/x.xml' is a local path",
+        ),
     ],
 )
 def test_malformed_lines_name_manifest_line_and_reason(text: str, reason: str) -> None:
@@ -215,3 +221,8 @@ def test_parse_voc_errors_name_file_and_object(xml: bytes, reason: str) -> None:
     with pytest.raises(VocError) as err:
         parse_voc(xml, "s3://b/xml/1.xml")
     assert reason in str(err.value) and str(err.value).startswith("s3://b/xml/1.xml: ")
+
+
+def test_local_manifests_may_name_local_and_s3_images() -> None:
+    entries = list(parse_manifest([line("/abs/a.png"), line("s3://b/k.png"), line("file:///x/y.png")], "/d/m.manifest"))
+    assert [e.source for e in entries] == ["/abs/a.png", "s3://b/k.png", "file:///x/y.png"]

@@ -313,3 +313,12 @@ def test_client_errors_are_mapped() -> None:
     assert type(denied) is StorageError and "check the credentials" in str(denied)
     assert type(mapped("s3://b/k", "read", err("SlowDown", 503))) is StorageUnreachable
     assert type(mapped("s3://b/k", "read", err("InvalidRange", 416))) is StorageError
+
+
+def test_unsupported_schemes_are_storage_errors() -> None:
+    from autolabel.storage import UnsupportedURI
+
+    got = list(Storage().fetch_many(["https://example.com/a.png"]))
+    assert isinstance(got[0][1], UnsupportedURI) and "unsupported URI scheme" in str(got[0][1])
+    with pytest.raises(ValueError):
+        Storage().read_bytes("obs://bucket/key")
