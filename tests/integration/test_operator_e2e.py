@@ -1,34 +1,37 @@
 """The operator end to end against the real local control plane, the S3 server and the local node runner,
 with the fake worker (tests/fakeworker.py) in the pods. One operator process serves the module; the last
 test SIGKILLs and restarts it."""
+# ruff: noqa: F811 - pytest fixtures imported from operator_fixtures are requested by name
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
 from typing import Any
 
 import pytest
+from autolabel_operator.names import JOB_UID_LABEL, dataset_key, lease_name
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
-from operator_fixtures import (
+from operator_fixtures import (  # noqa: F401 - fixtures
     BUCKET,
     OperatorProcess,
     alj,
     apply,
+    autolabel_operator,
     condition,
     dataset,
     get,
     get_json,
     job_manifest,
+    operator_node_runner,
     put,
+    s3_bucket,
     wait_for,
     wait_phase,
 )
-from operator_fixtures import autolabel_operator, operator_node_runner, s3_bucket  # noqa: F401 - fixtures
-
-from autolabel_operator.names import JOB_UID_LABEL, dataset_key, lease_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("autolabel_operator")]
 
@@ -113,8 +116,8 @@ def test_valid_job_runs_pending_running_succeeded_with_progress_and_result(
     # The history view: AutoLabelJobs of a dataset by label.
     listed = get(cluster, namespace, "autolabeljobs", None, "-l", f"autolabel.dev/dataset={dataset_key(manifest)}")
     assert [i["metadata"]["name"] for i in listed["items"]] == ["digits"]
-    reasons = wait_for(lambda: (r := events_for(cluster, namespace, "digits")) and "Succeeded" in r and r, 20, "events")
-    assert {"JobCreated", "Running", "Succeeded"} <= set(reasons)
+    wanted = {"JobCreated", "Running", "Succeeded"}
+    wait_for(lambda: wanted <= set(events_for(cluster, namespace, "digits")), 20, f"events {wanted}")
     text = autolabel_operator.metrics()
     assert metric(text, "autolabel_jobs", phase="Succeeded") >= 1
     assert metric(text, "autolabel_images_labeled_total", mode="ActiveLearning") >= 9
@@ -189,7 +192,7 @@ def test_twenty_jobs_for_one_dataset_run_one_at_a_time_in_creation_order(
         summary = get_json(s3_server, key)
         runs.append((obj["metadata"]["name"], summary["startedAt"], summary["finishedAt"]))
     # Never two at once, and in creation order (same creation second: by name, as created).
-    for (name_a, _, end_a), (name_b, start_b, _) in zip(runs, runs[1:], strict=False):
+    for (name_a, _, end_a), (name_b, start_b, _) in itertools.pairwise(runs):
         assert end_a <= start_b, f"{name_b} started before {name_a} finished: {runs}"
     assert lease_holder(cluster, namespace, manifest) is None
 
