@@ -8,7 +8,9 @@ One JSON object per line::
     {"source": "s3://b/img/7.jpg", "annotation": [{"type": "modelarts/object_detection",
      "annotation-loc": "s3://b/xml/7.xml", "annotation-format": "PASCAL VOC"}]}
 
-A line without ``annotation`` (or with an empty list) is an unlabeled image. Every malformed line raises
+A line without ``annotation`` (or with an empty list) is an unlabeled image. ``obs://bucket/key``
+(Huawei OBS, as ModelArts writes them) is read as ``s3://bucket/key``: OBS is S3-compatible, so point
+the job's storage endpoint at OBS and ModelArts manifests work unchanged. Every malformed line raises
 :class:`ManifestError` naming the manifest, the line number and the reason; blank lines are skipped.
 Reading is streamed: :func:`read_manifest` holds one line at a time.
 """
@@ -30,6 +32,7 @@ CLASSIFICATION_TYPE = "modelarts/image_classification"
 DETECTION_TYPE = "modelarts/object_detection"
 KNOWN_TYPES = (CLASSIFICATION_TYPE, DETECTION_TYPE)
 VOC_FORMAT = "PASCAL VOC"
+OBS_SCHEME = "obs://"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,8 @@ class _Resolver:
         self.folder = folder if folder.endswith(("/", os.sep)) else None
 
     def __call__(self, relative: str) -> str:
+        if relative.startswith(OBS_SCHEME):  # ModelArts manifests name OBS objects; OBS speaks S3
+            return S3_SCHEME + relative[len(OBS_SCHEME) :]
         if (
             self.folder is not None
             and not relative.startswith((".", "/"))

@@ -127,7 +127,7 @@ def test_detection_entries() -> None:
             '"confidence" 1.5 is outside 0..1',
         ),
         ('{"source": "a.png", "usage": 3}', '"usage" must be a string'),
-        ('{"source": "obs://bucket/a.png"}', "unsupported URI scheme 'obs://'"),
+        ('{"source": "https://example.com/a.png"}', "unsupported URI scheme 'https://'"),
         ('{"source": "/etc/passwd"}', "is a local path, but the manifest is in object storage"),
         (
             '{"source": "a.png", "annotation": [{"type": "modelarts/object_detection", "annotation-loc": "/x.xml"}]}',
@@ -226,3 +226,13 @@ def test_parse_voc_errors_name_file_and_object(xml: bytes, reason: str) -> None:
 def test_local_manifests_may_name_local_and_s3_images() -> None:
     entries = list(parse_manifest([line("/abs/a.png"), line("s3://b/k.png"), line("file:///x/y.png")], "/d/m.manifest"))
     assert [e.source for e in entries] == ["/abs/a.png", "s3://b/k.png", "file:///x/y.png"]
+
+
+def test_modelarts_obs_sources_are_read_as_s3() -> None:
+    text = line(
+        "obs://bucket/img/1.jpg",
+        {"type": DETECTION_TYPE, "annotation-loc": "obs://bucket/xml/1.xml", "annotation-format": "PASCAL VOC"},
+    )
+    (entry,) = parse_manifest([text], URI)
+    assert entry.source == "s3://bucket/img/1.jpg"
+    assert entry.annotations[0].annotation_loc == "s3://bucket/xml/1.xml"
