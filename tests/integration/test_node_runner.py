@@ -321,3 +321,20 @@ def test_sigterm_stops_the_runner_and_its_pods(
     obj = get(cluster, "pod", "-n", namespace, "victim")
     assert obj["status"]["phase"] == "Failed" and obj["status"]["reason"] == "Terminated"
     node_runner.start()  # leave it running for whatever comes next in this module
+
+
+def test_job_retries_a_pod_lost_to_a_runner_restart_for_free(
+    cluster: LocalCluster, namespace: str, node_runner: NodeRunnerProcess, tmp_path: Path
+) -> None:
+    """A pod lost to a runner restart carries DisruptionTarget, so a Job whose pod failure policy ignores
+    disruptions (as the operator's do) retries it without spending its backoff limit."""
+    marker = tmp_path / "first-attempt"
+    policy = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
+    script = f"test -e {marker} && exit 0; touch {marker}; sleep 300"
+    apply(cluster, namespace, job("survivor", script, backoffLimit=0, podFailurePolicy=policy))
+    wait_for(marker.exists, 60, "the first attempt to start")
+    node_runner.stop(signal.SIGKILL)
+    node_runner.start()
+    obj = job_condition(cluster, namespace, "survivor")
+    assert obj["status"].get("succeeded") == 1
+    assert not obj["status"].get("failed")  # the lost pod did not count
