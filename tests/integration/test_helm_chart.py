@@ -617,10 +617,10 @@ def test_the_operator_works_with_only_the_charts_permissions(
         secret = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
         env = {var["name"]: var["value"] if "value" in var else secret[var["valueFrom"]["secretKeyRef"]["key"]]
                for var in container["env"]}
-        health = _free_port()
+        health, metrics = _free_port(), _free_port()
         env.update({  # what differs between the pod and a local process: files, ports, credentials
             "AUTOLABEL_FLAVORS": str(tmp_path / "flavors.yaml"),
-            "AUTOLABEL_METRICS_PORT": str(_free_port()),
+            "AUTOLABEL_METRICS_PORT": str(metrics),
             "AUTOLABEL_LIVENESS": env["AUTOLABEL_LIVENESS"].replace("0.0.0.0:8080", f"127.0.0.1:{health}"),
             "KUBECONFIG": str(tmp_path / "kubeconfig"),
             "HOME": str(tmp_path),
@@ -630,6 +630,8 @@ def test_the_operator_works_with_only_the_charts_permissions(
             operator = subprocess.Popen([sys.executable, "-m", "autolabel_operator.main"], env=env, stdout=out,
                                         stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
         _wait(lambda: _healthy(f"http://127.0.0.1:{health}/healthz"), 60, "the liveness endpoint /healthz", log)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as response:
+            assert "autolabel_jobs" in response.read().decode()  # what the metrics Service exposes
 
         job = {"apiVersion": "autolabel.dev/v1alpha1", "kind": "AutoLabelJob", "metadata": {"name": "chart"},
                "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
