@@ -517,7 +517,8 @@ class PodWorker:
         self.thread.start()
 
     def join(self, timeout: float | None = None) -> None:
-        self.thread.join(timeout)
+        if self.thread.ident is not None:  # started (a worker registered during shutdown may not be)
+            self.thread.join(timeout)
 
     # -- called from the watch thread ----------------------------------------------------------------
     def update(self, pod: Pod) -> None:
@@ -709,7 +710,9 @@ class PodWorker:
         try:
             argv = command_line(spec, env)
             argv[0] = resolve_executable(argv[0], env.get("PATH", self.runner.default_path))
-            cwd = self.dir / "work"
+            # workingDir names a folder of the image; here it is used only when it exists on this machine
+            working_dir = spec.get("workingDir")
+            cwd = Path(working_dir) if working_dir and Path(working_dir).is_dir() else self.dir / "work"
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(
                     argv,
