@@ -233,6 +233,28 @@ def _int_env(env: dict[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _validate_tolerating_newer_fields(doc: Any) -> AutoLabelJob:
+    """Validate the job; fields this worker does not know (a newer operator/CRD than this image) are
+    dropped with a warning instead of failing the run. Every other error still fails."""
+    try:
+        return AutoLabelJob.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if not errors or any(e["type"] != "extra_forbidden" for e in errors) or not isinstance(doc, dict):
+            raise
+        for err in errors:
+            *parents, last = err["loc"]
+            node: Any = doc
+            for part in parents:
+                node = node[part]
+            node.pop(last, None)
+        log.warning(
+            "ignoring fields this worker does not know (is the image older than the operator?): %s",
+            ", ".join(".".join(str(p) for p in e["loc"]) for e in errors),
+        )
+        return AutoLabelJob.model_validate(doc)
+
+
 def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
     """``(job, output prefix, shard index, shard count)`` from the pod's environment."""
     raw = env.get("AUTOLABEL_JOB")
@@ -243,7 +265,7 @@ def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
     except json.JSONDecodeError as exc:
         raise JobConfigError(f"AUTOLABEL_JOB is not valid JSON: {exc}") from exc
     try:
-        job = AutoLabelJob.model_validate(doc)
+        job = _validate_tolerating_newer_fields(doc)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()

@@ -310,3 +310,14 @@ def test_sigterm_is_recorded_and_exits_143(tmp_path: Path) -> None:
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert progress["stage"] == "failed" and progress["reason"] == "Terminated"
     assert "SIGTERM" in progress["error"]
+
+
+def test_worker_tolerates_fields_from_a_newer_operator(caplog: pytest.LogCaptureFixture) -> None:
+    doc = {"metadata": {"name": "x"}, "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
+           "dataset": {"manifest": "s3://b/m", "shardBy": "hash"}, "futureKnob": 3}}  # fmt: skip
+    job, _, _, _ = entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
+    assert job.spec.dataset.manifest == "s3://b/m"
+    assert "spec.dataset.shardBy" in caplog.text and "spec.futureKnob" in caplog.text
+    doc["spec"]["task"] = "Nope"
+    with pytest.raises(entrypoint.JobConfigError, match=r"spec\.task"):
+        entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
