@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from autolabel.api import KIND, AutoLabelJob
-from autolabel.storage import is_absolute_uri
+from autolabel.api import KIND, AutoLabelJob, results_prefix
+from autolabel.storage import is_absolute_uri, is_s3
 
 log = logging.getLogger("autolabel.cli")
 
@@ -170,7 +170,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (JobFileError, ValidationError) as exc:
         print(f"autolabel run: {exc}", file=sys.stderr)
         return EXIT_BAD_JOB
-    return execute(job, storage_for(job))
+    storage = storage_for(job)
+    output = results_prefix(job)
+    if not is_s3(output) and os.path.exists(os.path.join(output, "summary.json")):
+        log.warning("%s holds the results of an earlier run of %s; they will be replaced", output, job.run_name)
+    return execute(job, storage, output)
 
 
 def build_parser() -> argparse.ArgumentParser:
