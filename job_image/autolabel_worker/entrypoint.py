@@ -207,7 +207,9 @@ def execute(
         run_job(job, storage, output_prefix, shard_index, shard_count)
     except BaseException as exc:
         code, reason = classify_error(exc)
-        message = str(exc) or type(exc).__name__
+        message = str(exc).strip() or type(exc).__name__
+        if code == EXIT_INTERNAL and not message.startswith(type(exc).__name__):
+            message = f"{type(exc).__name__}: {message}"  # a bug: the exception type helps whoever reads it
         if code == EXIT_INTERNAL:
             log.exception("job failed with an unexpected error")
         else:

@@ -194,7 +194,7 @@ def test_failures_map_to_exit_codes_and_failed_progress(
     assert entrypoint.main([]) == code
     progress = json.loads((out / "progress.json").read_text())
     assert (progress["stage"], progress["reason"]) == ("failed", reason)
-    assert progress["error"] == str(error)
+    assert progress["error"] == (str(error) if code != 1 else f"RuntimeError: {error}")
 
 
 def test_shard_failures_go_to_the_shard_folder(tmp_path: Path, fake_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
