@@ -63,6 +63,8 @@ EXIT_STORAGE = 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
+MAX_ERROR_CHARS = 4000  # progress.json's error ends up in a Kubernetes condition message
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -159,7 +161,7 @@ def write_failure(
         "percent": 0,
         "updatedAt": rfc3339_now(),
         "reason": reason,
-        "error": error,
+        "error": error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…",
     }
     try:
         writer = _failure_writer(storage, output_prefix, shard_index, shard_count)
