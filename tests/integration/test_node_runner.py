@@ -124,6 +124,8 @@ def test_plain_pod_succeeds(cluster: LocalCluster, namespace: str, node_runner: 
     assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "PodCompleted"
     assert conditions["PodScheduled"]["status"] == "True"  # the real scheduler bound it
     assert "hello from hello in " in node_runner.logs_of(namespace, "hello", "main")
+    cluster.kubectl("delete", "pod", "-n", namespace, "hello", "--wait=false")
+    wait_for(lambda: get(cluster, "pod", "-n", namespace, "hello") is None, 20, "the finished pod to be deleted")
 
 
 def test_failing_command_reports_its_exit_code(

@@ -511,7 +511,7 @@ class PodWorker:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.start_time: float | None = None
         self.transitions: dict[str, tuple[bool, str]] = {}
-        self.finished = False
+        self.deleted = False  # deleted with grace 0 by this worker
 
     def start(self) -> None:
         self.thread.start()
@@ -560,7 +560,6 @@ class PodWorker:
             self._kill_all(0)
             self._report_terminal(reason="NodeRunnerError", message="the local node runner failed; see its log")
         finally:
-            self.finished = True
             self.runner.worker_done(self)
 
     def _run(self) -> None:
@@ -612,18 +611,11 @@ class PodWorker:
         self._end_after_report()
 
     def _end_after_report(self) -> None:
-        """The pod is terminal: clean up, then delete it (grace 0) once it is being deleted."""
+        """The pod is terminal: clean up; delete it (grace 0) if it is being deleted already. A later
+        deletion is done by the runner (:meth:`NodeRunner.handle`), so no thread waits for it."""
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
-        # Terminal but still in the API: wait for deletion (then delete with grace 0) or node shutdown.
-        while True:
-            cause = self.interrupt()
-            if cause == Interrupt.DELETED:
-                self._delete_now()
-                return
-            if cause in (Interrupt.GONE, Interrupt.SHUTDOWN):
-                return
-            self._wake.wait(5)
-            self._wake.clear()
+        if self.interrupt() == Interrupt.DELETED:
+            self._delete_now()
 
     def _grace_seconds(self, cause: str | None) -> float:
         if cause == Interrupt.SHUTDOWN:
@@ -847,6 +839,7 @@ class PodWorker:
     def _delete_now(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
+        self.deleted = True
         try:
             self.runner.core.delete_namespaced_pod(
                 self.name,
@@ -890,7 +883,7 @@ class NodeRunner:
         self.service_env = self._service_env(api_client.configuration.host)
         self.allocatable: dict[str, str] = {}
         self.workers: dict[str, PodWorker] = {}
-        self.finished_uids: set[str] = set()
+        self.finished: dict[str, bool] = {}  # terminal pods still in the API: uid -> deleted (grace 0) yet
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.resource_version: str | None = None
@@ -1057,28 +1050,37 @@ class NodeRunner:
             if event_type == "DELETED":
                 if worker is not None:
                     worker.mark_gone()
-                self.finished_uids.discard(uid)
+                self.finished.pop(uid, None)
                 return
             if worker is not None:
                 worker.update(pod)
                 return
-            if self.stopping.is_set() or uid in self.finished_uids:
+            if self.stopping.is_set():
                 return
-            phase = pod.get("status", {}).get("phase", "Pending")
-            if phase in ("Succeeded", "Failed"):
-                if meta.get("deletionTimestamp"):
-                    worker = PodWorker(self, pod)  # only to delete it, as a kubelet does for terminal pods
-                    self.finished_uids.add(uid)
-                    threading.Thread(target=worker._delete_now, daemon=True).start()
+            if uid in self.finished or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                deleted = self.finished.setdefault(uid, False)
+                if meta.get("deletionTimestamp") and not deleted:
+                    self._delete_terminal(pod)
                 return
             worker = PodWorker(self, pod)
             self.workers[uid] = worker
         worker.start()
 
+    def _delete_terminal(self, pod: Pod) -> None:
+        """Delete a terminal pod with grace 0 once it is being deleted, as a kubelet does (the caller holds
+        the lock)."""
+        self.finished[pod["metadata"]["uid"]] = True
+        threading.Thread(target=PodWorker(self, pod)._delete_now, daemon=True).start()
+
     def worker_done(self, worker: PodWorker) -> None:
         with self._lock:
             self.workers.pop(worker.uid, None)
-            self.finished_uids.add(worker.uid)
+            if worker._gone:
+                return
+            self.finished[worker.uid] = worker.deleted
+            # a deletion that arrived after the worker last looked
+            if not worker.deleted and worker.pod["metadata"].get("deletionTimestamp") and not worker._shutdown:
+                self._delete_terminal(worker.pod)
 
     def _sync(self, pods: list[Pod]) -> None:
         seen = set()
@@ -1087,6 +1089,7 @@ class NodeRunner:
             self.handle("MODIFIED", pod)
         with self._lock:
             vanished = [w for uid, w in self.workers.items() if uid not in seen]
+            self.finished = {uid: deleted for uid, deleted in self.finished.items() if uid in seen}
         for worker in vanished:
             worker.mark_gone()
 
