@@ -313,7 +313,7 @@ def test_sigterm_is_recorded_and_exits_143(tmp_path: Path) -> None:
 
 
 def test_worker_tolerates_fields_from_a_newer_operator(caplog: pytest.LogCaptureFixture) -> None:
-    doc = {"metadata": {"name": "x"}, "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
+    doc: dict[str, Any] = {"metadata": {"name": "x"}, "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
            "dataset": {"manifest": "s3://b/m", "shardBy": "hash"}, "futureKnob": 3}}  # fmt: skip
     job, _, _, _ = entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
     assert job.spec.dataset.manifest == "s3://b/m"
