@@ -38,9 +38,7 @@ def _affine(
     b = inv * (-sin + shear * cos)
     c = inv * sin * flip
     d = inv * (cos + shear * sin)
-    theta = torch.stack(
-        [torch.stack([a, b, tx], dim=1), torch.stack([c, d, ty], dim=1)], dim=1
-    ).to(x.dtype)
+    theta = torch.stack([torch.stack([a, b, tx], dim=1), torch.stack([c, d, ty], dim=1)], dim=1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ def choose_model_spec(sizes: list[tuple[int, int]], num_classes: int, arch: str 
         arch = "smallcnn" if max(mw, mh) <= SMALL_IMAGE_MAX else "resnet18"
     if arch == "smallcnn":
         side = max(8, -(-max(mw, mh) // 4) * 4)
-        return ModelSpec(arch, (side, side), num_classes, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        width = 16 if side <= 16 else 32  # 8x8 digits: 16 channels learn as well as 32 at a quarter of the cost
+        return ModelSpec(arch, (side, side), num_classes, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), width=width)
     return ModelSpec(arch, (LARGE_INPUT, LARGE_INPUT), num_classes)
 
 
@@ -160,12 +162,18 @@ class CalibratedEnsemble(nn.Module):
         return torch.log(probs / len(self.members) + 1e-12)
 
     @torch.jit.export
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The members' penultimate features, concatenated."""
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities and the members' unit-norm penultimate features, concatenated and scaled by
+        1/sqrt(K) so that the whole vector has unit norm (one pass for both)."""
         feats: list[torch.Tensor] = []
-        for member in self.members:
-            feats.append(F.normalize(member.features(x), dim=1))
-        return torch.cat(feats, dim=1)
+        probs = torch.zeros(0)
+        for i, member in enumerate(self.members):
+            f = member.features(x)
+            p = torch.softmax(member.fc(f) / self.temperature, dim=1)
+            probs = p if i == 0 else probs + p
+            feats.append(F.normalize(f.float(), dim=1))
+        scale = 1.0 / math.sqrt(len(self.members))
+        return torch.log(probs / len(self.members) + 1e-12), torch.cat(feats, dim=1) * scale
 
 
 @dataclass
@@ -181,7 +189,7 @@ class ModelBundle:
 
     @property
     def has_features(self) -> bool:
-        return hasattr(self.model, "features")
+        return hasattr(self.model, "forward_with_features")
 
 
 def export_model(

@@ -31,7 +31,7 @@ ProgressFn = Callable[[int, int], None]  # (steps done, steps planned)
 @dataclass
 class TrainConfig:
     folds: int = 5
-    steps: int = 600
+    steps: int = 400
     """Optimizer steps per fold model (Fast); the time budget may cut them short."""
     batch_size: int = 64
     lr: float = 0.03
@@ -42,7 +42,7 @@ class TrainConfig:
     seed: int = 0
     pretrained: bool = True
     # Precise (semi.py)
-    ssl_steps: int = 1500
+    ssl_steps: int = 400
     unlabeled_ratio: int = 7
     ema_decay: float = 0.99
     threshold_momentum: float = 0.99
@@ -215,8 +215,12 @@ def train_fold_ensemble(
                 spec, x_lab[train_idx], y_t[train_idx], policy, cfg, deadline, seed, fold_progress
             )
         else:
+            # The held-out labeled images join the unlabeled pool (without labels): they must be exactly
+            # as "seen" as the images they stand for, or calibration would be fitted on points the model
+            # is less sure of than the unlabeled ones it pseudo-labeled.
+            pool = torch.cat([x_unlab, x_lab[held]])
             model, steps, truncated = train_fixmatch(
-                spec, x_lab[train_idx], y_t[train_idx], x_unlab, policy, cfg, deadline, seed, fold_progress
+                spec, x_lab[train_idx], y_t[train_idx], pool, policy, cfg, deadline, seed, fold_progress
             )
         steps_total += steps
         truncated_any |= truncated

@@ -1,0 +1,116 @@
+"""Hard examples: which predictions a person should check, why, and how badly.
+
+Reason IDs follow ModelArts' numbering (anchors §2):
+
+- 1: low confidence: the calibrated confidence is below the threshold of the predicted class;
+- 3: far from the training data of its class: in the models' feature space, the nearest labeled image of
+  the predicted class is farther away than labeled images of one class usually are from each other;
+- 20, 21, 23, 24: the prediction changes under a test-time augmentation (flip left-right, crop, scale,
+  translate) that the model was trained to be invariant to.
+
+Reason 0 ("no object found") does not apply to classification. The hard coefficient (0..1, higher means
+more in need of a person) is ``1 - confidence * agreement * nearness``: the calibrated confidence,
+discounted by the share of test-time views that agree and halved when the image is far from its class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOW_CONFIDENCE = 1
+FAR_FROM_CLASS = 3
+
+
+@dataclass
+class Verdicts:
+    hard: np.ndarray  # bool (n,)
+    coefficient: np.ndarray  # float (n,)
+    reasons: list[list[int]]
+
+
+@dataclass
+class HardExampleRule:
+    thresholds: np.ndarray
+    """Per class: predictions below their class's threshold get reason 1 (a value > 1 means never trust)."""
+    tta_reasons: dict[str, int]
+    """Test-time view name -> reason ID."""
+    distance_limits: np.ndarray | None = None
+    """Per class: feature distances above this get reason 3 (None: reason 3 not used)."""
+
+    def judge(
+        self,
+        pred: np.ndarray,
+        conf: np.ndarray,
+        tta_pred: dict[str, np.ndarray] | None = None,
+        distance: np.ndarray | None = None,
+    ) -> Verdicts:
+        n = len(pred)
+        reasons: list[list[int]] = [[] for _ in range(n)]
+        flagged = np.zeros(n, dtype=bool)
+
+        low = conf < self.thresholds[pred]
+        flagged |= low
+        for i in np.flatnonzero(low):
+            reasons[i].append(LOW_CONFIDENCE)
+
+        far = np.zeros(n, dtype=bool)
+        if distance is not None and self.distance_limits is not None:
+            far = distance > self.distance_limits[pred]
+            flagged |= far
+            for i in np.flatnonzero(far):
+                reasons[i].append(FAR_FROM_CLASS)
+
+        views = sorted((tta_pred or {}).items(), key=lambda kv: self.tta_reasons[kv[0]])
+        disagree = np.zeros(n, dtype=np.float64)
+        for view, view_pred in views:
+            differs = view_pred != pred
+            disagree += differs
+            flagged |= differs
+            for i in np.flatnonzero(differs):
+                reasons[i].append(self.tta_reasons[view])
+        agreement = 1.0 - disagree / max(len(views), 1)
+        nearness = np.where(far, 0.5, 1.0)
+        coefficient = np.clip(1.0 - conf * agreement * nearness, 0.0, 1.0)
+        for r in reasons:
+            r.sort()
+        return Verdicts(flagged, coefficient, reasons)
+
+
+def nearest_same_class_distance(
+    feats: np.ndarray, ref_feats: np.ndarray, ref_labels: np.ndarray, pred: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Cosine distance (0..2) from each row of `feats` to the nearest reference row of its predicted class.
+
+    Rows of `feats`/`ref_feats` are unit-norm (or concatenations of K unit-norm parts, scaled by 1/sqrt(K)).
+    A predicted class without references gets distance 2 (as far as possible).
+    """
+    sims = feats @ ref_feats.T  # (n, m)
+    out = np.full(len(feats), 2.0)
+    for cls in range(num_classes):
+        rows = np.flatnonzero(pred == cls)
+        cols = np.flatnonzero(ref_labels == cls)
+        if len(rows) and len(cols):
+            out[rows] = 1.0 - sims[np.ix_(rows, cols)].max(axis=1)
+    return out
+
+
+def distance_limits(ref_feats: np.ndarray, ref_labels: np.ndarray, num_classes: int, factor: float = 2.0) -> np.ndarray:
+    """Per-class reason-3 limits: `factor` times the largest leave-one-out nearest-neighbour distance
+    among the class's labeled images (the pooled median over classes when a class has a single image)."""
+    sims = ref_feats @ ref_feats.T
+    np.fill_diagonal(sims, -np.inf)
+    loo = np.full(len(ref_feats), np.nan)
+    for cls in range(num_classes):
+        members = np.flatnonzero(ref_labels == cls)
+        if len(members) > 1:
+            loo[members] = 1.0 - sims[np.ix_(members, members)].max(axis=1)
+    pooled = float(np.nanmedian(loo)) if np.isfinite(loo).any() else 1.0
+    limits = np.full(num_classes, pooled * factor)
+    for cls in range(num_classes):
+        vals = loo[ref_labels == cls]
+        vals = vals[np.isfinite(vals)]
+        if len(vals):
+            limits[cls] = max(float(vals.max()), pooled) * factor
+    return np.minimum(limits, 2.0)

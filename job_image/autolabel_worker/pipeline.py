@@ -1,0 +1,516 @@
+"""One labeling run, stage by stage: manifest -> preflight -> train -> calibrate -> predict -> hard
+examples -> write. Shared by the container entrypoint and ``autolabel run --local``.
+
+ActiveLearning trains a K-fold ensemble on the labeled images (Fast: supervised; Precise: FixMatch with
+the unlabeled images too), calibrates it on the out-of-fold predictions, labels every unlabeled image and
+exports the ensemble as ``model/``. PreLabeling runs a given TorchScript model over this shard's share of
+the unlabeled images and flags hard examples without changing its predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
+from autolabel.manifest import ManifestEntry, read_manifest
+from autolabel.preconditions import check_model, model_files
+from autolabel.storage import ScopedWriter, Storage
+
+from . import calibrate as cal
+from .augment import TTA_REASONS, AugmentPolicy, tta_views
+from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
+from .images import decode_image
+from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model
+from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards, shard_prefix
+from .predict import Predictor, image_to_array, iter_batches
+from .preflight import PreflightError, PreflightResult, run_preflight
+from .progress import ProgressReporter
+from .train import TrainConfig, to_input, train_fold_ensemble
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIME_BUDGET = 600
+PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
+
+
+class PipelineError(Exception):
+    """A run that cannot go on; ``reason`` is the CamelCase condition reason the operator shows."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class RunContext:
+    job: AutoLabelJob
+    storage: Storage
+    writer: ScopedWriter
+    progress: ProgressReporter
+    started: float
+    device: torch.device
+    shard_index: int
+    shard_count: int
+
+
+def run_job(
+    job: AutoLabelJob,
+    storage: Storage,
+    output_prefix: str,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> dict:
+    """Run the job (or one PreLabeling shard) and return the summary written to ``summary.json``."""
+    spec = job.spec
+    if str(spec.task) == Task.OBJECT_DETECTION.value:
+        raise PipelineError(
+            "UnsupportedTask",
+            "task ObjectDetection is not supported yet by this worker (image classification only)",
+        )
+    if str(spec.mode) == Mode.ACTIVE_LEARNING.value and shard_count != 1:
+        raise PipelineError("InvalidJob", f"ActiveLearning runs as one worker, got {shard_count} shards")
+    writer = ScopedWriter(storage, output_prefix)
+    if shard_count > 1:
+        writer = writer.scoped(shard_prefix(shard_index))
+    seed = spec.active_learning.seed if spec.active_learning else 0
+    torch.manual_seed(seed)
+    threads = os.environ.get("AUTOLABEL_TORCH_THREADS")
+    if threads:  # small models on shared CPUs run faster single-threaded than with contended threads
+        torch.set_num_threads(int(threads))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with ProgressReporter(writer, stage="preflight") as progress:
+        ctx = RunContext(job, storage, writer, progress, time.monotonic(), device, shard_index, shard_count)
+        try:
+            summary = _active_learning(ctx) if str(spec.mode) == Mode.ACTIVE_LEARNING.value else _pre_labeling(ctx)
+        except BaseException as exc:
+            progress.fail(str(exc) or type(exc).__name__)
+            raise
+        progress.done()
+    if shard_count > 1:
+        # Every shard tries the merge once its own summary is written; only the run that finds all
+        # shards' summaries merges (idempotent, so two finishing together write the same objects).
+        merged = merge_shards(storage, ScopedWriter(storage, output_prefix), shard_count)
+        log.info("shards merged into %s" if merged else "waiting for other shards; not merged", output_prefix)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[ManifestEntry]) -> PreflightResult:
+    """Stage preflight: image headers, unreadable/converted images, the seed's preconditions."""
+    ctx.progress.set_stage("preflight")
+    pre = run_preflight(entries, ctx.storage, ctx.job.spec, on_progress=ctx.progress.update)
+    if str(ctx.job.spec.mode) == Mode.PRE_LABELING.value:
+        pre.failures = [f for f in pre.failures if f.reason in PRELABELING_KEEP]
+    pre.raise_for_failures()
+    return pre
+
+
+def load_images(
+    ctx: RunContext, entries: list[ManifestEntry], input_size: tuple[int, int], unreadable: list[dict[str, str]]
+) -> tuple[torch.Tensor, list[int]]:
+    """Decode images into one uint8 tensor; failures are added to `unreadable`. Returns (x, kept indices)."""
+    decode = _decoder(ctx)
+    arrays, kept = [], []
+    for i, (uri, data) in enumerate(ctx.storage.fetch_many(e.source for e in entries)):
+        if isinstance(data, Exception):
+            unreadable.append({"source": uri, "reason": str(data)})
+            continue
+        try:
+            arrays.append(image_to_array(decode(data, uri), input_size))
+            kept.append(i)
+        except Exception as exc:
+            unreadable.append({"source": uri, "reason": getattr(exc, "reason", None) or str(exc)})
+    h, w = input_size
+    x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, h, w), dtype=torch.uint8)
+    return x, kept
+
+
+def _decoder(ctx: RunContext):  # type: ignore[no-untyped-def]
+    alpha = ctx.job.spec.images.alpha
+
+    def decode(data: bytes, source: str):  # type: ignore[no-untyped-def]
+        return decode_image(data, source, alpha)
+
+    return decode
+
+
+def train_config(job: AutoLabelJob) -> tuple[TrainConfig, float, bool]:
+    """Training settings for the job: (config, budget seconds, semi-supervised?)."""
+    al = job.spec.active_learning
+    assert al is not None
+    budget = float(al.time_budget_seconds or DEFAULT_TIME_BUDGET)
+    cfg = TrainConfig(seed=al.seed)
+    env_steps = os.environ.get("AUTOLABEL_TRAIN_STEPS")  # tests and benchmarks shorten training
+    if env_steps:
+        cfg.steps = cfg.ssl_steps = int(env_steps)
+    return cfg, budget, str(al.algorithm) == Algorithm.PRECISE.value
+
+
+def _active_learning(ctx: RunContext) -> dict:
+    job, spec = ctx.job, ctx.job.spec
+    al = spec.active_learning
+    assert al is not None
+    pre = read_and_check(ctx, read_manifest(ctx.storage, spec.dataset.manifest))
+    classes = pre.classes
+    unreadable = list(pre.unreadable)
+
+    # ---- train
+    cfg, budget, semi = train_config(job)
+    sizes = [size for size, n in pre.sizes.items() for _ in range(min(n, 1000))]
+    model_spec = choose_model_spec(sizes, len(classes))
+    policy = AugmentPolicy(hflip=model_spec.arch != "smallcnn")
+    ctx.progress.set_stage("train", total=100)
+    x_lab, kept = load_images(ctx, pre.labeled, model_spec.input_size, unreadable)
+    labeled = [pre.labeled[i] for i in kept]
+    y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
+    _check_counts_after_decoding(y_lab, classes)
+    x_unlab = None
+    if semi:
+        rng = np.random.default_rng(al.seed)
+        pick = np.sort(rng.permutation(len(pre.unlabeled))[: cfg.max_unlabeled])
+        x_unlab, _ = load_images(ctx, [pre.unlabeled[i] for i in pick], model_spec.input_size, [])
+        if len(x_unlab) == 0:
+            raise PipelineError("NoUnlabeledImages", "no unlabeled image could be decoded for semi-supervised training")
+    train_started = time.monotonic()
+    ensemble = train_fold_ensemble(
+        model_spec,
+        x_lab,
+        y_lab,
+        policy,
+        cfg,
+        budget,
+        x_unlab=x_unlab,
+        progress=lambda done, total: ctx.progress.update(int(100 * done / max(total, 1))),
+    )
+    train_seconds = time.monotonic() - train_started
+    del x_unlab
+
+    # ---- calibrate (temperature from out-of-fold predictions; thresholds after inference)
+    ctx.progress.set_stage("calibrate")
+    temperature = cal.fit_temperature(ensemble.oof_logits, ensemble.labels)
+    cautious_t = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
+    model = CalibratedEnsemble(ensemble.members, cautious_t)
+    model.eval()
+    with torch.inference_mode():
+        _, ref_feats_t = model.forward_with_features(to_input(x_lab, model_spec))
+    ref_feats = ref_feats_t.double().numpy()
+    limits = distance_limits(ref_feats, y_lab, len(classes))
+
+    # ---- inference
+    predictor = Predictor(model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device)
+    scratch, hist, infer_seconds = _infer(ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab)
+
+    # ---- thresholds, hard examples, write
+    calibration = cal.finish(
+        hist,
+        ensemble.oof_logits,
+        ensemble.labels,
+        target=al.target_precision,
+        temperature=temperature,
+        cautious_temperature=cautious_t,
+    )
+    rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
+    with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
+        export_model(
+            model,
+            model_spec,
+            classes,
+            Path(tmp),
+            task=str(spec.task),
+            extra={
+                "ttaViews": tta_views(policy),
+                "calibration": calibration.to_json(classes),
+                "trainedOn": {"manifest": spec.dataset.manifest, "labeledImages": len(y_lab)},
+            },
+        )
+        summary = _write_results(
+            ctx,
+            scratch,
+            rule,
+            classes,
+            ACTIVE_LEARNING_BY,
+            calibration,
+            pre,
+            unreadable,
+            model_dir=tmp,
+            extra={
+                "algorithm": str(al.algorithm),
+                "training": {
+                    "architecture": model_spec.arch,
+                    "inputSize": list(model_spec.input_size),
+                    "folds": len(ensemble.members),
+                    "steps": ensemble.steps_done,
+                    "truncatedByTimeBudget": ensemble.truncated,
+                    "timeBudgetSeconds": budget,
+                    "seconds": round(train_seconds, 3),
+                    "labeledImages": len(y_lab),
+                    "unlabeledImagesUsed": min(cfg.max_unlabeled, len(pre.unlabeled)) if semi else 0,
+                },
+                "inferenceSeconds": round(infer_seconds, 3),
+            },
+        )
+    return summary
+
+
+def _pre_labeling(ctx: RunContext) -> dict:
+    spec = ctx.job.spec
+    assert spec.pre_labeling is not None
+    model_uri = spec.pre_labeling.model.uri
+    failures = check_model(ctx.storage, model_uri, spec.task)
+    if failures:
+        raise PipelineError(failures[0].reason, "; ".join(f.message for f in failures))
+    model_file, labels_file = model_files(ctx.storage, model_uri)
+    try:
+        bundle = load_model(ctx.storage.read_bytes(model_file), ctx.storage.read_bytes(labels_file), model_uri)
+    except ValueError as exc:
+        raise PipelineError("ModelInvalid", str(exc)) from exc
+
+    # This shard's share: unlabeled lines whose source hashes to it (a repeated source stays in one shard).
+    def mine() -> Iterator[ManifestEntry]:
+        for entry in read_manifest(ctx.storage, spec.dataset.manifest):
+            if entry.is_labeled:
+                continue
+            if zlib.crc32(entry.source.encode()) % ctx.shard_count == ctx.shard_index:
+                yield entry
+
+    pre = read_and_check(ctx, mine())
+    unreadable = list(pre.unreadable)
+    views = bundle.meta.get("ttaViews", ["crop", "scale", "translate"])
+    views = [v for v in views if v in TTA_REASONS]
+    predictor = Predictor(
+        bundle.model, bundle.input_size, bundle.mean, bundle.std, views, ctx.device, with_features=False
+    )
+    scratch, hist, infer_seconds = _infer(ctx, predictor, pre.unlabeled, len(bundle.labels), unreadable, None, None)
+    target = spec.active_learning.target_precision if spec.active_learning else 0.95
+    own = str(bundle.meta.get("createdBy", "")).startswith("autolabel/")
+    calibration = cal.finish(hist, None, None, target=target, temperature=1.0, cautious_temperature=1.0, trusted=own)
+    rule = HardExampleRule(calibration.thresholds_array(len(bundle.labels)), TTA_REASONS, None)
+    return _write_results(
+        ctx,
+        scratch,
+        rule,
+        bundle.labels,
+        PRE_LABELING_BY,
+        calibration,
+        pre,
+        unreadable,
+        model_dir=None,
+        extra={
+            "model": {"uri": model_uri, "version": spec.pre_labeling.model.version},
+            "inferenceSeconds": round(infer_seconds, 3),
+        },
+    )
+
+
+# -------------------------------------------------------------------------------------- inference
+
+
+class Scratch:
+    """Per-image predictions kept on local disk between inference and writing (memory stays flat)."""
+
+    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4")])
+
+    def __init__(self, views: list[str]):
+        self.views = views
+        self.dir = tempfile.TemporaryDirectory(prefix="autolabel-scratch-")
+        self.sources = open(os.path.join(self.dir.name, "sources"), "w", encoding="utf-8")  # noqa: SIM115
+        self.records = open(os.path.join(self.dir.name, "records"), "wb")  # noqa: SIM115
+        self.count = 0
+
+    def append(self, sources: list[str], pred: np.ndarray, conf: np.ndarray, tta: np.ndarray, dist: np.ndarray) -> None:
+        rec = np.zeros(len(sources), dtype=self.DTYPE)
+        rec["pred"], rec["conf"], rec["tta"], rec["dist"] = pred, conf, tta, dist
+        rec.tofile(self.records)
+        for s in sources:
+            self.sources.write(s.replace("\n", " ") + "\n")
+        self.count += len(sources)
+
+    def read(self, chunk: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+        self.sources.close()
+        self.records.close()
+        with (
+            open(os.path.join(self.dir.name, "sources"), encoding="utf-8") as src,
+            open(os.path.join(self.dir.name, "records"), "rb") as rec_file,
+        ):
+            while True:
+                rec = np.fromfile(rec_file, dtype=self.DTYPE, count=chunk)
+                if len(rec) == 0:
+                    return
+                yield [src.readline().rstrip("\n") for _ in range(len(rec))], rec
+
+    def close(self) -> None:
+        for f in (self.sources, self.records):
+            if not f.closed:
+                f.close()
+        self.dir.cleanup()
+
+
+def _infer(
+    ctx: RunContext,
+    predictor: Predictor,
+    entries: list[ManifestEntry],
+    num_classes: int,
+    unreadable: list[dict[str, str]],
+    ref_feats: np.ndarray | None,
+    ref_labels: np.ndarray | None,
+) -> tuple[Scratch, cal.ConfidenceHistogram, float]:
+    """Stage inference: predict every image, keep results in a Scratch and a confidence histogram."""
+    ctx.progress.set_stage("inference", total=len(entries))
+    scratch = Scratch(predictor.tta_views)
+    hist = cal.ConfidenceHistogram(num_classes)
+    started = time.monotonic()
+    cuda = ctx.device.type == "cuda"
+    batches = iter_batches(
+        ctx.storage,
+        (e.source for e in entries),
+        _decoder(ctx),
+        predictor.input_size,
+        batch_size=256,
+        decode_workers=max(2, min(8, os.cpu_count() or 2)),
+        pin_memory=cuda,
+    )
+    done = 0
+    try:
+        for batch in batches:
+            for source, reason in batch.failures:
+                unreadable.append({"source": source, "reason": reason})
+            done += len(batch.sources) + len(batch.failures)
+            if len(batch.sources):
+                out = predictor.predict(batch.x)
+                pred = out.probs.argmax(axis=1)
+                conf = out.probs.max(axis=1)
+                tta = np.zeros(len(pred), dtype=np.uint16)
+                for view, view_pred in out.tta_pred.items():
+                    tta |= (view_pred != pred).astype(np.uint16) << TTA_REASONS[view] - 19
+                dist = np.zeros(len(pred))
+                if out.features is not None and ref_feats is not None and ref_labels is not None:
+                    dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
+                scratch.append(batch.sources, pred, conf, tta, dist)
+                hist.add(pred, conf)
+            ctx.progress.update(done)
+    except BaseException:
+        scratch.close()
+        raise
+    return scratch, hist, time.monotonic() - started
+
+
+def _write_results(
+    ctx: RunContext,
+    scratch: Scratch,
+    rule: HardExampleRule,
+    classes: list[str],
+    annotated_by: str,
+    calibration: cal.Calibration,
+    pre: PreflightResult,
+    unreadable: list[dict[str, str]],
+    model_dir: str | None,
+    extra: dict[str, Any],
+) -> dict:
+    """Stage write: hard-example verdicts, result.manifest, model/, summary.json (last)."""
+    spec = ctx.job.spec
+    ctx.progress.set_stage("write", total=scratch.count)
+    reasons_seen: Counter[str] = Counter()
+    accepted_conf_sum = 0.0
+    use_distance = rule.distance_limits is not None
+    try:
+        with ResultWriter(ctx.writer, annotated_by, spec.task) as results:
+            written = 0
+            for sources, rec in scratch.read():
+                pred = rec["pred"].astype(np.int64)
+                conf = rec["conf"]
+                tta_pred = {}
+                for view, reason in TTA_REASONS.items():
+                    if view in scratch.views:
+                        differs = (rec["tta"] >> (reason - 19)) & 1
+                        tta_pred[view] = np.where(differs == 1, -1, pred)
+                verdicts = rule.judge(pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None)
+                for i, source in enumerate(sources):
+                    reasons = verdicts.reasons[i]
+                    reasons_seen.update(str(r) for r in reasons)
+                    if not verdicts.hard[i]:
+                        accepted_conf_sum += float(conf[i])
+                    results.add_classification(
+                        source,
+                        classes[int(pred[i])],
+                        float(min(max(conf[i], 0.0), 1.0)),
+                        bool(verdicts.hard[i]),
+                        float(verdicts.coefficient[i]),
+                        reasons,
+                    )
+                written += len(sources)
+                ctx.progress.update(written)
+            results.close()
+            if model_dir is not None:
+                results.upload_model(model_dir)
+            duration = time.monotonic() - ctx.started
+            estimated = calibration.estimated_precision
+            if results.auto_labeled and calibration.trusted:
+                estimated = accepted_conf_sum / results.auto_labeled
+            summary: dict[str, Any] = {
+                **results.counts(),
+                "targetPrecision": calibration.target,
+                "estimatedPrecision": round(estimated, 6) if estimated is not None else None,
+                "targetVerifiable": calibration.verifiable,
+                "labels": classes,
+                "durationSeconds": round(duration, 3),
+                "imagesPerSecond": round(results.total / duration, 3) if duration > 0 else None,
+                "mode": str(spec.mode),
+                "task": str(spec.task),
+                **pre.summary_fields(),
+                "unreadableImages": unreadable,
+                "shard": ctx.shard_index,
+                "shards": ctx.shard_count,
+                "hardReasons": dict(sorted(reasons_seen.items(), key=lambda kv: int(kv[0]))),
+                "calibration": calibration.to_json(classes),
+                "notes": calibration.notes,
+                "device": str(ctx.device),
+                "host": platform.node(),
+                **extra,
+            }
+            if results.auto_labeled == 0:
+                summary["estimatedPrecision"] = None
+            return results.write_summary(summary)
+    finally:
+        scratch.close()
+
+
+def _single_label(entry: ManifestEntry) -> str:
+    labels = entry.labels
+    if len(labels) != 1:
+        raise PreflightError(
+            "ManifestInvalid",
+            f"line {entry.line_no} ({entry.source}): image classification needs exactly one label, got {labels}",
+        )
+    return labels[0]
+
+
+def _check_counts_after_decoding(y: np.ndarray, classes: list[str]) -> None:
+    counts = np.bincount(y, minlength=len(classes))
+    short = [f'"{classes[c]}" ({counts[c]})' for c in range(len(classes)) if counts[c] < 2]
+    if short:
+        raise PipelineError(
+            "TooFewImagesPerLabel",
+            "after dropping images that could not be decoded, these labels have fewer than 2 images: "
+            + ", ".join(short),
+        )
+
+
+def describe(summary: dict) -> str:
+    """One line for logs."""
+    return json.dumps({k: summary.get(k) for k in ("total", "autoLabeled", "hardExamples", "estimatedPrecision")})

@@ -1,0 +1,204 @@
+"""Streaming, batched inference over the unlabeled images.
+
+A loader thread pulls bytes through ``Storage.fetch_many`` (concurrent, bounded, in order), decodes and
+resizes them in a small thread pool (Pillow releases the GIL while decoding) and hands ready uint8 batches
+to the main thread through a bounded queue, so fetching, decoding and the model overlap while memory stays
+bounded by ``prefetch`` batches, however long the manifest. On CUDA the batches are pinned and copied
+asynchronously, the model runs in channels_last with bf16 autocast.
+
+Each batch is run once for the plain view and once per test-time view (augment.py); the model returns
+calibrated log-probabilities (and, for our own models, features for hard-example reason 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autolabel.storage import Storage, StorageError
+
+from .augment import apply_tta
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[bytes, str], Image.Image]
+
+
+@dataclass
+class Batch:
+    sources: list[str]
+    x: torch.Tensor  # uint8 (n, 3, H, W)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source, reason) skipped in this batch
+
+
+def image_to_array(img: Image.Image, input_size: tuple[int, int]) -> np.ndarray:
+    """RGB PIL image -> uint8 (3, H, W) at the model's input size."""
+    h, w = input_size
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode_one(decode: Decoder, source: str, data: bytes, input_size: tuple[int, int]) -> np.ndarray | str:
+    try:
+        return image_to_array(decode(data, source), input_size)
+    except Exception as exc:  # an image that cannot be used is reported, never fatal for the batch
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        return str(reason)
+
+
+def iter_batches(
+    storage: Storage,
+    sources: Iterable[str],
+    decode: Decoder,
+    input_size: tuple[int, int],
+    batch_size: int = 256,
+    decode_workers: int = 4,
+    fetch_workers: int = 16,
+    prefetch: int = 4,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Yield decoded batches in manifest order; fetching and decoding run ahead in background threads."""
+    out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def assemble(chunk: list[tuple[str, Future[np.ndarray | str] | str]]) -> Batch:
+        arrays, kept, failures = [], [], []
+        for source, item in chunk:
+            value = item.result() if isinstance(item, Future) else item
+            if isinstance(value, str):
+                failures.append((source, value))
+            else:
+                arrays.append(value)
+                kept.append(source)
+        h, w = input_size
+        x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, h, w), dtype=torch.uint8)
+        if pin_memory and len(kept):
+            x = x.pin_memory()
+        return Batch(kept, x, failures)
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        pending: deque[list[tuple[str, Future[np.ndarray | str] | str]]] = deque()
+        try:
+            with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
+                chunk: list[tuple[str, Future[np.ndarray | str] | str]] = []
+                for uri, data in storage.fetch_many(sources, max_workers=fetch_workers):
+                    if stop.is_set():
+                        return
+                    if isinstance(data, StorageError):
+                        chunk.append((uri, f"cannot read: {data}"))
+                    else:
+                        chunk.append((uri, pool.submit(_decode_one, decode, uri, data, input_size)))
+                    if len(chunk) == batch_size:
+                        pending.append(chunk)
+                        chunk = []
+                        if len(pending) > prefetch and not put(assemble(pending.popleft())):
+                            return
+                if chunk:
+                    pending.append(chunk)
+                while pending:
+                    if not put(assemble(pending.popleft())):
+                        return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="batch-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@dataclass
+class BatchOutput:
+    probs: np.ndarray  # (n, C) calibrated probabilities
+    tta_pred: dict[str, np.ndarray]  # view -> argmax (n,)
+    features: np.ndarray | None  # (n, D) unit-norm, or None when the model has none
+
+
+class Predictor:
+    """Runs a model (our CalibratedEnsemble or any TorchScript classifier) on uint8 batches."""
+
+    def __init__(
+        self,
+        model: Any,
+        input_size: tuple[int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        tta_views: list[str],
+        device: torch.device | None = None,
+        with_features: bool = True,
+    ):
+        self.device = device or torch.device("cpu")
+        self.cuda = self.device.type == "cuda"
+        self.model = model.to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.eval()
+        self.input_size = input_size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.tta_views = list(tta_views)
+        self.with_features = with_features and hasattr(model, "forward_with_features")
+
+    def _normalize(self, x_u8: torch.Tensor) -> torch.Tensor:
+        x = x_u8.to(self.device, non_blocking=True).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def _run(self, x: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            if features:
+                logp, feats = self.model.forward_with_features(x)
+            else:
+                logp, feats = self.model(x), None
+        # softmax of log-probabilities is the probabilities, of raw logits their softmax: one rule for both
+        probs = torch.softmax(logp.float(), dim=1)
+        return probs, feats
+
+    @torch.inference_mode()
+    def predict(self, x_u8: torch.Tensor) -> BatchOutput:
+        n = len(x_u8)
+        x = self._normalize(x_u8)
+        views = [x] + [apply_tta(x, v) if not self.cuda else apply_tta(x.float(), v) for v in self.tta_views]
+        probs_all, feats = self._run(torch.cat(views) if len(views) > 1 else x, self.with_features)
+        probs = probs_all[:n]
+        tta_pred = {
+            v: probs_all[(i + 1) * n : (i + 2) * n].argmax(dim=1).cpu().numpy() for i, v in enumerate(self.tta_views)
+        }
+        return BatchOutput(
+            probs=probs.cpu().double().numpy(),
+            tta_pred=tta_pred,
+            features=feats[:n].float().cpu().numpy() if feats is not None else None,
+        )

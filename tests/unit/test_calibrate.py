@@ -1,0 +1,133 @@
+"""Calibration: temperature scaling, confidence bounds and thresholds on cases where the answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from autolabel_worker import calibrate as cal
+from scipy import stats
+
+
+def test_clopper_pearson_matches_the_beta_quantile() -> None:
+    for k, n in [(1, 1), (5, 10), (43, 44), (59, 59), (90, 100), (0, 10)]:
+        expected = 0.0 if k == 0 else stats.beta.ppf(0.05, k, n - k + 1)
+        assert cal.clopper_pearson_lower(k, n, 0.05) == pytest.approx(expected, abs=1e-6)
+
+
+def test_fifty_nine_correct_points_certify_ninety_five_percent_and_fifty_eight_do_not() -> None:
+    # anchors §3: certifying <= 5% error at 95% confidence needs about 59 correct points
+    assert cal.clopper_pearson_lower(59, 59, 0.05) >= 0.95
+    assert cal.clopper_pearson_lower(58, 58, 0.05) < 0.95
+
+
+def test_temperature_recovers_the_true_temperature() -> None:
+    rng = np.random.default_rng(0)
+    true_t = 2.0
+    logits = rng.normal(0, 4, size=(8000, 5))
+    p = np.exp(cal.log_softmax(logits / true_t))
+    labels = np.array([rng.choice(5, p=row) for row in p])
+    assert cal.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.08)
+
+
+def test_temperature_prior_stops_a_perfect_small_sample_from_collapsing() -> None:
+    logits = np.array([[3.0, 0.0], [0.0, 3.0], [2.0, 0.0]])
+    labels = np.array([0, 1, 0])
+    t = cal.fit_temperature(logits, labels)
+    assert 0.2 < t < 1.0  # sharper than the model, but not 0.05 (every confidence 1)
+
+
+def test_cautious_temperature_is_at_least_the_point_estimate() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, size=(60, 4))
+    labels = rng.integers(0, 4, 60)
+    assert cal.cautious_temperature(logits, labels, seed=3) >= cal.fit_temperature(logits, labels)
+
+
+def test_smallest_threshold_with_a_known_answer() -> None:
+    # 80 correct predictions at confidences 0.81..0.99, 20 wrong ones at 0.30..0.49.
+    conf = np.concatenate([np.linspace(0.81, 0.99, 80), np.linspace(0.30, 0.49, 20)])
+    correct = np.concatenate([np.ones(80, bool), np.zeros(20, bool)])
+    # Every prediction above 0.81 is right and 80 of them pass a 95% bound at 0.95 target (0.05^(1/80)=0.963).
+    assert cal.smallest_threshold(conf, correct, 0.95, 0.05) == pytest.approx(0.81)
+    # With an error at the very top, no threshold passes.
+    correct_top_wrong = correct.copy()
+    correct_top_wrong[79] = False
+    assert cal.smallest_threshold(conf, correct_top_wrong, 0.99, 0.05) == cal.NEVER
+
+
+def test_histogram_threshold_on_a_perfectly_calibrated_model() -> None:
+    """Confidences uniform on [0.5, 1], each prediction right with probability equal to its confidence:
+    the precision above t is (1 + t) / 2, so target 0.95 needs t = 0.9, and the achieved precision is 0.95."""
+    rng = np.random.default_rng(2)
+    n = 200_000
+    conf = rng.uniform(0.5, 1.0, n)
+    correct = rng.random(n) < conf
+    pred = np.zeros(n, dtype=np.int64)
+    hist = cal.ConfidenceHistogram(1)
+    hist.add(pred, conf)
+    t = hist.threshold(0.95)
+    assert t == pytest.approx(0.9, abs=0.005)
+    accepted = conf >= t
+    assert correct[accepted].mean() == pytest.approx(0.95, abs=0.005)
+    n_acc, expected = hist.expected(np.array([t]))
+    assert n_acc == accepted.sum()
+    assert expected == pytest.approx(0.95, abs=0.002)
+
+
+def test_histogram_threshold_exact_bins() -> None:
+    hist = cal.ConfidenceHistogram(1, bins=100)
+    pred = np.zeros(200, dtype=np.int64)
+    hist.add(pred, np.array([1.0] * 100 + [0.9] * 100))
+    assert hist.threshold(0.95) == pytest.approx(0.9)  # mean of both groups is exactly 0.95
+    assert hist.threshold(0.96) == pytest.approx(0.99)  # only the top bin
+    assert cal.ConfidenceHistogram(1).threshold(0.95) == cal.NEVER  # nothing predicted
+
+
+def test_finish_uses_per_class_thresholds_when_a_class_has_enough_predictions() -> None:
+    hist = cal.ConfidenceHistogram(2, bins=100)
+    hist.add(np.zeros(100, dtype=np.int64), np.full(100, 0.99))  # class 0: confident
+    hist.add(np.ones(100, dtype=np.int64), np.concatenate([np.full(50, 0.99), np.full(50, 0.6)]))
+    calib = cal.finish(hist, None, None, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    assert calib.class_thresholds[0] == pytest.approx(0.99)
+    assert calib.class_thresholds[1] == pytest.approx(0.99)
+    assert calib.estimated_precision == pytest.approx(0.99)
+    assert calib.verifiable is False  # no held-out labeled predictions: nothing certified
+
+
+def test_finish_falls_back_to_the_bound_when_held_out_labels_contradict_it() -> None:
+    hist = cal.ConfidenceHistogram(2, bins=100)
+    hist.add(np.zeros(500, dtype=np.int64), np.full(500, 0.97))
+    hist.add(np.ones(500, dtype=np.int64), np.full(500, 0.97))
+    # Held-out: confident predictions, but 30% of them wrong.
+    oof = np.tile([[4.0, 0.0]], (100, 1))
+    labels = np.array([0] * 70 + [1] * 30)
+    calib = cal.finish(hist, oof, labels, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    assert calib.fallback
+    assert calib.global_threshold == cal.NEVER  # no threshold can be trusted: nothing is auto-labeled
+    assert calib.estimated_precision is None
+    assert not calib.verifiable
+    assert any("contradict" in note for note in calib.notes)
+
+
+def test_verifiable_only_with_enough_held_out_support() -> None:
+    hist = cal.ConfidenceHistogram(2, bins=100)
+    hist.add(np.zeros(100, dtype=np.int64), np.full(100, 0.99))
+    hist.add(np.ones(100, dtype=np.int64), np.full(100, 0.99))
+    small = np.tile([[6.0, 0.0]], (50, 1))
+    big = np.tile([[6.0, 0.0]], (80, 1))
+    few = cal.finish(hist, small, np.zeros(50, dtype=np.int64), 0.95, 1.0, 1.0)
+    many = cal.finish(hist, big, np.zeros(80, dtype=np.int64), 0.95, 1.0, 1.0)
+    assert not few.verifiable and few.lower_bound_95 == pytest.approx(0.05 ** (1 / 50), abs=1e-6)
+    assert many.verifiable and many.lower_bound_95 >= 0.95
+    need = math.ceil(math.log(0.05) / math.log(0.95))
+    assert any(f"at least {need} correct" in note for note in few.notes)
+
+
+def test_untrusted_model_gets_thresholds_but_no_precision_claim() -> None:
+    hist = cal.ConfidenceHistogram(2, bins=100)
+    hist.add(np.zeros(100, dtype=np.int64), np.full(100, 0.99))
+    calib = cal.finish(hist, None, None, 0.95, 1.0, 1.0, trusted=False)
+    assert calib.estimated_precision is None
+    assert calib.global_threshold == pytest.approx(0.99)

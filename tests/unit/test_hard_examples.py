@@ -1,0 +1,90 @@
+"""Hard-example reasons (ModelArts numbering) and coefficients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from autolabel_worker.augment import TTA_REASONS, AugmentPolicy, apply_tta, tta_views
+from autolabel_worker.hard_examples import (
+    FAR_FROM_CLASS,
+    LOW_CONFIDENCE,
+    HardExampleRule,
+    distance_limits,
+    nearest_same_class_distance,
+)
+
+
+def rule(limits: np.ndarray | None = None) -> HardExampleRule:
+    return HardExampleRule(thresholds=np.array([0.9, 0.6]), tta_reasons=TTA_REASONS, distance_limits=limits)
+
+
+def test_low_confidence_is_reason_1_per_class_threshold() -> None:
+    pred = np.array([0, 0, 1, 1])
+    conf = np.array([0.95, 0.85, 0.65, 0.55])
+    v = rule().judge(pred, conf)
+    assert v.hard.tolist() == [False, True, False, True]
+    assert v.reasons == [[], [LOW_CONFIDENCE], [], [LOW_CONFIDENCE]]
+
+
+def test_tta_disagreement_gives_the_view_reasons_in_order() -> None:
+    pred = np.array([0, 1, 0])
+    conf = np.array([0.99, 0.99, 0.99])
+    tta = {
+        "translate": np.array([0, 0, 0]),  # image 1 changes under translation
+        "crop": np.array([1, 1, 0]),  # image 0 changes under crop
+        "flip_lr": np.array([1, 1, 0]),
+    }
+    v = rule().judge(pred, conf, tta)
+    assert v.reasons[0] == [TTA_REASONS["flip_lr"], TTA_REASONS["crop"]] == [20, 21]
+    assert v.reasons[1] == [24]
+    assert v.reasons[2] == []
+    assert v.hard.tolist() == [True, True, False]
+
+
+def test_far_from_its_class_is_reason_3() -> None:
+    pred = np.array([0, 1])
+    conf = np.array([0.99, 0.99])
+    v = rule(limits=np.array([0.3, 0.3])).judge(pred, conf, distance=np.array([0.5, 0.1]))
+    assert v.reasons == [[FAR_FROM_CLASS], []]
+    assert v.hard.tolist() == [True, False]
+
+
+def test_hard_coefficient_is_in_unit_range_and_grows_with_doubt() -> None:
+    pred = np.zeros(4, dtype=np.int64)
+    conf = np.array([0.99, 0.99, 0.99, 0.6])
+    tta = {"crop": np.array([0, 1, 1, 0]), "scale": np.array([0, 0, 1, 0])}
+    v = rule(limits=np.array([0.3, 0.3])).judge(pred, conf, tta, distance=np.array([0.0, 0.0, 0.0, 0.9]))
+    c = v.coefficient
+    assert np.all((c >= 0) & (c <= 1))
+    assert c[0] == pytest.approx(0.01)  # confident, stable, near its class: 1 - confidence
+    assert c[1] == pytest.approx(1 - 0.99 * 0.5)  # half the views disagree
+    assert c[2] == pytest.approx(1.0)  # every view disagrees
+    assert c[3] == pytest.approx(1 - 0.6 * 0.5)  # far from its class halves the trust
+
+
+def test_nearest_same_class_distance_and_limits() -> None:
+    ref = np.array([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0], [0.28, 0.96]])
+    ref_labels = np.array([0, 0, 1, 1])
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    pred = np.array([0, 1, 1])
+    d = nearest_same_class_distance(feats, ref, ref_labels, pred, 2)
+    assert d[0] == pytest.approx(0.0)
+    assert d[1] == pytest.approx(0.0)
+    assert d[2] == pytest.approx(1 - 0.28)  # predicted 1 but sits on class 0
+    limits = distance_limits(ref, ref_labels, 2, factor=2.0)
+    assert limits == pytest.approx([2 * 0.04, 2 * 0.04])
+    v = rule(limits=limits).judge(pred, np.full(3, 0.99), distance=d)
+    assert v.reasons[2] == [FAR_FROM_CLASS] and not v.hard[0]
+
+
+def test_tta_views_follow_the_augmentation_policy() -> None:
+    assert "flip_lr" not in tta_views(AugmentPolicy(hflip=False))  # digits: a mirrored 2 is not a 2
+    assert tta_views(AugmentPolicy(hflip=True))[0] == "flip_lr"
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert torch.equal(apply_tta(x, "flip_lr"), torch.flip(x, dims=[3]))
+    for view in ("crop", "scale", "translate"):
+        y = apply_tta(x, view)
+        assert y.shape == x.shape and not torch.equal(y, x)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        apply_tta(x, "invert")

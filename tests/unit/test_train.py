@@ -1,0 +1,135 @@
+"""Training smoke tests on scikit-learn's digits: the models learn, runs are deterministic, export works."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from autolabel_worker.augment import AugmentPolicy
+from autolabel_worker.data import load_digits_arrays, split_labeled, write_digits_dataset
+from autolabel_worker.models import CalibratedEnsemble, choose_model_spec, export_model, load_model
+from autolabel_worker.semi import AdaptiveThreshold, train_fixmatch
+from autolabel_worker.train import (
+    TrainConfig,
+    predict_logits,
+    stratified_folds,
+    to_input,
+    train_fold_ensemble,
+    train_supervised,
+)
+
+POLICY = AugmentPolicy(hflip=False)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, np.ndarray]:
+    images, labels = load_digits_arrays()
+    x = torch.from_numpy(images).unsqueeze(1).repeat(1, 3, 1, 1)
+    return x, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    lab = split_labeled(labels, per_class, seed)
+    return lab, np.setdiff1d(np.arange(len(labels)), lab)
+
+
+def test_model_spec_follows_the_image_size() -> None:
+    small = choose_model_spec([(8, 8)] * 5, 10)
+    assert small.arch == "smallcnn" and small.input_size == (8, 8)
+    odd = choose_model_spec([(30, 17), (31, 20), (29, 18)], 3)
+    assert odd.arch == "smallcnn" and odd.input_size == (32, 32)
+    big = choose_model_spec([(640, 480)], 3)
+    assert big.arch == "resnet18" and big.input_size == (224, 224)
+
+
+def test_supervised_training_learns_digits(digits: tuple[torch.Tensor, np.ndarray]) -> None:
+    x, labels = digits
+    lab, held = split(labels, 10)
+    spec = choose_model_spec([(8, 8)], 10)
+    cfg = TrainConfig(steps=200, seed=0)
+    model, steps, truncated = train_supervised(
+        spec, x[lab], torch.as_tensor(labels[lab]), POLICY, cfg, time.monotonic() + 120, seed=0
+    )
+    acc = (predict_logits(model, to_input(x[held], spec)).argmax(1).numpy() == labels[held]).mean()
+    assert not truncated and steps > 0
+    assert acc > 0.7, f"held-out accuracy {acc:.3f} (chance is 0.1)"
+
+
+def test_time_budget_truncates_training(digits: tuple[torch.Tensor, np.ndarray]) -> None:
+    x, labels = digits
+    lab, _ = split(labels, 5)
+    spec = choose_model_spec([(8, 8)], 10)
+    _, steps, truncated = train_supervised(
+        spec, x[lab], torch.as_tensor(labels[lab]), POLICY, TrainConfig(steps=10_000), time.monotonic() + 0.5, 0
+    )
+    assert truncated and steps < 10_000
+
+
+def test_fold_ensemble_is_deterministic_and_out_of_fold(digits: tuple[torch.Tensor, np.ndarray]) -> None:
+    x, labels = digits
+    lab, held = split(labels, 5)
+    spec = choose_model_spec([(8, 8)], 10)
+    cfg = TrainConfig(folds=5, steps=60, seed=7)
+    a = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)
+    b = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)
+    assert len(a.members) == 5 and a.oof_logits.shape == (50, 10)
+    np.testing.assert_array_equal(a.oof_logits, b.oof_logits)
+    folds = stratified_folds(labels[lab], 5, 7)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(50))
+    assert all(len(np.unique(labels[lab][f])) == 10 for f in folds)  # one image of every class per fold
+
+
+def test_fixmatch_learns_and_thresholds_adapt(digits: tuple[torch.Tensor, np.ndarray]) -> None:
+    x, labels = digits
+    lab, held = split(labels, 5)
+    spec = choose_model_spec([(8, 8)], 10)
+    cfg = TrainConfig(ssl_steps=120, seed=0)
+    model, steps, _ = train_fixmatch(
+        spec, x[lab], torch.as_tensor(labels[lab]), x[held], POLICY, cfg, time.monotonic() + 120, seed=0
+    )
+    acc = (predict_logits(model, to_input(x[held], spec)).argmax(1).numpy() == labels[held]).mean()
+    assert steps == 120
+    assert acc > 0.6, f"held-out accuracy {acc:.3f}"
+    th = AdaptiveThreshold(3, momentum=0.5)
+    th.update(torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]]))
+    t = th.thresholds()
+    assert t[0] == pytest.approx(float(th.global_level)) and t[1] < t[0]  # rarer class, lower threshold
+
+
+def test_export_and_load_round_trip(digits: tuple[torch.Tensor, np.ndarray], tmp_path: Path) -> None:
+    x, labels = digits
+    lab, held = split(labels, 5)
+    spec = choose_model_spec([(8, 8)], 10)
+    ens = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, TrainConfig(folds=2, steps=20), 60)
+    model = CalibratedEnsemble(ens.members, temperature=0.8).eval()
+    names = [str(i) for i in range(10)]
+    model_path, labels_path = export_model(model, spec, names, tmp_path, task="ImageClassification")
+    bundle = load_model(model_path.read_bytes(), labels_path.read_bytes(), str(tmp_path))
+    assert bundle.labels == names and bundle.input_size == (8, 8) and bundle.meta["task"] == "ImageClassification"
+    xi = to_input(x[held[:64]], spec)
+    with torch.no_grad():
+        np.testing.assert_allclose(bundle.model(xi).numpy(), model(xi).numpy(), atol=1e-5)
+        probs = torch.exp(bundle.model(xi)).sum(1)
+    np.testing.assert_allclose(probs.numpy(), 1.0, atol=1e-4)
+    assert bundle.has_features
+    with pytest.raises(ValueError, match="labels"):
+        load_model(model_path.read_bytes(), b'{"labels": ["only-one"]}', "m/")
+
+
+def test_digits_dataset_writer(tmp_path: Path) -> None:
+    ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=1)
+    lines = ds.manifest.read_text().splitlines()
+    assert ds.labeled == 50 and ds.unlabeled == 1747 and len(lines) == 1797
+    assert sum('"annotation"' in line for line in lines) == 50
+    truth = __import__("json").loads(ds.ground_truth.read_text())
+    assert len(truth) == 1747 and "annotation" not in ds.ground_truth.read_text()
+    big = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=1, repeat=3)
+    assert big.unlabeled == 3 * 1747
