@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from autolabel.api import KIND, AutoLabelJob, results_prefix
-from autolabel.storage import is_absolute_uri, is_s3
+from autolabel.storage import is_absolute_uri
 
 log = logging.getLogger("autolabel.cli")
 
@@ -108,13 +109,18 @@ def load_job_file(path: str) -> AutoLabelJob:
 
 
 def localize(job: AutoLabelJob, job_file: str, output: str | None) -> AutoLabelJob:
-    """Resolve relative local paths against the job file's folder; apply ``--output``."""
+    """Resolve relative local paths against the job file's folder; apply ``--output``; give the run a uid.
+
+    Like the API server on create, every run gets a fresh uid (unless the file names one), so each run
+    writes its own ``<name>-<short uid>/`` folder and never replaces an earlier run's results.
+    """
     base = os.path.dirname(os.path.abspath(job_file))
 
     def resolve(uri: str) -> str:
         return uri if is_absolute_uri(uri) else os.path.normpath(os.path.join(base, uri))
 
     doc: dict[str, Any] = job.model_dump(by_alias=True, exclude_none=True, mode="json")
+    doc["metadata"].setdefault("uid", str(uuid.uuid4()))
     spec = doc["spec"]
     spec["dataset"]["manifest"] = resolve(spec["dataset"]["manifest"])
     if output is not None:
@@ -171,10 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"autolabel run: {exc}", file=sys.stderr)
         return EXIT_BAD_JOB
     storage = storage_for(job)
-    output = results_prefix(job)
-    if not is_s3(output) and os.path.exists(os.path.join(output, "summary.json")):
-        log.warning("%s holds the results of an earlier run of %s; they will be replaced", output, job.run_name)
-    return execute(job, storage, output)
+    return execute(job, storage, results_prefix(job))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -160,10 +160,11 @@ def test_cli_run_calls_the_pipeline_and_protects_the_manifest(tmp_path: Path, fa
     assert main(["run", path, "--local", "--time-budget", "30"]) == entrypoint.EXIT_INTERNAL
     job, _, output, index, count = calls[0]
     assert job.spec.active_learning.time_budget_seconds == 30
-    assert output == str(tmp_path / "data" / "autolabel" / "digits-al-local") + "/"
+    assert output == str(tmp_path / "data" / "autolabel" / job.run_name) + "/"
+    assert job.run_name.startswith("digits-al-") and job.run_name != "digits-al-local"
     assert (index, count) == (0, 1)
     assert manifest.read_text() == '{"source": "a.png"}\n'
-    progress = json.loads((tmp_path / "data/autolabel/digits-al-local/progress.json").read_text())
+    progress = json.loads((Path(output) / "progress.json").read_text())
     assert progress["stage"] == "failed" and "refusing to overwrite" in progress["error"]
 
 
