@@ -375,3 +375,19 @@ def test_containers_started_decides_what_a_restarted_runner_resumes() -> None:
     assert node.containers_started(
         {"status": {"phase": "Pending", "initContainerStatuses": [init_done], "containerStatuses": [waiting]}}
     )
+
+
+def test_native_sidecar_runs_beside_main_and_stops_after_it(tmp_path: Path) -> None:
+    runner = FakeRunner(tmp_path)
+    sidecar = {"name": "side", "restartPolicy": "Always", "command": ["sh", "-c", "echo up > side.txt; sleep 300"]}
+    main = {"name": "main", "command": ["sh", "-c", "sleep 0.5; cat side.txt"]}
+    pod = _pod([main], initContainers=[sidecar], terminationGracePeriodSeconds=2)
+    worker = node.PodWorker(cast(Any, runner), pod)
+    worker.start()
+    assert runner.done.wait(20)
+    final = runner.core.patches[-1]
+    assert final["phase"] == "Succeeded"  # the sidecar's SIGTERM exit does not fail the pod
+    assert final["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
+    assert (worker.dir / "logs" / "main.log").read_text() == "up\n"
+    running = [p for p in runner.core.patches if p["phase"] == "Running"]
+    assert running and running[-1]["initContainerStatuses"][0]["ready"] is True

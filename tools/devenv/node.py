@@ -347,6 +347,12 @@ class ContainerState:
     def running(self) -> bool:
         return self.started_at is not None and self.result is None
 
+    @property
+    def sidecar(self) -> bool:
+        """A native sidecar: an init container with ``restartPolicy: Always`` that runs beside the main
+        containers (started in its init position, restarted whenever it exits, stopped at the end)."""
+        return self.init and self.spec.get("restartPolicy") == "Always"
+
     def status(self) -> dict[str, Any]:
         state: dict[str, Any]
         if self.result is not None:
@@ -362,7 +368,7 @@ class ContainerState:
             "name": self.name,
             "image": self.spec.get("image") or "local",
             "imageID": "",
-            "ready": self.running and not self.init,
+            "ready": self.running and (self.sidecar or not self.init),
             "started": self.running,
             "restartCount": self.restart_count,
             "state": state,
@@ -579,13 +585,20 @@ class PodWorker:
             return self._end_after_report()
         self._patch_status()
 
+        sidecars: list[ContainerState] = []
         for state in self.init_states:
-            if self._supervise([state]) is not None:
+            if state.sidecar:  # runs from here on; the next one starts once it is running
+                sidecars.append(state)
+                if self._supervise(sidecars, until=_is_running(state)) is not None:
+                    return self._end()
+                continue
+            if self._supervise([*sidecars, state], until=_has_ended(state)) is not None:
                 return self._end()
             if state.result is None or state.result.exit_code != 0:
                 return self._end()
         self._patch_status()
-        self._supervise(self.main_states)
+        main = self.main_states
+        self._supervise([*sidecars, *main], until=lambda: all(s.result is not None for s in main))
         self._end()
 
     def _end(self) -> None:
@@ -626,9 +639,9 @@ class PodWorker:
         grace = spec.get("terminationGracePeriodSeconds")
         return float(DEFAULT_GRACE_SECONDS if grace is None else grace)
 
-    def _supervise(self, states: list[ContainerState]) -> str | None:
-        """Start the containers and keep them going per the restart policy until each has a final
-        result or the pod is interrupted; returns the interrupt, if any."""
+    def _supervise(self, states: list[ContainerState], until: Callable[[], bool]) -> str | None:
+        """Start the containers and keep them going per the restart policy until ``until()`` holds or
+        the pod is interrupted; returns the interrupt, if any."""
         next_start = dict.fromkeys((s.name for s in states), 0.0)
         backoff = dict.fromkeys((s.name for s in states), 1.0)
 
@@ -666,14 +679,14 @@ class PodWorker:
                     retry_later(state)
             if changed:
                 self._patch_status()
-            if all(s.result is not None for s in states):
+            if until():
                 return None
             self._wake.wait(0.2)
             self._wake.clear()
 
     def _should_restart(self, state: ContainerState) -> bool:
         assert state.result is not None
-        if self.restart_policy == "Always" and not state.init:
+        if state.sidecar or (self.restart_policy == "Always" and not state.init):
             return True
         return self.restart_policy in ("Always", "OnFailure") and state.result.exit_code != 0
 
@@ -774,7 +787,12 @@ class PodWorker:
         return condition(ctype, status, since, reason)
 
     def _status(self, phase: str | None = None) -> dict[str, Any]:
-        initialized = all(s.result is not None and s.result.exit_code == 0 for s in self.init_states)
+        initialized = all(
+            (s.started_at is not None or s.result is not None or s.last_result is not None)
+            if s.sidecar
+            else (s.result is not None and s.result.exit_code == 0)
+            for s in self.init_states
+        )
         if phase is None:
             phase = pod_phase(self.restart_policy, self.main_states) if initialized else "Pending"
         terminal = phase in ("Succeeded", "Failed")
@@ -825,7 +843,8 @@ class PodWorker:
                 state.result, state.last_result = state.last_result, None
             elif state.result is None:
                 state.waiting_reason = state.waiting_reason or "PodInitializing"
-        succeeded = all(s.result and s.result.exit_code == 0 for s in self.init_states + self.main_states)
+        regular = [s for s in self.init_states if not s.sidecar] + self.main_states
+        succeeded = all(s.result and s.result.exit_code == 0 for s in regular)
         phase = "Succeeded" if succeeded and reason is None else "Failed"
         status = self._status(phase)
         status["reason"], status["message"] = reason, message
@@ -854,6 +873,14 @@ class PodWorker:
         shutil.rmtree(self.dir / "work", ignore_errors=True)
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
         log.info("pod %s/%s: deleted", self.namespace, self.name)
+
+
+def _is_running(state: ContainerState) -> Callable[[], bool]:
+    return lambda: state.running
+
+
+def _has_ended(state: ContainerState) -> Callable[[], bool]:
+    return lambda: state.result is not None
 
 
 def _memory_bytes() -> int:
