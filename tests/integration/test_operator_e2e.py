@@ -170,6 +170,26 @@ def test_each_precondition_failure_names_what_is_wrong(
         assert metric(text, "autolabel_precondition_failures_total", reason=reason) >= 1, reason
 
 
+def test_worker_failure_ends_failed_with_the_workers_error_and_frees_the_lock(
+    cluster: LocalCluster, namespace: str, s3_server: MinioServer
+) -> None:
+    manifest = dataset(s3_server)
+    annotations = {**FAST, "fakeworker.autolabel.dev/fail": "true"}
+    apply(cluster, namespace, job_manifest("breaks", manifest, annotations))
+    apply(cluster, namespace, job_manifest("after-it", manifest, FAST))
+    obj = wait_phase(cluster, namespace, "breaks", {"Failed", "Succeeded"}, timeout=120)
+    assert obj["status"]["phase"] == "Failed", obj["status"]
+    failed = condition(obj, "Failed")
+    assert failed["status"] == "True" and failed["reason"] in ("MaxFailedIndexesExceeded", "FailedIndexes"), failed
+    assert "fake worker told to fail" in obj["status"]["message"]
+    assert condition(obj, "PreconditionsMet")["status"] == "True"
+    assert obj["status"]["completionTime"]
+    # The next job on the dataset gets the lock.
+    nxt = wait_phase(cluster, namespace, "after-it", {"Failed", "Succeeded"}, timeout=120)
+    assert nxt["status"]["phase"] == "Succeeded"
+    wait_for(lambda: "Failed" in events_for(cluster, namespace, "breaks"), 20, "a Failed event")
+
+
 def test_twenty_jobs_for_one_dataset_run_one_at_a_time_in_creation_order(
     cluster: LocalCluster, namespace: str, s3_server: MinioServer
 ) -> None:

@@ -40,7 +40,8 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
         selector = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         settings.watching.label_selectors[("batch/v1", "jobs")] = selector
         settings.watching.label_selectors[("v1", "pods")] = selector
-        settings.posting.level = logging.INFO
+        # kopf posts its own handler logs as Events from this level; ours go through kopf.event().
+        settings.posting.level = logging.WARNING
         api = await new_api_client()
         set_runtime(Runtime(Reconciler(op_settings, Kube(api))))
         metrics.serve(op_settings.metrics_port)
