@@ -98,11 +98,14 @@ def test_env_resolution_order_sources_and_expansion() -> None:
             {"name": "LATER", "value": "$(NOT_YET)"},
             {"name": "NOT_YET", "value": "defined after use"},
             {"name": "ESCAPED", "value": "$$(POD)"},
+            {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST)"},
+            {"name": "IMAGE_PATH", "value": "$(PATH)"},
             {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
         ],
     }
-    env = container_env(POD, container, SOURCES, base_env={"PATH": "/bin", "MODE": "base"})
-    assert env["PATH"] == "/bin"
+    services = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "MODE": "service"}
+    env = container_env(POD, container, SOURCES, service_env=services)
+    assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
     assert env["AWS_SECRET_ACCESS_KEY"] == "sk"
     assert "bad=key" not in env
     assert env["CM_job.json"] == '{"a": 1}'
@@ -114,6 +117,8 @@ def test_env_resolution_order_sources_and_expansion() -> None:
     assert env["APP"] == "al"
     assert env["LATER"] == "$(NOT_YET)"  # only variables defined earlier are expanded
     assert env["ESCAPED"] == "$(POD)"
+    assert env["API"] == "https://127.0.0.1"  # service variables can be referenced
+    assert env["IMAGE_PATH"] == "$(PATH)"  # what an image provides cannot
     assert "OPT" not in env
 
 

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -196,18 +197,20 @@ def container_env(
     pod: Pod,
     container: Container,
     sources: ConfigSources,
-    base_env: Mapping[str, str] | None = None,
+    service_env: Mapping[str, str] | None = None,
     allocatable: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of one container, resolved like the kubelet (``makeEnvironmentVariables``).
-
-    Order: ``base_env`` (what the runtime provides: PATH, HOME, ...), then every ``envFrom`` source in
-    order, then ``env`` in order; each ``env`` value is ``$(VAR)``-expanded against the variables defined
-    before it. A missing Secret/ConfigMap/key fails (``PodConfigError``) unless marked ``optional``.
+    """The variables Kubernetes gives a container, resolved like the kubelet's ``makeEnvironmentVariables``
+    (pkg/kubelet/kubelet_pods.go, v1.36): every ``envFrom`` source in order, then ``env`` in order, each
+    ``value`` ``$(VAR)``-expanded against the variables defined before it and the service variables;
+    then the service variables the container does not define. What an image would add (PATH, HOME, ...)
+    is not part of it and cannot be referenced. A missing Secret/ConfigMap/key fails
+    (``PodConfigError``) unless marked ``optional``.
     """
     namespace = pod.get("metadata", {}).get("namespace", "default")
     cname = container.get("name", "?")
-    env: dict[str, str] = dict(base_env or {})
+    services: Mapping[str, str] = service_env or {}
+    env: dict[str, str] = {}
 
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
@@ -228,8 +231,8 @@ def container_env(
 
     for var in container.get("env") or []:
         name = var.get("name", "")
-        if "valueFrom" not in var:
-            env[name] = expand(var.get("value", "") or "", env)
+        if "valueFrom" not in var or var.get("value"):
+            env[name] = expand(var.get("value", "") or "", ChainMap(env, dict(services)))
             continue
         value_from = var["valueFrom"]
         where = f"container {cname!r} env {name!r}"
@@ -260,7 +263,7 @@ def container_env(
                 raise PodConfigError(f"{where}: {exc}") from None
         else:
             raise PodConfigError(f"{where}: unsupported valueFrom {sorted(value_from)}")
-    return env
+    return {**services, **env}
 
 
 def command_line(container: Container, env: Mapping[str, str]) -> list[str]:
@@ -691,29 +694,30 @@ class PodWorker:
         return self.restart_policy in ("Always", "OnFailure") and state.result.exit_code != 0
 
     def _base_env(self) -> dict[str, str]:
-        env = {
+        """What an image and the runtime would provide (Kubernetes' own variables override these)."""
+        return {
             "PATH": self.runner.default_path,
             "HOME": str(self.dir / "work"),
             "HOSTNAME": self.pod.get("spec", {}).get("hostname") or self.name,
-            "TMPDIR": str(self.dir / "tmp"),
         }
-        env.update(self.runner.service_env)
-        return env
 
     def _start_container(self, state: ContainerState) -> bool:
         """Start one container; False when its configuration is not resolvable yet (retried later)."""
         spec = state.spec
         try:
-            env = container_env(self.pod, spec, self.runner.sources, self._base_env(), self.runner.allocatable)
+            declared = container_env(
+                self.pod, spec, self.runner.sources, self.runner.service_env, self.runner.allocatable
+            )
         except PodConfigError as exc:
             state.waiting_reason, state.waiting_message = "CreateContainerConfigError", str(exc)
             log.warning("pod %s/%s: %s", self.namespace, self.name, exc)
             return False
-        env["TMPDIR"] = str(self.dir / "tmp")  # the private temp folder always wins, as a mount would
+        # the private temp folder always wins, as a mount on /tmp would
+        env = {**self._base_env(), **declared, "TMPDIR": str(self.dir / "tmp")}
         log_path = self.dir / "logs" / f"{state.name}.log"
         started = time.time()
         try:
-            argv = command_line(spec, env)
+            argv = command_line(spec, declared)
             argv[0] = resolve_executable(argv[0], env.get("PATH", self.runner.default_path))
             # workingDir names a folder of the image; here it is used only when it exists on this machine
             working_dir = spec.get("workingDir")
