@@ -52,44 +52,50 @@ def split_labeled(labels: np.ndarray, labeled_per_class: int, seed: int) -> np.n
 
 
 def write_digits_dataset(
-    folder: str | os.PathLike[str], labeled_per_class: int = 5, seed: int = 0, repeat: int = 1
+    folder: str | os.PathLike[str],
+    labeled_per_class: int = 5,
+    seed: int = 0,
+    repeat: int = 1,
+    max_unlabeled: int | None = None,
 ) -> DigitsDataset:
     """Write the digits as PNG files, a ModelArts-style manifest and a separate ground-truth file.
 
     `labeled_per_class` images of each class carry their label in the manifest; all others are unlabeled.
-    `repeat` > 1 lists the unlabeled images that many times (same files, for scale tests of the manifest
-    length). Sources in the manifest are relative to its folder. Existing files are overwritten only inside
+    `repeat` > 1 lists the unlabeled images that many times (same pixels under distinct names, for scale
+    tests of the manifest length); `max_unlabeled` keeps only the first that many unlabeled images (small
+    datasets for tests). Sources in the manifest are relative to its folder. Existing files are overwritten only inside
     `folder`, which belongs to the dataset.
     """
     root = Path(folder)
     (root / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     images, labels = load_digits_arrays()
     labeled_idx = set(split_labeled(labels, labeled_per_class, seed).tolist())
-    sources = []
-    for i, img in enumerate(images):
-        rel = f"{IMAGE_DIR}/{i:05d}.png"
-        path = root / rel
+    unlabeled_idx = [i for i in range(len(images)) if i not in labeled_idx]
+    if max_unlabeled is not None:
+        unlabeled_idx = unlabeled_idx[:max_unlabeled]
+    # File names are the index in scikit-learn's order, so every seed and size shares the same files.
+    for i in sorted(labeled_idx) + unlabeled_idx:
+        path = root / f"{IMAGE_DIR}/{i:05d}.png"
         if not path.exists():
-            Image.fromarray(img, mode="L").save(path, format="PNG")
-        sources.append(rel)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            Image.fromarray(images[i]).save(tmp, format="PNG")
+            os.replace(tmp, path)
 
     truth: dict[str, str] = {}
     lines: list[str] = []
-    for i, rel in enumerate(sources):
-        if i in labeled_idx:
-            annotation = [{"type": CLASSIFICATION_TYPE, "name": str(int(labels[i])), "annotated-by": "human"}]
-            lines.append(json.dumps({"source": rel, "annotation": annotation}))
+    for i in sorted(labeled_idx):
+        annotation = [{"type": CLASSIFICATION_TYPE, "name": str(int(labels[i])), "annotated-by": "human"}]
+        lines.append(json.dumps({"source": f"{IMAGE_DIR}/{i:05d}.png", "annotation": annotation}))
     for copy in range(repeat):
         if copy:
             (root / f"{IMAGE_DIR}-{copy}").mkdir(exist_ok=True)
-        for i, rel in enumerate(sources):
-            if i in labeled_idx:
-                continue
-            source = rel
+        for i in unlabeled_idx:
+            source = f"{IMAGE_DIR}/{i:05d}.png"
             if copy:
                 # Distinct sources for the same pixels: hard links cost no data blocks.
-                source = f"{IMAGE_DIR}-{copy}/{i:05d}.png"
-                _link(root / rel, root / source)
+                alias = f"{IMAGE_DIR}-{copy}/{i:05d}.png"
+                _link(root / source, root / alias)
+                source = alias
             lines.append(json.dumps({"source": source}))
             truth[source] = str(int(labels[i]))
     manifest = root / MANIFEST_NAME

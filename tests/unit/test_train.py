@@ -75,7 +75,7 @@ def test_time_budget_truncates_training(digits: tuple[torch.Tensor, np.ndarray])
 
 def test_fold_ensemble_is_deterministic_and_out_of_fold(digits: tuple[torch.Tensor, np.ndarray]) -> None:
     x, labels = digits
-    lab, held = split(labels, 5)
+    lab, _ = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
     cfg = TrainConfig(folds=5, steps=60, seed=7)
     a = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)

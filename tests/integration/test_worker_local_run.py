@@ -1,0 +1,174 @@
+"""A full worker run against the real S3 server: ActiveLearning on a small digits dataset, then PreLabeling
+with the model it exported, split over two shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autolabel_worker.data import write_digits_dataset
+from autolabel_worker.models import load_model
+from autolabel_worker.pipeline import PipelineError, run_job
+
+from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.storage import Storage, StorageConfig
+
+pytestmark = pytest.mark.integration
+
+UNLABELED = 240
+
+
+@pytest.fixture
+def storage(s3_server: Any) -> Storage:
+    return Storage(
+        StorageConfig(
+            endpoint_url=s3_server.endpoint_url,
+            access_key=s3_server.access_key,
+            secret_key=s3_server.secret_key,
+            region="us-east-1",
+        )
+    )
+
+
+@pytest.fixture
+def dataset(s3_server: Any, storage: Storage, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The digits with 5 labels per class and 240 unlabeled images, uploaded; returns (manifest URI, truth)."""
+    bucket = f"wml-{uuid.uuid4().hex[:10]}"
+    s3_server.make_bucket(bucket)
+    ds = write_digits_dataset(tmp_path / "digits", labeled_per_class=5, seed=3, max_unlabeled=UNLABELED)
+    base = f"s3://{bucket}/digits/"
+    for path in sorted((tmp_path / "digits" / "images").iterdir()):
+        storage.upload_file(str(path), f"{base}images/{path.name}")
+    storage.upload_file(str(ds.manifest), f"{base}digits.manifest")
+    truth = {f"{base}{src}": label for src, label in json.loads(ds.ground_truth.read_text()).items()}
+    return f"{base}digits.manifest", truth
+
+
+def make_job(manifest: str, mode: str = "ActiveLearning", **spec: Any) -> AutoLabelJob:
+    doc: dict[str, Any] = {
+        "metadata": {"name": f"t-{mode.lower()}", "namespace": "test", "uid": str(uuid.uuid4())},
+        "spec": {
+            "task": "ImageClassification",
+            "mode": mode,
+            "dataset": {"manifest": manifest},
+            "activeLearning": {"algorithm": "Fast", "seed": 0, "timeBudgetSeconds": 120},
+            **spec,
+        },
+    }
+    return AutoLabelJob.model_validate(doc)
+
+
+def read_lines(storage: Storage, uri: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in storage.iter_lines(uri) if line.strip()]
+
+
+def test_active_learning_then_sharded_prelabeling(
+    storage: Storage, dataset: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest, truth = dataset
+    manifest_before = storage.read_bytes(manifest)
+    monkeypatch.setenv("AUTOLABEL_TRAIN_STEPS", "150")  # a short but real training run
+    monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
+
+    job = make_job(manifest)
+    out = results_prefix(job)
+    summary = run_job(job, storage, out)
+
+    # --- results: one line per unlabeled image, in the design brief's format
+    lines = read_lines(storage, out + "result.manifest")
+    assert len(lines) == UNLABELED == summary["total"]
+    assert {line["source"] for line in lines} == set(truth)
+    for line in lines:
+        (ann,) = line["annotation"]
+        assert ann["type"] == "modelarts/image_classification"
+        assert ann["annotated-by"] == "autolabel/active-learning"
+        assert 0.0 <= ann["confidence"] <= 1.0
+        assert isinstance(line["hard"], bool) and 0.0 <= line["hard-coefficient"] <= 1.0
+        reasons = line["hard-reasons"]
+        assert (reasons == "") == (not line["hard"])
+        assert all(r in {"1", "3", "21", "23", "24"} for r in reasons.split("-") if r)
+    correct = sum(truth[line["source"]] == line["annotation"][0]["name"] for line in lines)
+    assert correct / len(lines) > 0.6, "the model did not learn"
+
+    # --- summary and progress
+    assert summary["autoLabeled"] + summary["hardExamples"] == UNLABELED
+    assert summary["autoLabeled"] == sum(not line["hard"] for line in lines)
+    assert summary["targetPrecision"] == 0.95
+    assert summary["targetVerifiable"] is False  # 50 labeled images cannot certify 0.95
+    assert any("not verifiable" in note for note in summary["notes"])
+    assert summary["labels"] == [str(i) for i in range(10)]
+    assert summary["algorithm"] == "Fast" and summary["mode"] == "ActiveLearning"
+    assert summary["durationSeconds"] > 0 and summary["imagesPerSecond"] > 0
+    assert summary["unreadableImages"] == [] and summary["duplicates"] == []
+    assert json.loads(storage.read_bytes(out + "summary.json")) == summary
+    progress = json.loads(storage.read_bytes(out + "progress.json"))
+    assert progress["stage"] == "done" and progress["percent"] == 100
+    assert storage.read_bytes(manifest) == manifest_before  # the input is never touched
+
+    # --- the exported model is a loadable TorchScript model with its labels
+    labels_json = json.loads(storage.read_bytes(out + "model/labels.json"))
+    assert labels_json["task"] == "ImageClassification" and labels_json["inputSize"] == [8, 8]
+    bundle = load_model(storage.read_bytes(out + "model/model.pt"), json.dumps(labels_json).encode(), out)
+    assert bundle.labels == summary["labels"]
+
+    # --- PreLabeling with that model over two shards: same predictions, merged once both are done
+    pre_job = make_job(manifest, mode="PreLabeling", preLabeling={"model": {"uri": out + "model/"}})
+    pre_out = results_prefix(pre_job)
+    first = run_job(pre_job, storage, pre_out, shard_index=1, shard_count=2)
+    assert not storage.exists(pre_out + "result.manifest")  # shard 0 has not finished: nothing merged
+    second = run_job(pre_job, storage, pre_out, shard_index=0, shard_count=2)
+    assert first["total"] + second["total"] == UNLABELED and first["total"] > 0 and second["total"] > 0
+    merged = json.loads(storage.read_bytes(pre_out + "summary.json"))
+    assert merged["total"] == UNLABELED and merged["shards"] == 2
+    pre_lines = read_lines(storage, pre_out + "result.manifest")
+    assert len(pre_lines) == UNLABELED
+    by_source = {line["source"]: line["annotation"][0]["name"] for line in lines}
+    assert all(line["annotation"][0]["annotated-by"] == "autolabel/pre-labeling" for line in pre_lines)
+    assert {line["source"]: line["annotation"][0]["name"] for line in pre_lines} == by_source
+
+    # Re-running a shard is idempotent: same objects, same merged result.
+    run_job(pre_job, storage, pre_out, shard_index=1, shard_count=2)
+    assert len(read_lines(storage, pre_out + "result.manifest")) == UNLABELED
+
+
+def test_object_detection_is_refused_clearly(storage: Storage, dataset: tuple[str, dict[str, str]]) -> None:
+    manifest, _ = dataset
+    job = make_job(manifest)
+    job = AutoLabelJob.model_validate(
+        {**job.model_dump(by_alias=True, mode="json"), "spec": {**job.spec.to_wire(), "task": "ObjectDetection"}}
+    )
+    with pytest.raises(PipelineError, match="not supported yet") as info:
+        run_job(job, storage, results_prefix(job))
+    assert info.value.reason == "UnsupportedTask"
+
+
+def test_too_few_labels_fail_before_training(
+    storage: Storage, s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autolabel_worker.preflight import PreflightError
+
+    bucket = f"wml-{uuid.uuid4().hex[:10]}"
+    s3_server.make_bucket(bucket)
+    ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=0, max_unlabeled=5)
+    lines = ds.manifest.read_text().splitlines()
+    # Drop the labels of class "7" except three.
+    kept, sevens = [], 0
+    for line in lines:
+        if '"name": "7"' in line:
+            sevens += 1
+            if sevens > 3:
+                continue
+        kept.append(line)
+    for path in (tmp_path / "d" / "images").iterdir():
+        storage.upload_file(str(path), f"s3://{bucket}/d/images/{path.name}")
+    storage.write_bytes(f"s3://{bucket}/d/digits.manifest", ("\n".join(kept) + "\n").encode())
+    job = make_job(f"s3://{bucket}/d/digits.manifest")
+    with pytest.raises(PreflightError, match='"7"') as info:
+        run_job(job, storage, results_prefix(job))
+    assert info.value.reason == "TooFewImagesPerLabel"
+    progress = json.loads(storage.read_bytes(results_prefix(job) + "progress.json"))
+    assert progress["stage"] == "failed"
