@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 DEVENV := PYTHONPATH=tools $(PY) -m devenv
 PYTEST_ARGS ?=
 
-.PHONY: help venv bins crds lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
+.PHONY: help venv bins crds lint chart-lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
 	dev-up dev-down demo bench clean kind-up kind-down
 
 help: ## List the targets
@@ -29,6 +29,7 @@ bins: ## Build the control plane, etcd, MinIO and Helm from source (cached in .c
 
 crds: venv ## Regenerate crds/ from the API models (autolabel/api.py)
 	$(PY) -m autolabel.crd > crds/autolabeljobs.autolabel.dev.yaml
+	cp crds/autolabeljobs.autolabel.dev.yaml charts/autolabel-operator/files/
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
@@ -36,6 +37,9 @@ lint: venv ## ruff and mypy
 
 test: venv bins lint ## Install what is needed and run the whole suite (unit + integration + end to end)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+chart-lint: bins ## helm lint of the chart
+	.cache/bin/helm lint --strict charts/autolabel-operator
 
 test-unit: venv ## Unit tests only (no control plane, no S3 server)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
