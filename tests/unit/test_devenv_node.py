@@ -248,6 +248,7 @@ class FakeRunner:
         self.default_path = "/usr/bin:/bin"
         self.service_env: dict[str, str] = {}
         self.allocatable: dict[str, str] = {}
+        self.gpus = node.GpuPool([])
         self.done = threading.Event()
 
     def worker_done(self, worker: Any) -> None:
@@ -396,3 +397,45 @@ def test_native_sidecar_runs_beside_main_and_stops_after_it(tmp_path: Path) -> N
     assert (worker.dir / "logs" / "main.log").read_text() == "up\n"
     running = [p for p in runner.core.patches if p["phase"] == "Running"]
     assert running and running[-1]["initContainerStatuses"][0]["ready"] is True
+
+
+def test_gpu_requests_assignment_and_detection() -> None:
+    def c(name: str, gpus: int | None, where: str = "limits") -> dict[str, Any]:
+        return {"name": name, "resources": {where: {"nvidia.com/gpu": gpus}} if gpus is not None else {}}
+
+    pod = {"spec": {"containers": [c("a", 2), c("b", None), c("c", 1, "requests")], "initContainers": [c("i", 1)]}}
+    assert node.pod_gpu_need(pod) == 3
+    assert node.assign_gpus(pod, ["0", "1", "2"]) == {"a": ["0", "1"], "b": [], "c": ["2"], "i": ["0"]}
+    assert node.assign_gpus(pod, ["5"]) == {"a": ["5"], "b": [], "c": [], "i": ["5"]}  # fewer than asked for
+    assert node.detect_gpus({"CUDA_VISIBLE_DEVICES": "1, 3"}) == ["1", "3"]
+    assert node.detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    pool = node.GpuPool(["0", "1"])
+    first, second, third = pool.take(1), pool.take(1), pool.take(1)
+    assert (first, second, third) == (["0"], ["1"], [])
+    pool.give_back(second)
+    pool.give_back(first)
+    assert pool.take(2) == ["0", "1"]
+
+
+def test_containers_see_only_their_gpus(tmp_path: Path) -> None:
+    runner = FakeRunner(tmp_path)
+    runner.gpus = node.GpuPool(["0", "1"])
+    script = 'echo "cuda=[$CUDA_VISIBLE_DEVICES]"'
+    pod = _pod(
+        [
+            {"name": "gpu", "command": ["sh", "-c", script], "resources": {"limits": {"nvidia.com/gpu": 2}}},
+            {"name": "cpu", "command": ["sh", "-c", script]},
+        ]
+    )
+    pod["spec"]["initContainers"] = [
+        {"name": "greedy", "command": ["sh", "-c", script], "resources": {"limits": {"nvidia.com/gpu": 3}}}
+    ]
+    worker = node.PodWorker(cast(Any, runner), pod)
+    worker.start()
+    assert runner.done.wait(20)
+    logs = worker.dir / "logs"
+    assert (logs / "gpu.log").read_text() == "cuda=[0,1]\n"
+    assert (logs / "cpu.log").read_text() == "cuda=[]\n"
+    greedy = (logs / "greedy.log").read_text()
+    assert "asks for 3 nvidia.com/gpu; this machine gives it 2 (0, 1)" in greedy and "cuda=[0,1]" in greedy
+    assert runner.gpus.take(2) == ["0", "1"]  # given back when the pod ended

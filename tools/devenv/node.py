@@ -427,6 +427,74 @@ def unsupported_volumes(pod: Pod) -> list[str]:
     return problems
 
 
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def gpu_request(container: Container) -> int:
+    """How many ``nvidia.com/gpu`` a container asks for (extended resources: limits, else requests)."""
+    resources = container.get("resources") or {}
+    amount = (resources.get("limits") or {}).get(GPU_RESOURCE, (resources.get("requests") or {}).get(GPU_RESOURCE))
+    return int(parse_quantity(amount)) if amount is not None else 0
+
+
+def assign_gpus(pod: Pod, devices: list[str]) -> dict[str, list[str]]:
+    """Which of the pod's ``devices`` each container sees, like the kubelet's device manager: main
+    containers get disjoint sets, init containers run before them and reuse the first devices."""
+    spec = pod.get("spec", {})
+    assigned: dict[str, list[str]] = {}
+    offset = 0
+    for container in spec.get("containers") or []:
+        want = gpu_request(container)
+        assigned[container.get("name", "")] = devices[offset : offset + want]
+        offset += want
+    for container in spec.get("initContainers") or []:
+        assigned[container.get("name", "")] = devices[: gpu_request(container)]
+    return assigned
+
+
+def pod_gpu_need(pod: Pod) -> int:
+    spec = pod.get("spec", {})
+    main = sum(gpu_request(c) for c in spec.get("containers") or [])
+    init = max((gpu_request(c) for c in spec.get("initContainers") or []), default=0)
+    return max(main, init)
+
+
+def detect_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """This machine's GPUs, as CUDA device ids: the runner's own ``CUDA_VISIBLE_DEVICES`` when set,
+    else what ``nvidia-smi -L`` lists, else none."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if listing.returncode != 0:
+        return []
+    return [str(i) for i, line in enumerate(ln for ln in listing.stdout.splitlines() if ln.startswith("GPU "))]
+
+
+class GpuPool:
+    """The machine's real GPUs, handed to pods that request ``nvidia.com/gpu``. The Node may advertise
+    more than there are (the local cluster advertises 2 everywhere): a pod that gets fewer than it asked
+    for runs with what is free, possibly none (CPU), and its log says so."""
+
+    def __init__(self, devices: list[str]):
+        self.devices = list(devices)
+        self._free = list(devices)
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> list[str]:
+        with self._lock:
+            taken, self._free = self._free[:count], self._free[count:]
+            return taken
+
+    def give_back(self, devices: list[str]) -> None:
+        with self._lock:
+            self._free.extend(d for d in devices if d not in self._free)
+            self._free.sort(key=self.devices.index)
+
+
 def termination_message(log_path: Path) -> str | None:
     """The tail of a log, for ``terminationMessagePolicy: FallbackToLogsOnError``."""
     try:
@@ -521,6 +589,8 @@ class PodWorker:
         self.start_time: float | None = None
         self.transitions: dict[str, tuple[bool, str]] = {}
         self.deleted = False  # deleted with grace 0 by this worker
+        self.gpus: list[str] = []
+        self.gpu_assignment: dict[str, list[str]] = {}
 
     def start(self) -> None:
         self.thread.start()
@@ -569,6 +639,7 @@ class PodWorker:
             self._kill_all(0)
             self._report_terminal(reason="NodeRunnerError", message="the local node runner failed; see its log")
         finally:
+            self.runner.gpus.give_back(self.gpus)
             self.runner.worker_done(self)
 
     def _run(self) -> None:
@@ -586,6 +657,11 @@ class PodWorker:
             log.warning("pod %s/%s: %s", self.namespace, self.name, message)
             self._report_terminal(reason="UnsupportedVolume", message=message)
             return self._end_after_report()
+        need = pod_gpu_need(self.pod)
+        if need:
+            self.gpus = self.runner.gpus.take(need)
+            log.info("pod %s/%s: asks for %d GPU(s); gets %s", self.namespace, self.name, need, self.gpus or "none")
+        self.gpu_assignment = assign_gpus(self.pod, self.gpus)
         self._patch_status()
 
         sidecars: list[ContainerState] = []
@@ -714,7 +790,17 @@ class PodWorker:
             return False
         # the private temp folder always wins, as a mount on /tmp would
         env = {**self._base_env(), **declared, "TMPDIR": str(self.dir / "tmp")}
+        # GPUs: only those assigned are visible, as with the NVIDIA device plugin and container runtime
+        devices = self.gpu_assignment.get(state.name, [])
+        env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = ",".join(devices)
         log_path = self.dir / "logs" / f"{state.name}.log"
+        wanted = gpu_request(spec)
+        if wanted > len(devices) and state.restart_count == 0:
+            with open(log_path, "ab") as out:
+                out.write(
+                    f"[local node runner] container {state.name} asks for {wanted} {GPU_RESOURCE}; this machine "
+                    f"gives it {len(devices)} ({', '.join(devices) or 'none'}): it runs with what it sees\n".encode()
+                )
         started = time.time()
         try:
             argv = command_line(spec, declared)
@@ -908,6 +994,7 @@ class NodeRunner:
         self.node_name = node_name
         self.state_dir = state_dir.resolve()
         self.sources = ApiSources(self.core)
+        self.gpus = GpuPool(detect_gpus())
         venv_bin = str(Path(sys.prefix) / "bin")
         host_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         self.default_path = os.pathsep.join([venv_bin, *[p for p in host_path.split(os.pathsep) if p != venv_bin]])
@@ -1179,7 +1266,12 @@ class NodeRunner:
         ]
         for thread in threads:
             thread.start()
-        log.info("node runner for %s started (state in %s)", self.node_name, self.state_dir)
+        log.info(
+            "node runner for %s started (state in %s; GPUs: %s)",
+            self.node_name,
+            self.state_dir,
+            ", ".join(self.gpus.devices) or "none",
+        )
         self.stopping.wait()
         self._shutdown_pods()
 
