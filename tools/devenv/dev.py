@@ -34,7 +34,7 @@ CLUSTER_DIR = REPO_ROOT / ".cluster"
 NODE_NAME = "local-node"
 
 # `cpu` runs on this machine; `gpu-1` asks for a GPU (the local Node advertises 2, so it is schedulable
-# here too, but its pods get no real GPU: the worker falls back to the CPU).
+# here too; its pods get one of this machine's real GPUs when one is free, else the worker uses the CPU).
 FLAVORS_YAML = """\
 # Flavor catalogue of the local development environment (written by `make dev-up`).
 default: cpu
