@@ -31,23 +31,26 @@ def test_tta_disagreement_gives_the_view_reasons_in_order() -> None:
     pred = np.array([0, 1, 0])
     conf = np.array([0.99, 0.99, 0.99])
     tta = {
-        "translate": np.array([0, 0, 0]),  # image 1 changes under translation
-        "crop": np.array([1, 1, 0]),  # image 0 changes under crop
+        "translate": np.array([0, 0, 0]),  # image 1 changes under translation only
+        "crop": np.array([1, 1, 0]),  # image 0 changes under crop and flip
         "flip_lr": np.array([1, 1, 0]),
     }
     v = rule().judge(pred, conf, tta)
     assert v.reasons[0] == [TTA_REASONS["flip_lr"], TTA_REASONS["crop"]] == [20, 21]
-    assert v.reasons[1] == [24]
-    assert v.reasons[2] == []
-    assert v.hard.tolist() == [True, True, False]
+    assert v.hard.tolist() == [True, False, False]  # one disagreeing view alone is not enough
+    assert v.reasons[1] == [] and v.reasons[2] == []  # reasons are listed on hard lines only
+    assert v.coefficient[1] > v.coefficient[2]  # but the disagreement still ranks image 1 harder
+    one_view = HardExampleRule(np.array([0.5, 0.5]), TTA_REASONS, min_disagreeing_views=1)
+    assert one_view.judge(pred, conf, tta).reasons[1] == [24]
 
 
-def test_far_from_its_class_is_reason_3() -> None:
-    pred = np.array([0, 1])
-    conf = np.array([0.99, 0.99])
-    v = rule(limits=np.array([0.3, 0.3])).judge(pred, conf, distance=np.array([0.5, 0.1]))
-    assert v.reasons == [[FAR_FROM_CLASS], []]
-    assert v.hard.tolist() == [True, False]
+def test_far_from_its_class_is_reason_3_with_a_disagreeing_view() -> None:
+    pred = np.array([0, 1, 0])
+    conf = np.array([0.99, 0.99, 0.99])
+    tta = {"crop": np.array([0, 0, 1]), "scale": np.array([0, 0, 0])}
+    v = rule(limits=np.array([0.3, 0.3])).judge(pred, conf, tta, distance=np.array([0.5, 0.1, 0.5]))
+    assert v.reasons == [[], [21, 23], [FAR_FROM_CLASS, 21]]
+    assert v.hard.tolist() == [False, True, True]  # far alone: not hard; far and one view: hard
 
 
 def test_hard_coefficient_is_in_unit_range_and_grows_with_doubt() -> None:
@@ -74,8 +77,8 @@ def test_nearest_same_class_distance_and_limits() -> None:
     assert d[2] == pytest.approx(1 - 0.28)  # predicted 1 but sits on class 0
     limits = distance_limits(ref, ref_labels, 2, factor=2.0)
     assert limits == pytest.approx([2 * 0.04, 2 * 0.04])
-    v = rule(limits=limits).judge(pred, np.full(3, 0.99), distance=d)
-    assert v.reasons[2] == [FAR_FROM_CLASS] and not v.hard[0]
+    v = rule(limits=limits).judge(pred, np.full(3, 0.99), {"crop": np.array([0, 1, 0])}, distance=d)
+    assert v.reasons[2] == [FAR_FROM_CLASS, 21] and not v.hard[0]
 
 
 def test_tta_views_follow_the_augmentation_policy() -> None:
