@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autolabel.api import AutoLabelJob
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".bench"
 TARGET = 0.95
@@ -50,9 +52,9 @@ def digits_folder(seed: int) -> Path:
     return BENCH / f"digits-s{seed}"
 
 
-def make_job(manifest: str, name: str, mode: str = "ActiveLearning", algorithm: str = "Fast", seed: int = 0, **spec: Any):  # type: ignore[no-untyped-def]
-    from autolabel.api import AutoLabelJob
-
+def make_job(
+    manifest: str, name: str, mode: str = "ActiveLearning", algorithm: str = "Fast", seed: int = 0, **spec: Any
+) -> AutoLabelJob:
     return AutoLabelJob.model_validate(
         {
             "metadata": {"name": name, "uid": f"bench-{name}-{time.time_ns()}"},
@@ -183,8 +185,10 @@ def quality(seeds: int, algorithms: list[str]) -> list[dict[str, Any]]:
 
 def print_quality(rows: list[dict[str, Any]]) -> None:
     print()
-    print("| algorithm | seeds | coverage mean (min-max) | precision of non-hard mean (min) | seeds with precision >= 0.95 "
-          "| accuracy mean | wall s mean (max) | peak RSS MB (max) |")
+    print(
+        "| algorithm | seeds | coverage mean (min-max) | precision of non-hard mean (min) | seeds with precision >= 0.95 "
+        "| accuracy mean | wall s mean (max) | peak RSS MB (max) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for algorithm in ("LogReg", "Fast", "Precise"):
         sel = [r for r in rows if r["algorithm"] == algorithm]
@@ -217,7 +221,7 @@ def throughput(repeat: int = 3) -> dict[str, Any]:
     from autolabel_worker.progress import ProgressReporter
 
     from autolabel.manifest import read_manifest
-    from autolabel.storage import Storage
+    from autolabel.storage import ScopedWriter, Storage
 
     ds = write_digits_dataset(BENCH / "digits-tp", labeled_per_class=5, seed=0, repeat=repeat)
     storage = Storage()
@@ -231,7 +235,7 @@ def throughput(repeat: int = 3) -> dict[str, Any]:
     ref = np.eye(10, model.forward_with_features(torch.zeros(1, 3, 8, 8))[1].shape[1])
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
 
-    def decode(data: bytes, source: str):  # type: ignore[no-untyped-def]
+    def decode(data: bytes, source: str) -> Any:
         return decode_image(data, source)
 
     out: dict[str, Any] = {"images": len(sources), "threads": torch.get_num_threads()}
@@ -248,9 +252,9 @@ def throughput(repeat: int = 3) -> dict[str, Any]:
         del batches
 
         job = make_job(str(ds.manifest), "throughput")
-        ctx = RunContext(
-            job, storage, None, ProgressReporter(None, tty=False), time.monotonic(), torch.device("cpu"), 0, 1
-        )  # type: ignore[arg-type]
+        writer = ScopedWriter(storage, str(BENCH / "out" / "throughput") + "/")
+        progress = ProgressReporter(None, tty=False)
+        ctx = RunContext(job, storage, writer, progress, time.monotonic(), torch.device("cpu"), 0, 1)
         t = time.monotonic()
         scratch, _, _ = _infer(ctx, predictor, entries, 10, [], ref, np.arange(10))
         out["pipeline"] = scratch.count / (time.monotonic() - t)

@@ -101,13 +101,13 @@ class TorchvisionClassifier(nn.Module):
             if pretrained:
                 _load_pretrained(net, "resnet18-f37072fd.pth")
             self.feature_dim = net.fc.in_features
-            net.fc = nn.Identity()  # type: ignore[assignment]
+            net.fc = nn.Identity()
         elif arch == "mobilenet_v3_small":
             net = torchvision.models.mobilenet_v3_small(weights=None)
             if pretrained:
                 _load_pretrained(net, "mobilenet_v3_small-047dcff4.pth")
-            self.feature_dim = net.classifier[0].in_features  # type: ignore[assignment]
-            net.classifier = nn.Identity()  # type: ignore[assignment]
+            self.feature_dim = int(net.classifier[0].in_features)
+            net.classifier = nn.Identity()
         else:
             raise ValueError(f"unknown architecture {arch!r}")
         self.backbone = net
@@ -168,8 +168,8 @@ class CalibratedEnsemble(nn.Module):
         feats: list[torch.Tensor] = []
         probs = torch.zeros(0)
         for i, member in enumerate(self.members):
-            f = member.features(x)
-            p = torch.softmax(member.fc(f) / self.temperature, dim=1)
+            f = member.features(x)  # type: ignore[operator]
+            p = torch.softmax(member.fc(f) / self.temperature, dim=1)  # type: ignore[operator]
             probs = p if i == 0 else probs + p
             feats.append(F.normalize(f.float(), dim=1))
         scale = 1.0 / math.sqrt(len(self.members))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
 from autolabel.manifest import ManifestEntry, read_manifest
@@ -36,7 +37,7 @@ from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_
 from .images import decode_image
 from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model
 from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards, shard_prefix
-from .predict import Predictor, image_to_array, iter_batches
+from .predict import Decoder, Predictor, image_to_array, iter_batches
 from .preflight import PreflightError, PreflightResult, run_preflight
 from .progress import ProgressReporter
 from .train import TrainConfig, to_input, train_fold_ensemble
@@ -141,10 +142,10 @@ def load_images(
     return x, kept
 
 
-def _decoder(ctx: RunContext):  # type: ignore[no-untyped-def]
+def _decoder(ctx: RunContext) -> Decoder:
     alpha = ctx.job.spec.images.alpha
 
-    def decode(data: bytes, source: str):  # type: ignore[no-untyped-def]
+    def decode(data: bytes, source: str) -> Image.Image:
         return decode_image(data, source, alpha)
 
     return decode

@@ -93,7 +93,8 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or "bn" in name else decay).append(p)
     return torch.optim.SGD(

@@ -4,7 +4,6 @@ with the model it exported, split over two shards."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
