@@ -14,12 +14,20 @@ from typing import Any
 from autolabel.api import AutoLabelJob, Mode, results_prefix
 
 from .config import Flavor, Settings
-from .names import KUEUE_QUEUE_LABEL, child_labels, child_name, owner_reference, secret_name
+from .names import (
+    KOPF_PREFIX,
+    KUEUE_QUEUE_LABEL,
+    WAKE_ANNOTATION,
+    child_labels,
+    child_name,
+    owner_reference,
+    secret_name,
+)
 
 JOB_CONFIG_KEY = "job.json"
 BACKOFF_LIMIT_PER_INDEX = 1  # one retry of a shard for transient failures (node loss is not counted)
 # The annotations that would only bloat the job description the worker reads.
-_DROPPED_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/")
+_DROPPED_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/", f"{KOPF_PREFIX}/", WAKE_ANNOTATION)
 
 
 def job_description(body: dict[str, Any]) -> dict[str, Any]:

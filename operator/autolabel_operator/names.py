@@ -15,6 +15,11 @@ MANAGED_BY = "autolabel-operator"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANIFEST_ANNOTATION = f"{LABEL_PREFIX}/manifest"
+# Set on the next waiting AutoLabelJob when a dataset lock is released, so that it reconciles at once
+# instead of on its next timer tick.
+WAKE_ANNOTATION = f"{LABEL_PREFIX}/wake"
+# kopf's own bookkeeping annotations (handler progress, last-handled configuration).
+KOPF_PREFIX = f"kopf.{LABEL_PREFIX}"
 
 MAX_NAME = 63  # Job names end up in the pods' `batch.kubernetes.io/job-name` label: at most 63 chars
 

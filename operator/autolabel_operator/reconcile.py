@@ -64,6 +64,7 @@ class Outcome:
     labels: dict[str, str]  # metadata labels to set
     events: list[tuple[str, str, str]]  # (type, reason, message)
     phase: str | None
+    wake: list[str] = field(default_factory=list)  # AutoLabelJobs (same namespace) to reconcile now
 
 
 class SpecError(ValueError):
@@ -82,6 +83,12 @@ def is_active(body: dict[str, Any]) -> bool:
         and not (body.get("spec") or {}).get("suspend")
         and not (body.get("metadata") or {}).get("deletionTimestamp")
     )
+
+
+def next_waiter(competitors: list[Candidate], me: str) -> list[str]:
+    """The name of the job that should take the lock after ``me`` (empty when none waits)."""
+    others = sorted(c for c in competitors if c.uid != me)
+    return [others[0].name] if others else []
 
 
 def aggregate_progress(docs: list[Any]) -> dict[str, Any] | None:
@@ -140,6 +147,7 @@ class StatusBuilder:
         self.now = now_rfc3339()
         self.events: list[tuple[str, str, str]] = []
         self.labels: dict[str, str] = {}
+        self.wake: list[str] = []
 
     @property
     def conditions(self) -> list[dict[str, Any]]:
@@ -162,7 +170,7 @@ class StatusBuilder:
             self.events.append((kind, str(new.get("phase")), new.get("message") or ""))
         changed: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
         changed.update({k: None for k in old if k not in new})
-        return Outcome(changed, self.labels, self.events, new.get("phase"))
+        return Outcome(changed, self.labels, self.events, new.get("phase"), self.wake)
 
     def fail(self, reason: str, message: str) -> Outcome:
         self.cond(RUNNING, "False", reason, message)
@@ -276,6 +284,7 @@ class Reconciler:
             if job_obj is not None and not (job_obj.get("spec") or {}).get("suspend"):
                 await self.kube.set_job_suspend(namespace, child, True)
             await lock.release(self.kube, namespace, lease, uid)
+            b.wake = next_waiter(children.competitors, uid)
             message = "suspended (spec.suspend); the dataset lock is released"
             b.cond(LOCK_ACQUIRED, "False", "Suspended", message)
             if get_condition(b.conditions, RUNNING) is not None or job_obj is not None:
@@ -346,8 +355,9 @@ class Reconciler:
         if derived.phase not in (Phase.SUCCEEDED, Phase.FAILED):
             return b.finish(derived.phase, message)
 
-        # 5. The end: free the lock, record the outcome.
+        # 5. The end: free the lock (waking the next job of the dataset), record the outcome.
         await lock.release(self.kube, namespace, lease, uid)
+        b.wake = next_waiter(children.competitors, uid)
         b.cond(LOCK_ACQUIRED, "False", "Released", "released: the job has ended")
         b.new.setdefault("completionTime", obs.completion_time or b.now)
         self._observe_end(job, b.new, str(derived.phase))

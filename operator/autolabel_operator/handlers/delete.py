@@ -15,7 +15,7 @@ from .runtime import get_runtime
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", backoff=3, registry=registry)
     async def cleanup(*, body: kopf.Body, **kwargs: Any) -> None:
         worker_jobs: kopf.Index = kwargs["worker_jobs"]
         runtime = get_runtime()

@@ -1,4 +1,5 @@
-"""Create, resume (operator start) and spec updates: reconcile at once."""
+"""Create, resume (operator start), spec updates and wake-ups (the dataset lock was released): reconcile
+at once."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import kopf
 
 from autolabel.api import GROUP, PLURAL, VERSION
 
+from ..names import WAKE_ANNOTATION
 from .runtime import get_runtime
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
-    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume", registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create", registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-on-update", field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume", backoff=5, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create", backoff=5, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-on-update", field="spec", backoff=5, registry=registry)
+    @kopf.on.update(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="reconcile-on-wake",
+        backoff=5,
+        field=("metadata", "annotations", WAKE_ANNOTATION),
+        registry=registry,
+    )
     async def reconcile_now(*, body: kopf.Body, **kwargs: Any) -> None:
         await get_runtime().reconcile(body, kwargs["worker_jobs"], kwargs["worker_pods"], kwargs["active_by_dataset"])

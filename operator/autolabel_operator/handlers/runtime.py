@@ -6,14 +6,15 @@ import asyncio
 import copy
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from .. import metrics
 from ..kube import KubeError
-from ..lock import Conflict
-from ..names import DATASET_LABEL, dataset_key
+from ..lock import Conflict, rfc3339_micro
+from ..names import DATASET_LABEL, WAKE_ANNOTATION, dataset_key
 from ..reconcile import Children, Outcome, Reconciler
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class Runtime:
                     return outcome
                 self._status[uid] = dict(patched.get("status") or {})
             metrics.PHASES.set(uid, outcome.phase)
+            for waiter in outcome.wake:
+                wake = {"metadata": {"annotations": {WAKE_ANNOTATION: rfc3339_micro(datetime.now(UTC))}}}
+                await kube.patch_autolabeljob(namespace, waiter, wake)
         for kind, reason, message in outcome.events:
             kopf.event(body, type=kind, reason=reason, message=message)
         return outcome

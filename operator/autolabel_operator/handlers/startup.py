@@ -11,7 +11,7 @@ import kopf
 from .. import metrics
 from ..config import Settings
 from ..kube import Kube, new_api_client
-from ..names import MANAGED_BY, MANAGED_BY_LABEL
+from ..names import KOPF_PREFIX, MANAGED_BY, MANAGED_BY_LABEL
 from ..reconcile import Reconciler
 from .runtime import Runtime, get_runtime, set_runtime
 
@@ -29,9 +29,9 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
     @kopf.on.startup(registry=registry)
     async def start(*, settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="autolabel.dev")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="autolabel.dev", key="last-handled-configuration"
+            prefix=KOPF_PREFIX, key="last-handled-configuration"
         )
         # Explicit watch time-outs (as crate-operator does): no silently dead streams.
         settings.watching.server_timeout = 300

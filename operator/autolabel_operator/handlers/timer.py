@@ -26,6 +26,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         interval=settings.reconcile_interval,
         initial_delay=settings.reconcile_interval,
         id="keep_status",
+        backoff=5,
         when=_unfinished,
         registry=registry,
     )
