@@ -439,3 +439,24 @@ def test_containers_see_only_their_gpus(tmp_path: Path) -> None:
     greedy = (logs / "greedy.log").read_text()
     assert "asks for 3 nvidia.com/gpu; this machine gives it 2 (0, 1)" in greedy and "cuda=[0,1]" in greedy
     assert runner.gpus.take(2) == ["0", "1"]  # given back when the pod ended
+
+
+def test_terminal_status_is_retried_when_the_api_server_hiccups(tmp_path: Path) -> None:
+    class FlakyCore(RecordingCore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures = 0
+
+        def patch_namespaced_pod_status(self, name: str, namespace: str, body: dict[str, Any], **_: Any) -> None:
+            if body["status"]["phase"] in ("Succeeded", "Failed") and self.failures < 2:
+                self.failures += 1
+                raise ConnectionError("connection refused")
+            super().patch_namespaced_pod_status(name, namespace, body)
+
+    runner = FakeRunner(tmp_path)
+    runner.core = FlakyCore()
+    worker = node.PodWorker(cast(Any, runner), _pod([{"name": "c", "command": ["true"]}]))
+    worker.start()
+    assert runner.done.wait(20)
+    assert runner.core.failures == 2
+    assert runner.core.patches[-1]["phase"] == "Succeeded"

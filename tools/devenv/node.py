@@ -668,20 +668,23 @@ class PodWorker:
         for state in self.init_states:
             if state.sidecar:  # runs from here on; the next one starts once it is running
                 sidecars.append(state)
-                if self._supervise(sidecars, until=_is_running(state)) is not None:
-                    return self._end()
+                cause = self._supervise(sidecars, until=_is_running(state))
+                if cause is not None:
+                    return self._end(cause)
                 continue
-            if self._supervise([*sidecars, state], until=_has_ended(state)) is not None:
-                return self._end()
-            if state.result is None or state.result.exit_code != 0:
-                return self._end()
+            cause = self._supervise([*sidecars, state], until=_has_ended(state))
+            if cause is not None or state.result is None or state.result.exit_code != 0:
+                return self._end(cause)
         self._patch_status()
         main = self.main_states
-        self._supervise([*sidecars, *main], until=lambda: all(s.result is not None for s in main))
-        self._end()
+        self._end(self._supervise([*sidecars, *main], until=lambda: all(s.result is not None for s in main)))
 
-    def _end(self) -> None:
-        cause = self.interrupt()
+    def _end(self, cause: str | None) -> None:
+        """Stop what still runs and report the end. ``cause`` is what interrupted the pod, None when its
+        containers ended by themselves (then only a deletion or shutdown that came since counts)."""
+        if cause is None:
+            cause = self.interrupt()
+            cause = None if cause == Interrupt.DEADLINE else cause
         if cause == Interrupt.GONE:
             self._kill_all(0)
             return
@@ -908,16 +911,33 @@ class PodWorker:
             status["initContainerStatuses"] = [s.status() for s in self.init_states]
         return status
 
-    def _patch(self, status: dict[str, Any]) -> None:
+    def _patch(self, status: dict[str, Any], attempts: int = 1) -> None:
+        """Patch the pod's status. Each patch carries the whole state, so a lost intermediate one is
+        repaired by the next; a terminal one is retried (``attempts``) because nothing would follow it."""
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            self.runner.core.patch_namespaced_pod_status(
-                self.name, self.namespace, {"status": status}, _request_timeout=30
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                log.error("pod %s/%s: status update failed: %s %s", self.namespace, self.name, exc.status, exc.body)
+        delay = 1.0
+        for attempt in range(1, attempts + 1):
+            try:
+                self.runner.core.patch_namespaced_pod_status(
+                    self.name, self.namespace, {"status": status}, _request_timeout=30
+                )
+                return
+            except ApiException as exc:
+                if exc.status == 404:
+                    return  # the pod is gone
+                error = f"{exc.status} {exc.reason}: {exc.body}"
+                if exc.status == 422:
+                    attempts = attempt  # invalid: retrying cannot help
+            except Exception as exc:  # connection trouble: the API server may be restarting
+                error = repr(exc)
+            log.error(
+                "pod %s/%s: status update failed (attempt %d/%d): %s",
+                self.namespace, self.name, attempt, attempts, error,
+            )  # fmt: skip
+            if attempt < attempts and not self._gone:
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def _patch_status(self) -> None:
         self._patch(self._status())
@@ -942,24 +962,30 @@ class PodWorker:
             status["conditions"].append(
                 {**self._cond("DisruptionTarget", True, disruption), "message": message or disruption}
             )
-        self._patch(status)
+        self._patch(status, attempts=2 if self._shutdown else 8)
         log.info("pod %s/%s: %s%s", self.namespace, self.name, phase, f" ({reason})" if reason else "")
 
     def _delete_now(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
         self.deleted = True
-        try:
-            self.runner.core.delete_namespaced_pod(
-                self.name,
-                self.namespace,
-                grace_period_seconds=0,
-                body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
-                _request_timeout=30,
-            )
-        except ApiException as exc:
-            if exc.status not in (404, 409):
+        for attempt in range(1, 6):
+            try:
+                self.runner.core.delete_namespaced_pod(
+                    self.name,
+                    self.namespace,
+                    grace_period_seconds=0,
+                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
+                    _request_timeout=30,
+                )
+                break
+            except ApiException as exc:
+                if exc.status in (404, 409):  # gone, or another pod of that name by now
+                    break
                 log.error("pod %s/%s: delete failed: %s %s", self.namespace, self.name, exc.status, exc.reason)
+            except Exception as exc:
+                log.error("pod %s/%s: delete failed (attempt %d): %r", self.namespace, self.name, attempt, exc)
+            time.sleep(attempt)
         shutil.rmtree(self.dir / "work", ignore_errors=True)
         shutil.rmtree(self.dir / "tmp", ignore_errors=True)
         log.info("pod %s/%s: deleted", self.namespace, self.name)
