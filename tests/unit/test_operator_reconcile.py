@@ -1,0 +1,245 @@
+"""The reconciler's state machine against an in-memory API (the lock's fake Leases + Jobs, ConfigMaps,
+Secrets) and real storage on the local filesystem (``autolabel.storage`` handles plain paths)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autolabel_operator.config import Settings
+from autolabel_operator.lock import Candidate, Conflict
+from autolabel_operator.names import lease_name
+from autolabel_operator.reconcile import Children, Reconciler, candidate_of
+from test_operator_lock import FakeLeases
+
+from autolabel.api import AutoLabelJob, results_prefix
+
+
+class FakeKube(FakeLeases):
+    """The calls the reconciler makes, in memory (409 on duplicate creates, like the API server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.created: dict[str, list[dict[str, Any]]] = {"configmaps": [], "secrets": []}
+        self.suspends: list[tuple[str, bool]] = []
+        self.secrets: dict[str, dict[str, str]] = {}
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.jobs.get(name))
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        if name in self.jobs:
+            raise Conflict("exists")
+        self.jobs[name] = copy.deepcopy(body)
+        return copy.deepcopy(body)
+
+    async def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        self.jobs[name]["spec"]["suspend"] = suspend
+        self.suspends.append((name, suspend))
+
+    async def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> None:
+        self.created[plural].append(body)
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.secrets.get(name)
+
+
+def write_manifest(folder: Path, labels: dict[str, int], unlabeled: int) -> str:
+    lines = []
+    for label, n in labels.items():
+        for i in range(n):
+            annotation = [{"type": "modelarts/image_classification", "name": label}]
+            lines.append(json.dumps({"source": f"{label}{i}.png", "annotation": annotation}))
+    lines += [json.dumps({"source": f"u{i}.png"}) for i in range(unlabeled)]
+    path = folder / "data.manifest"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def body(name: str, manifest: str, created: str = "2026-11-27T10:00:00Z", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "autolabel.dev/v1alpha1",
+        "kind": "AutoLabelJob",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "creationTimestamp": created,
+        },
+        "spec": {"task": "ImageClassification", "mode": "ActiveLearning", "dataset": {"manifest": manifest}, **spec},
+        "status": {},
+    }
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def reconciler(kube: FakeKube) -> Reconciler:
+    settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01)
+    return Reconciler(settings, kube)
+
+
+def run(reconciler: Reconciler, raw: dict[str, Any], children: Children | None = None) -> Any:
+    outcome = asyncio.run(reconciler.reconcile(raw, children or Children(competitors=[candidate_of(raw)])))
+    status = raw.setdefault("status", {})
+    for key, value in outcome.status.items():
+        if value is None:
+            status.pop(key, None)
+        else:
+            status[key] = value
+    return outcome
+
+
+def conditions(raw: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in raw["status"]["conditions"]}
+
+
+def test_happy_path_creates_one_job_then_succeeds_and_frees_the_lock(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    waiter = body("b", manifest, created="2026-11-27T10:00:05Z")
+    competitors = [candidate_of(raw), candidate_of(waiter)]
+
+    first = run(reconciler, raw, Children(competitors=competitors))
+    assert raw["status"]["phase"] == "Pending"
+    assert conditions(raw)["PreconditionsMet"] == ("True", "Checked")
+    assert conditions(raw)["LockAcquired"] == ("True", "Acquired")
+    assert list(kube.jobs) == ["a-uida"] and raw["status"]["jobName"] == "a-uida"
+    assert [c["metadata"]["name"] for c in kube.created["configmaps"]] == ["a-uida"]
+    assert [s["metadata"]["name"] for s in kube.created["secrets"]] == ["a-uida-s3"]
+    assert ("Normal", "JobCreated") in [(k, r) for k, r, _ in first.events]
+    assert first.labels == {"autolabel.dev/dataset": lease_name(manifest).rsplit("-", 1)[1]}
+    assert kube.objects[("ns", lease_name(manifest))]["spec"]["holderIdentity"] == "uid-a"
+
+    # Again with the Job not yet in the index: it is adopted, not created twice.
+    run(reconciler, raw, Children(competitors=competitors))
+    assert len(kube.jobs) == 1
+
+    # The worker ran: pods running, progress written.
+    job = AutoLabelJob.model_validate(raw)
+    prefix = Path(results_prefix(job))
+    prefix.mkdir(parents=True)
+    (prefix / "progress.json").write_text(json.dumps({"stage": "inference", "processed": 1, "total": 3}))
+    child = kube.jobs["a-uida"] | {"status": {"startTime": "2026-11-27T10:00:10Z", "active": 1}}
+    pods = [{"metadata": {"name": "p"}, "status": {"phase": "Running"}}]
+    run(reconciler, raw, Children(job=child, pods=pods, competitors=competitors))
+    assert raw["status"]["phase"] == "Running"
+    assert raw["status"]["progress"] == {"stage": "inference", "processed": 1, "total": 3, "percent": 33}
+    assert raw["status"]["startTime"] == "2026-11-27T10:00:10Z"
+
+    # Done: result from summary.json, lock released, the next job woken.
+    (prefix / "progress.json").write_text(json.dumps({"stage": "done", "processed": 3, "total": 3}))
+    (prefix / "summary.json").write_text(
+        json.dumps({"total": 3, "autoLabeled": 2, "hardExamples": 1, "estimatedPrecision": 0.97})
+    )
+    done = child | {
+        "status": {
+            "startTime": "2026-11-27T10:00:10Z",
+            "completionTime": "2026-11-27T10:01:10Z",
+            "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}],
+        }
+    }
+    outcome = run(reconciler, raw, Children(job=done, competitors=competitors))
+    status = raw["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["result"] == {
+        "uri": results_prefix(job),
+        "total": 3,
+        "autoLabeled": 2,
+        "hardExamples": 1,
+        "estimatedPrecision": 0.97,
+    }
+    assert status["completionTime"] == "2026-11-27T10:01:10Z"
+    assert conditions(raw)["Succeeded"] == ("True", "JobComplete")
+    assert conditions(raw)["LockAcquired"] == ("False", "Released")
+    assert kube.objects[("ns", lease_name(manifest))]["spec"].get("holderIdentity") is None
+    assert outcome.wake == ["b"]
+    # Terminal is final: another pass changes nothing.
+    assert run(reconciler, raw, Children(job=done, competitors=competitors)).status == {}
+
+
+def test_a_second_job_waits_naming_the_holder(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
+    competitors = [candidate_of(a), candidate_of(b)]
+    run(reconciler, a, Children(competitors=competitors))
+    run(reconciler, b, Children(competitors=competitors))
+    assert b["status"]["phase"] == "Waiting"
+    assert conditions(b)["LockAcquired"] == ("False", "DatasetBusy")
+    assert "AutoLabelJob a" in b["status"]["message"]
+    assert list(kube.jobs) == ["a-uida"]
+
+
+def test_precondition_failure_fails_without_scheduling(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 2}, 3)
+    raw = body("a", manifest)
+    outcome = run(reconciler, raw)
+    assert raw["status"]["phase"] == "Failed"
+    assert conditions(raw)["PreconditionsMet"] == ("False", "TooFewImagesPerLabel")
+    assert conditions(raw)["Failed"] == ("True", "TooFewImagesPerLabel")
+    assert '"dog" has 2 images' in raw["status"]["message"]
+    assert kube.jobs == {} and kube.objects == {}
+    assert [(k, r) for k, r, _ in outcome.events] == [("Warning", "Failed")]
+
+
+def test_missing_credentials_secret_fails_naming_it(tmp_path: Path, reconciler: Reconciler) -> None:
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest, storage={"secretRef": {"name": "s3-creds"}})
+    run(reconciler, raw)
+    assert conditions(raw)["PreconditionsMet"] == ("False", "SecretNotFound")
+    assert "Secret 's3-creds' not found" in raw["status"]["message"]
+
+
+def test_suspend_stops_the_job_and_frees_the_lock_then_resume(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    run(reconciler, raw)
+    raw["spec"]["suspend"] = True
+    run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[]))
+    assert raw["status"]["phase"] == "Suspended"
+    assert kube.suspends == [("a-uida", True)]
+    assert kube.objects[("ns", lease_name(manifest))]["spec"].get("holderIdentity") is None
+    raw["spec"]["suspend"] = False
+    outcome = run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[candidate_of(raw)]))
+    assert kube.suspends[-1] == ("a-uida", False)
+    assert conditions(raw)["LockAcquired"] == ("True", "Acquired")
+    assert ("Normal", "Resumed") in [(k, r) for k, r, _ in outcome.events]
+    assert len(kube.jobs) == 1
+
+
+def test_a_vanished_job_with_results_counts_as_succeeded(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    """The Job's TTL removed it while the operator was down: the results tell the outcome."""
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    run(reconciler, raw)
+    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix.mkdir(parents=True)
+    (prefix / "summary.json").write_text(json.dumps({"total": 3, "autoLabeled": 3, "hardExamples": 0}))
+    kube.jobs.clear()
+    run(reconciler, raw)
+    assert raw["status"]["phase"] == "Succeeded"
+    assert kube.jobs == {}  # not recreated
+
+
+def test_competitor_order_is_creation_time_then_name() -> None:
+    a = Candidate("2026-11-27T10:00:00Z", "zeta", "1")
+    b = Candidate("2026-11-27T10:00:00Z", "alpha", "2")
+    c = Candidate("2026-11-27T09:59:59Z", "omega", "3")
+    assert [x.name for x in sorted([a, b, c])] == ["omega", "alpha", "zeta"]
