@@ -1047,7 +1047,7 @@ class NodeRunner:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            node = json.loads(self.core.read_node(self.node_name, _preload_content=False).data)
+            node = json.loads(self.core.read_node(self.node_name, _preload_content=False, _request_timeout=30).data)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -1063,6 +1063,8 @@ class NodeRunner:
                 "memory": f"{_memory_bytes() // 2**20}Mi",
                 "pods": "110",
             }
+            if self.gpus.devices:
+                capacity[GPU_RESOURCE] = str(len(self.gpus.devices))
             now = rfc3339()
             ready = {
                 "type": "Ready",
@@ -1086,7 +1088,7 @@ class NodeRunner:
                     }
                 },
             )
-            node = json.loads(self.core.read_node(self.node_name, _preload_content=False).data)
+            node = json.loads(self.core.read_node(self.node_name, _preload_content=False, _request_timeout=30).data)
         self.allocatable = dict(node.get("status", {}).get("allocatable") or {})
         return dict(node)
 
