@@ -98,6 +98,7 @@ class OperatorProcess(Process):
         flavors = state / "flavors.yaml"
         flavors.write_text(FLAVORS)
         self.metrics_port = free_port()
+        self.health_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
@@ -109,6 +110,7 @@ class OperatorProcess(Process):
             "AUTOLABEL_WORKER_COMMAND": f"{sys.executable} {FAKE_WORKER}",
             "AUTOLABEL_WORKER_IMAGE": "autolabel-worker:test",
             "AUTOLABEL_METRICS_PORT": str(self.metrics_port),
+            "AUTOLABEL_LIVENESS": f"http://127.0.0.1:{self.health_port}/healthz",
             "AUTOLABEL_RECONCILE_INTERVAL": "1",
             "AUTOLABEL_STORAGE_RETRIES": "2",
             "AUTOLABEL_STORAGE_BACKOFF": "0.5",
@@ -121,9 +123,16 @@ class OperatorProcess(Process):
         wait_for(self.metrics, 60, f"the operator's /metrics (log:\n{self.tail()})")
 
     def metrics(self) -> str:
+        return self._get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def healthz(self) -> str:
+        return self._get(f"http://127.0.0.1:{self.health_port}/healthz")
+
+    @staticmethod
+    def _get(url: str) -> str:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-                return str(r.read().decode())
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return str(r.read().decode()) or "ok"
         except OSError:
             return ""
 

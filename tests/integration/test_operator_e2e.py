@@ -118,6 +118,7 @@ def test_valid_job_runs_pending_running_succeeded_with_progress_and_result(
     assert [i["metadata"]["name"] for i in listed["items"]] == ["digits"]
     wanted = {"JobCreated", "Running", "Succeeded"}
     wait_for(lambda: wanted <= set(events_for(cluster, namespace, "digits")), 20, f"events {wanted}")
+    assert wait_for(autolabel_operator.healthz, 10, "the liveness endpoint")
     text = autolabel_operator.metrics()
     assert metric(text, "autolabel_jobs", phase="Succeeded") >= 1
     assert metric(text, "autolabel_images_labeled_total", mode="ActiveLearning") >= 9
