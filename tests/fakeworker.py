@@ -9,7 +9,8 @@ writes ``shards/<i>/…`` and whichever shard finds all shard summaries present 
 
 Annotations on the AutoLabelJob steer it (so a test can make one job slow or failing):
 ``fakeworker.autolabel.dev/seconds`` total run time (default 1.0), ``fakeworker.autolabel.dev/fail``
-("true": write stage ``failed`` with an error and exit 3). ``summary.json`` also records ``startedAt``
+("true": write stage ``failed`` with an error and reason ``FakeWorkerFailed``, exit 3 as the real
+worker does for an unusable dataset). ``summary.json`` also records ``startedAt``
 and ``finishedAt`` (epoch seconds, high resolution) so tests can check that runs never overlap.
 """
 
@@ -58,7 +59,8 @@ def main() -> int:
     steps = 5
     for step in range(steps):
         if fail and step == 2:
-            progress("failed", step, steps, error="fake worker told to fail (annotation fakeworker.autolabel.dev/fail)")
+            error = "fake worker told to fail (annotation fakeworker.autolabel.dev/fail)"
+            progress("failed", step, steps, error=error, reason="FakeWorkerFailed")
             print("fake worker: failing as told", file=sys.stderr)
             return 3
         progress("inference", int(len(mine) * step / steps), len(mine))

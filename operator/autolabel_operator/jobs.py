@@ -26,6 +26,9 @@ from .names import (
 
 JOB_CONFIG_KEY = "job.json"
 BACKOFF_LIMIT_PER_INDEX = 1  # one retry of a shard for transient failures (node loss is not counted)
+# The worker's exit codes for failures a retry cannot fix (autolabel_worker.entrypoint): a bad job
+# description (2), an unusable dataset or model (3), storage that refuses or lacks an object (5).
+NON_RETRYABLE_EXIT_CODES = [2, 3, 5]
 # The annotations that would only bloat the job description the worker reads.
 _DROPPED_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/", f"{KOPF_PREFIX}/", WAKE_ANNOTATION)
 
@@ -201,7 +204,21 @@ def build_job(body: dict[str, Any], job: AutoLabelJob, settings: Settings, flavo
             "parallelism": n,
             "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
             "maxFailedIndexes": 0,
-            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+            "podFailurePolicy": {
+                "rules": [
+                    # Evictions, preemptions, node drains: not the worker's fault, not counted.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    # Deterministic failures: fail the shard at once instead of running it again.
+                    {
+                        "action": "FailIndex",
+                        "onExitCodes": {
+                            "containerName": "worker",
+                            "operator": "In",
+                            "values": NON_RETRYABLE_EXIT_CODES,
+                        },
+                    },
+                ]
+            },
             "activeDeadlineSeconds": job.spec.active_deadline_seconds,
             "ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished,
             "suspend": bool(job.spec.queue_name),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -211,19 +212,19 @@ class Reconciler:
     async def storage(self, job: AutoLabelJob) -> Storage:
         return storage_for(storage_config(job, self.settings, await self.credentials(job)))
 
-    async def read_progress(self, job: AutoLabelJob) -> tuple[dict[str, Any] | None, str | None]:
-        """``status.progress`` and the worker's error message, if it wrote one."""
+    async def read_progress(self, job: AutoLabelJob) -> tuple[dict[str, Any] | None, str | None, str | None]:
+        """``status.progress``, and the worker's error message and CamelCase reason if it wrote them."""
         storage = await self.storage(job)
         prefix = results_prefix(job)
         n = shards(job)
-        uris = [f"{prefix}progress.json"] if n == 1 else [f"{prefix}shards/{i}/progress.json" for i in range(n)]
+        uris = [f"{prefix}progress.json"]
+        if n > 1:
+            uris = [f"{prefix}shards/{i}/progress.json" for i in range(n)]
         docs = [await read_json(storage, uri) for uri in uris]
-        errors = [
-            f"shard {i}: {d['error']}" if n > 1 else str(d["error"])
-            for i, d in enumerate(docs)
-            if isinstance(d, dict) and d.get("error")
-        ]
-        return aggregate_progress(docs), "; ".join(errors) or None
+        failed = [(i, d) for i, d in enumerate(docs) if isinstance(d, dict) and d.get("error")]
+        errors = [f"shard {i}: {d['error']}" if n > 1 else str(d["error"]) for i, d in failed]
+        reasons = [str(d["reason"]) for _, d in failed if _is_reason(d.get("reason"))]
+        return aggregate_progress(docs), "; ".join(errors) or None, (reasons[0] if reasons else None)
 
     async def read_result(self, job: AutoLabelJob) -> dict[str, Any]:
         storage = await self.storage(job)
@@ -347,9 +348,9 @@ class Reconciler:
         if obs.start_time and not b.new.get("startTime"):
             b.new["startTime"] = obs.start_time
         message = derived.message
-        worker_error = None
+        worker_error = worker_reason = None
         if derived.phase in (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED):
-            progress, worker_error = await self.read_progress(job)
+            progress, worker_error, worker_reason = await self.read_progress(job)
             if progress:
                 b.new["progress"] = progress
         if derived.phase not in (Phase.SUCCEEDED, Phase.FAILED):
@@ -362,7 +363,8 @@ class Reconciler:
         b.new.setdefault("completionTime", obs.completion_time or b.now)
         self._observe_end(job, b.new, str(derived.phase))
         if derived.phase == Phase.FAILED:
-            reason = (get_condition(b.conditions, FAILED) or {}).get("reason") or "JobFailed"
+            # The worker's own reason (e.g. TooManyUnreadableImages) says more than the Job's.
+            reason = worker_reason or (get_condition(b.conditions, FAILED) or {}).get("reason") or "JobFailed"
             if worker_error:
                 message = f"{message}; worker error: {worker_error}"
             return b.fail(reason, message)
@@ -381,6 +383,11 @@ class Reconciler:
         if start and end:
             seconds = (_parse(end) - _parse(start)).total_seconds()
             metrics.JOB_DURATION.labels(outcome, job.spec.mode).observe(max(0.0, seconds))
+
+
+def _is_reason(value: Any) -> bool:
+    """A metav1.Condition reason: CamelCase identifier."""
+    return isinstance(value, str) and bool(re.fullmatch(r"[A-Z][A-Za-z0-9_]{0,127}", value))
 
 
 def _parse(value: str) -> datetime:

@@ -181,8 +181,11 @@ def test_worker_failure_ends_failed_with_the_workers_error_and_frees_the_lock(
     obj = wait_phase(cluster, namespace, "breaks", {"Failed", "Succeeded"}, timeout=120)
     assert obj["status"]["phase"] == "Failed", obj["status"]
     failed = condition(obj, "Failed")
-    assert failed["status"] == "True" and failed["reason"] in ("MaxFailedIndexesExceeded", "FailedIndexes"), failed
+    # The worker's own reason and words; exit code 3 is not retried (podFailurePolicy FailIndex).
+    assert failed["status"] == "True" and failed["reason"] == "FakeWorkerFailed", failed
     assert "fake worker told to fail" in obj["status"]["message"]
+    job = worker_jobs(cluster, namespace, obj["metadata"]["uid"])[0]
+    assert job["status"].get("failed") == 1, job["status"]
     assert condition(obj, "PreconditionsMet")["status"] == "True"
     assert obj["status"]["completionTime"]
     # The next job on the dataset gets the lock.

@@ -105,6 +105,9 @@ def test_active_learning_job_shape() -> None:
         "action": "Ignore",
         "onPodConditions": [{"type": "DisruptionTarget"}],
     }
+    fail_index = spec["podFailurePolicy"]["rules"][1]
+    assert fail_index["action"] == "FailIndex"
+    assert fail_index["onExitCodes"] == {"containerName": "worker", "operator": "In", "values": [2, 3, 5]}
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["automountServiceAccountToken"] is False

@@ -243,3 +243,24 @@ def test_competitor_order_is_creation_time_then_name() -> None:
     b = Candidate("2026-11-27T10:00:00Z", "alpha", "2")
     c = Candidate("2026-11-27T09:59:59Z", "omega", "3")
     assert [x.name for x in sorted([a, b, c])] == ["omega", "alpha", "zeta"]
+
+
+def test_a_failed_worker_reports_its_own_reason_and_words(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    run(reconciler, raw)
+    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix.mkdir(parents=True)
+    error = {"stage": "failed", "error": "12 of 13 images unreadable", "reason": "TooManyUnreadableImages"}
+    (prefix / "progress.json").write_text(json.dumps(error))
+    failed = kube.jobs["a-uida"] | {
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]}
+    }
+    outcome = run(reconciler, raw, Children(job=failed, competitors=[candidate_of(raw)]))
+    assert raw["status"]["phase"] == "Failed"
+    assert conditions(raw)["Failed"] == ("True", "TooManyUnreadableImages")
+    assert "12 of 13 images unreadable" in raw["status"]["message"]
+    assert conditions(raw)["LockAcquired"] == ("False", "Released")
+    assert ("Warning", "Failed") in [(k, r) for k, r, _ in outcome.events]
