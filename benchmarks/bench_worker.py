@@ -186,8 +186,8 @@ def quality(seeds: int, algorithms: list[str]) -> list[dict[str, Any]]:
 def print_quality(rows: list[dict[str, Any]]) -> None:
     print()
     print(
-        "| algorithm | seeds | coverage mean (min-max) | precision of non-hard mean (min) | seeds with precision >= 0.95 "
-        "| accuracy mean | wall s mean (max) | peak RSS MB (max) |"
+        "| algorithm | seeds | coverage mean (min-max) | precision of non-hard mean (min) "
+        "| seeds with precision >= 0.95 | accuracy mean | wall s mean (max) | peak RSS MB (max) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for algorithm in ("LogReg", "Fast", "Precise"):

@@ -38,7 +38,8 @@ def _affine(
     b = inv * (-sin + shear * cos)
     c = inv * sin * flip
     d = inv * (cos + shear * sin)
-    theta = torch.stack([torch.stack([a, b, tx], dim=1), torch.stack([c, d, ty], dim=1)], dim=1).to(x.dtype)
+    theta = torch.stack([torch.stack([a, b, tx], dim=1), torch.stack([c, d, ty], dim=1)], dim=1)
+    theta = theta.to(device=x.device, dtype=x.dtype)  # parameters are drawn on the CPU (seeded generator)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -79,10 +80,10 @@ def strong(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Generator) -
         flip=flip,
     )
     mean = y.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = (0.5 + u[:, 5]).view(n, 1, 1, 1)
-    brightness = ((u[:, 6] - 0.5) * 0.6).view(n, 1, 1, 1)
+    contrast = (0.5 + u[:, 5]).view(n, 1, 1, 1).to(y.device)
+    brightness = ((u[:, 6] - 0.5) * 0.6).view(n, 1, 1, 1).to(y.device)
     y = (y - mean) * contrast + mean + brightness
-    y = y + 0.1 * torch.randn(y.shape, generator=generator)
+    y = y + 0.1 * torch.randn(y.shape, generator=generator).to(y.device)
     # Cutout: one square per image set to the dataset mean (0 after normalization).
     side = (torch.minimum(torch.tensor(h), torch.tensor(w)) * (0.25 + 0.25 * u[:, 7])).long().clamp(min=1)
     cy = (u[:, 8] * h).long()
@@ -91,7 +92,7 @@ def strong(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Generator) -
     cols = torch.arange(w).view(1, 1, w)
     half = (side // 2).view(n, 1, 1)
     mask = ((rows - cy.view(n, 1, 1)).abs() <= half) & ((cols - cx.view(n, 1, 1)).abs() <= half)
-    return y.masked_fill(mask.unsqueeze(1), 0.0)
+    return y.masked_fill(mask.unsqueeze(1).to(y.device), 0.0)
 
 
 # Test-time augmentations for hard examples, numbered as ModelArts' hard-example reasons (anchors §2):

@@ -202,7 +202,7 @@ def export_model(
 ) -> tuple[Path, Path]:
     """Write `model.pt` (TorchScript) and `labels.json` into a local folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    ensemble.eval()
+    ensemble = ensemble.cpu().eval()  # a model file that loads anywhere
     scripted = torch.jit.script(ensemble)
     model_path = folder / "model.pt"
     scripted.save(str(model_path))

@@ -45,6 +45,7 @@ from .train import TrainConfig, to_input, train_fold_ensemble
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET = 600
+UNLABELED_MEMORY_BYTES = 512 * 2**20
 PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
 
 
@@ -156,7 +157,7 @@ def train_config(job: AutoLabelJob) -> tuple[TrainConfig, float, bool]:
     al = job.spec.active_learning
     assert al is not None
     budget = float(al.time_budget_seconds or DEFAULT_TIME_BUDGET)
-    cfg = TrainConfig(seed=al.seed)
+    cfg = TrainConfig(seed=al.seed, device="cuda" if torch.cuda.is_available() else "cpu")
     env_steps = os.environ.get("AUTOLABEL_TRAIN_STEPS")  # tests and benchmarks shorten training
     if env_steps:
         cfg.steps = cfg.ssl_steps = int(env_steps)
@@ -183,6 +184,10 @@ def _active_learning(ctx: RunContext) -> dict:
     _check_counts_after_decoding(y_lab, classes)
     x_unlab = None
     if semi:
+        # Unlabeled images for semi-supervised training are held in memory as uint8: cap them by bytes too
+        # (20,000 digits are 4 MB; at 224 px the cap allows about 3,400 images).
+        per_image = 3 * model_spec.input_size[0] * model_spec.input_size[1]
+        cfg.max_unlabeled = max(1, min(cfg.max_unlabeled, UNLABELED_MEMORY_BYTES // per_image))
         rng = np.random.default_rng(al.seed)
         pick = np.sort(rng.permutation(len(pre.unlabeled))[: cfg.max_unlabeled])
         x_unlab, _ = load_images(ctx, [pre.unlabeled[i] for i in pick], model_spec.input_size, [])
@@ -206,7 +211,7 @@ def _active_learning(ctx: RunContext) -> dict:
     ctx.progress.set_stage("calibrate")
     temperature = cal.fit_temperature(ensemble.oof_logits, ensemble.labels)
     cautious_t = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
-    model = CalibratedEnsemble(ensemble.members, cautious_t)
+    model = CalibratedEnsemble([m.cpu() for m in ensemble.members], cautious_t)
     model.eval()
     with torch.inference_mode():
         _, ref_feats_t = model.forward_with_features(to_input(x_lab, model_spec))

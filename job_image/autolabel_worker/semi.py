@@ -22,7 +22,7 @@ from torch import nn
 
 from .augment import AugmentPolicy, strong, weak
 from .models import ModelSpec, build_model
-from .train import ProgressFn, TrainConfig, balanced_batch, cosine_lr, make_optimizer, to_input
+from .train import ProgressFn, TrainConfig, autocast, balanced_batch, cosine_lr, make_optimizer, to_input
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class AdaptiveThreshold:
         self.class_prob = torch.full((num_classes,), 1.0 / num_classes)
 
     def update(self, probs: torch.Tensor) -> None:
+        probs = probs.float().cpu()
         m = self.momentum
         self.global_level = m * self.global_level + (1 - m) * probs.max(dim=1).values.mean()
         self.class_prob = m * self.class_prob + (1 - m) * probs.mean(dim=0)
@@ -79,11 +80,13 @@ def train_fixmatch(
         raise ValueError("semi-supervised training needs unlabeled images")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(spec, pretrained=cfg.pretrained)
+    device = torch.device(cfg.device)
+    model = build_model(spec, pretrained=cfg.pretrained).to(device)
     ema = EMA(model, cfg.ema_decay)
     opt = make_optimizer(model, cfg)
     thresholds = AdaptiveThreshold(spec.num_classes, cfg.threshold_momentum)
-    xl = to_input(x_lab, spec)
+    xl = to_input(x_lab, spec).to(device)
+    y_dev = y_lab.to(device)
     bl = min(cfg.batch_size // 2, 32)
     bu = bl * cfg.unlabeled_ratio
     model.train()
@@ -97,17 +100,18 @@ def train_fixmatch(
             group["lr"] = cosine_lr(cfg.lr, step, cfg.ssl_steps)
         li = balanced_batch(y_lab, bl, gen)
         ui = torch.randint(len(x_unlab), (bu,), generator=gen)
-        xu = to_input(x_unlab[ui], spec)
-        batch = torch.cat([weak(xl[li], policy, gen), weak(xu, policy, gen), strong(xu, policy, gen)])
-        logits = model(batch)
+        xu = to_input(x_unlab[ui], spec).to(device)
+        batch = torch.cat([weak(xl[li.to(device)], policy, gen), weak(xu, policy, gen), strong(xu, policy, gen)])
+        with autocast(device):
+            logits = model(batch).float()
         logits_l = logits[:bl]
         logits_w, logits_s = logits[bl:].chunk(2)
-        loss_l = F.cross_entropy(logits_l, y_lab[li])
+        loss_l = F.cross_entropy(logits_l, y_dev[li.to(device)])
         with torch.no_grad():
             probs_w = torch.softmax(logits_w.detach(), dim=1)
             thresholds.update(probs_w)
             conf, pseudo = probs_w.max(dim=1)
-            mask = (conf >= thresholds.thresholds()[pseudo]).float()
+            mask = (conf >= thresholds.thresholds().to(device)[pseudo]).float()
         loss_u = (F.cross_entropy(logits_s, pseudo, reduction="none") * mask).mean()
         loss = loss_l + cfg.unlabeled_weight * loss_u
         opt.zero_grad(set_to_none=True)

@@ -41,6 +41,7 @@ class TrainConfig:
     """Early stopping: evaluations without a 1% improvement of the smoothed training loss."""
     seed: int = 0
     pretrained: bool = True
+    device: str = "cpu"
     # Precise (semi.py)
     ssl_steps: int = 400
     unlabeled_ratio: int = 7
@@ -133,9 +134,11 @@ def train_supervised(
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(spec, pretrained=cfg.pretrained)
+    device = torch.device(cfg.device)
+    model = build_model(spec, pretrained=cfg.pretrained).to(device)
     opt = make_optimizer(model, cfg)
-    xf = to_input(x, spec)
+    xf = to_input(x, spec).to(device)
+    y = y.to(device)
     model.train()
     smoothed, best, stale = None, math.inf, 0
     step, truncated = 0, False
@@ -145,13 +148,14 @@ def train_supervised(
             break
         for group in opt.param_groups:
             group["lr"] = cosine_lr(cfg.lr, step, cfg.steps)
-        idx = balanced_batch(y, cfg.batch_size, gen)
+        idx = balanced_batch(y.cpu(), cfg.batch_size, gen).to(device)
         # Half the batch weakly, half strongly augmented: with 5 images per class the strong views are
         # what keeps the model from memorizing them.
         xb = xf[idx]
         half = cfg.batch_size // 2
         xb = torch.cat([weak(xb[:half], policy, gen), strong(xb[half:], policy, gen)])
-        loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.05)
+        with autocast(device):
+            loss = F.cross_entropy(model(xb).float(), y[idx], label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -171,10 +175,17 @@ def train_supervised(
     return model, step, truncated
 
 
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 mixed precision on CUDA; a no-op on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Logits on the CPU, computed on the model's device."""
     model.eval()
-    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
 
 
 def train_fold_ensemble(
