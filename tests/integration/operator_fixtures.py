@@ -94,7 +94,8 @@ class Process:
 
 
 class OperatorProcess(Process):
-    def __init__(self, cluster: LocalCluster, s3: MinioServer, state: Path) -> None:
+    def __init__(self, cluster: LocalCluster, s3: MinioServer, state: Path, worker_command: str | None = None) -> None:
+        """``worker_command`` None: the fake worker; "": the real ``autolabel-worker`` (the default)."""
         flavors = state / "flavors.yaml"
         flavors.write_text(FLAVORS)
         self.metrics_port = free_port()
@@ -107,7 +108,7 @@ class OperatorProcess(Process):
             "AUTOLABEL_S3_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": s3.access_key,
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            "AUTOLABEL_WORKER_COMMAND": f"{sys.executable} {FAKE_WORKER}",
+            "AUTOLABEL_WORKER_COMMAND": f"{sys.executable} {FAKE_WORKER}" if worker_command is None else worker_command,
             "AUTOLABEL_WORKER_IMAGE": "autolabel-worker:test",
             "AUTOLABEL_METRICS_PORT": str(self.metrics_port),
             "AUTOLABEL_LIVENESS": f"http://127.0.0.1:{self.health_port}/healthz",
