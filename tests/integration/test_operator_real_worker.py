@@ -67,7 +67,7 @@ def test_real_worker_active_learning_job_succeeds(
     tmp_path: Path,
 ) -> None:
     manifest = upload_digits(s3_server, tmp_path / "digits")
-    spec = {"activeLearning": {"algorithm": "Fast", "timeBudgetSeconds": 15, "seed": 0}}
+    spec: dict[str, Any] = {"activeLearning": {"algorithm": "Fast", "timeBudgetSeconds": 15, "seed": 0}}
     apply(cluster, namespace, job_manifest("real", manifest, **spec))
     stages: list[str] = []
     deadline = time.monotonic() + 300
