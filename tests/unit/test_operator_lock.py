@@ -53,9 +53,11 @@ class FakeLeases:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.version = 0
         self.writes = 0
+        self.reads = 0
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         await asyncio.sleep(0)
+        self.reads += 1
         obj = self.objects.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 

@@ -7,10 +7,11 @@ import asyncio
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from autolabel_operator.config import Settings
+from autolabel_operator.kube import Kube
 from autolabel_operator.lock import Candidate, Conflict
 from autolabel_operator.names import lease_name
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
@@ -86,7 +87,7 @@ def kube() -> FakeKube:
 @pytest.fixture
 def reconciler(kube: FakeKube) -> Reconciler:
     settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01)
-    return Reconciler(settings, kube)
+    return Reconciler(settings, cast(Kube, kube))  # duck-typed: the calls the reconciler makes
 
 
 def run(reconciler: Reconciler, raw: dict[str, Any], children: Children | None = None) -> Any:
@@ -176,11 +177,29 @@ def test_a_second_job_waits_naming_the_holder(tmp_path: Path, kube: FakeKube, re
     a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
     competitors = [candidate_of(a), candidate_of(b)]
     run(reconciler, a, Children(competitors=competitors))
+    reads = kube.reads
     run(reconciler, b, Children(competitors=competitors))
     assert b["status"]["phase"] == "Waiting"
     assert conditions(b)["LockAcquired"] == ("False", "DatasetBusy")
     assert "AutoLabelJob a" in b["status"]["message"]
     assert list(kube.jobs) == ["a-uida"]
+    assert kube.reads == reads  # an earlier job is ahead: the Lease is not even read
+
+
+def test_an_older_job_resumed_waits_for_a_younger_holder(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    """b took the lock while a was suspended; a resumes: b keeps it (and renews), a waits for b."""
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
+    run(reconciler, b, Children(competitors=[candidate_of(b)]))
+    assert conditions(b)["LockAcquired"] == ("True", "Acquired")
+    both = [candidate_of(a), candidate_of(b)]
+    run(reconciler, a, Children(competitors=both))
+    assert a["status"]["phase"] == "Waiting" and "AutoLabelJob b" in a["status"]["message"]
+    run(reconciler, b, Children(job=kube.jobs["b-uidb"], competitors=both))
+    assert conditions(b)["LockAcquired"] == ("True", "Acquired")
+    assert kube.objects[("ns", lease_name(manifest))]["spec"]["holderIdentity"] == "uid-b"
 
 
 def test_precondition_failure_fails_without_scheduling(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
