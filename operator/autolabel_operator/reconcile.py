@@ -258,8 +258,10 @@ class Reconciler:
         lease = lease_name(manifest)
         b.new["leaseName"] = lease
 
+        held = is_true(b.conditions, LOCK_ACQUIRED)  # as last recorded
         if is_terminal(b.old):
-            await lock.release(self.kube, namespace, lease, uid)
+            if held:  # only after a crash between the end and its status; normally released already
+                await lock.release(self.kube, namespace, lease, uid)
             return b.finish(None, None)
 
         # 1. Preconditions, once, before anything is scheduled.
@@ -284,8 +286,10 @@ class Reconciler:
         if job.spec.suspend:
             if job_obj is not None and not (job_obj.get("spec") or {}).get("suspend"):
                 await self.kube.set_job_suspend(namespace, child, True)
-            await lock.release(self.kube, namespace, lease, uid)
-            b.wake = next_waiter(children.competitors, uid)
+            if held:
+                # Once, when it stops holding the lock (not on every timer tick while suspended).
+                await lock.release(self.kube, namespace, lease, uid)
+                b.wake = next_waiter(children.competitors, uid)
             message = "suspended (spec.suspend); the dataset lock is released"
             b.cond(LOCK_ACQUIRED, "False", "Suspended", message)
             if get_condition(b.conditions, RUNNING) is not None or job_obj is not None:

@@ -229,10 +229,16 @@ def test_suspend_stops_the_job_and_frees_the_lock_then_resume(
     raw = body("a", manifest)
     run(reconciler, raw)
     raw["spec"]["suspend"] = True
-    run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[]))
+    waiter = Candidate("2026-11-27T11:00:00Z", "later", "uid-later")
+    outcome = run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[waiter]))
     assert raw["status"]["phase"] == "Suspended"
     assert kube.suspends == [("a-uida", True)]
     assert kube.objects[("ns", lease_name(manifest))]["spec"].get("holderIdentity") is None
+    assert outcome.wake == ["later"]
+    # Later ticks while suspended: no API calls, nobody woken again.
+    reads = kube.reads
+    outcome = run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[waiter]))
+    assert outcome.wake == [] and outcome.status == {} and kube.reads == reads
     raw["spec"]["suspend"] = False
     outcome = run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[candidate_of(raw)]))
     assert kube.suspends[-1] == ("a-uida", False)
