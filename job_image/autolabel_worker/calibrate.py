@@ -48,6 +48,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def ensemble_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at `temperature` of (n, C) logits, or the mean over models of (R, n, C) logits."""
+    if logits.ndim == 2:
+        return np.exp(log_softmax(logits / temperature))
+    return np.mean([np.exp(log_softmax(z / temperature)) for z in logits], axis=0)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, prior_sigma: float = TEMPERATURE_PRIOR_SIGMA) -> float:
     """The temperature maximizing the posterior (NLL plus a log-normal prior centred on T = 1), by a
     log-spaced grid search refined once (deterministic). Without the prior, a handful of held-out
@@ -58,8 +65,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, prior_sigma: float =
     rows = np.arange(len(labels))
 
     def nll(t: float) -> float:
-        lp = log_softmax(logits / t)
-        return float(-lp[rows, labels].sum()) + math.log(t) ** 2 / (2 * prior_sigma**2)
+        p = ensemble_probs(logits, t)[rows, labels]
+        return float(-np.log(np.maximum(p, 1e-300)).sum()) + math.log(t) ** 2 / (2 * prior_sigma**2)
 
     grid = np.exp(np.linspace(math.log(0.05), math.log(20.0), 121))
     best = min(grid, key=nll)
@@ -133,7 +140,7 @@ def cautious_temperature(
     temps = []
     for _ in range(boots):
         idx = rng.integers(0, len(labels), len(labels))
-        temps.append(fit_temperature(logits[idx], labels[idx]))
+        temps.append(fit_temperature(logits[..., idx, :], labels[idx]))
     return max(point, float(np.quantile(temps, quantile)))
 
 
@@ -268,7 +275,7 @@ def finish(
         notes=notes,
     )
     if oof_logits is not None and labels is not None and len(labels):
-        probs = np.exp(log_softmax(oof_logits / cautious_temperature))
+        probs = ensemble_probs(oof_logits, cautious_temperature)
         conf, pred = probs.max(axis=1), probs.argmax(axis=1)
         correct = pred == labels
         calib.oof_points, calib.oof_accuracy = len(labels), round(float(correct.mean()), 6)

@@ -131,3 +131,15 @@ def test_untrusted_model_gets_thresholds_but_no_precision_claim() -> None:
     calib = cal.finish(hist, None, None, 0.95, 1.0, 1.0, trusted=False)
     assert calib.estimated_precision is None
     assert calib.global_threshold == pytest.approx(0.99)
+
+
+def test_repeated_out_of_fold_predictions_are_averaged_as_probabilities() -> None:
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, size=(200, 4))
+    labels = rng.integers(0, 4, 200)
+    stacked = np.stack([logits, logits])
+    assert cal.fit_temperature(stacked, labels) == pytest.approx(cal.fit_temperature(logits, labels))
+    other = rng.normal(0, 3, size=(200, 4))
+    mixed = cal.ensemble_probs(np.stack([logits, other]), 1.0)
+    expected = (np.exp(cal.log_softmax(logits)) + np.exp(cal.log_softmax(other))) / 2
+    np.testing.assert_allclose(mixed, expected)

@@ -80,7 +80,7 @@ def test_fold_ensemble_is_deterministic_and_out_of_fold(digits: tuple[torch.Tens
     cfg = TrainConfig(folds=5, steps=60, seed=7)
     a = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)
     b = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)
-    assert len(a.members) == 5 and a.oof_logits.shape == (50, 10)
+    assert len(a.members) == 5 and a.oof_logits.shape == (1, 50, 10)
     np.testing.assert_array_equal(a.oof_logits, b.oof_logits)
     folds = stratified_folds(labels[lab], 5, 7)
     assert sorted(np.concatenate(folds).tolist()) == list(range(50))
