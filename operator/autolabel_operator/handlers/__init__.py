@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 
 from ..config import Settings
-from . import delete, indexes, lifecycle, startup, timer
+from . import children, delete, indexes, lifecycle, startup, timer
 
 
 def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
@@ -15,4 +15,5 @@ def register(settings: Settings, registry: kopf.OperatorRegistry | None = None) 
     lifecycle.register(registry)
     timer.register(registry, settings)
     delete.register(registry)
+    children.register(registry)
     return registry

@@ -16,6 +16,7 @@ from ..kube import KubeError
 from ..lock import Conflict, rfc3339_micro
 from ..names import DATASET_LABEL, WAKE_ANNOTATION, dataset_key
 from ..reconcile import Children, Outcome, Reconciler
+from ..status import is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ class Runtime:
         self._status.pop(uid, None)
         self.reconciler.forget(uid)
         metrics.PHASES.forget(uid)
+
+    async def wake(self, namespace: str, name: str) -> None:
+        """Make an AutoLabelJob reconcile now (its update handler watches this annotation)."""
+        wake = {"metadata": {"annotations": {WAKE_ANNOTATION: rfc3339_micro(datetime.now(UTC))}}}
+        await self.reconciler.kube.patch_autolabeljob(namespace, name, wake)  # None (404): gone, fine
+
+    def _ended(self, uid: str) -> bool:
+        """This process wrote a final status for ``uid`` (the index may not have seen it yet): it no
+        longer competes for its dataset's lock."""
+        return is_terminal(self._status.get(uid))
 
     def status_of(self, body: Mapping[str, Any]) -> dict[str, Any]:
         uid = body["metadata"]["uid"]
@@ -62,7 +73,9 @@ class Runtime:
             children = Children(
                 job=next(iter(job_index.get(uid, [])), None),
                 pods=list(pod_index.get(uid, [])),
-                competitors=list(dataset_index.get((namespace, dataset_key(manifest)), [])),
+                competitors=[
+                    c for c in dataset_index.get((namespace, dataset_key(manifest)), []) if not self._ended(c.uid)
+                ],
             )
             try:
                 outcome = await self.reconciler.reconcile(raw, children)
@@ -82,8 +95,7 @@ class Runtime:
                 self._status[uid] = dict(patched.get("status") or {})
             metrics.PHASES.set(uid, outcome.phase)
             for waiter in outcome.wake:
-                wake = {"metadata": {"annotations": {WAKE_ANNOTATION: rfc3339_micro(datetime.now(UTC))}}}
-                await kube.patch_autolabeljob(namespace, waiter, wake)
+                await self.wake(namespace, waiter)
         for kind, reason, message in outcome.events:
             kopf.event(body, type=kind, reason=reason, message=message)
         return outcome
