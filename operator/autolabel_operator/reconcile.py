@@ -48,6 +48,7 @@ from .status import (
 log = logging.getLogger(__name__)
 
 STAGES = ("preflight", "train", "calibrate", "inference", "write", "done")
+WORKER_STOPPED_REASONS = ("Terminated", "Interrupted")  # the worker was stopped, it did not fail by itself
 
 
 @dataclass
@@ -370,7 +371,10 @@ class Reconciler:
         b.new.setdefault("completionTime", obs.completion_time or b.now)
         self._observe_end(job, b.new, str(derived.phase))
         if derived.phase == Phase.FAILED:
-            # The worker's own reason (e.g. TooManyUnreadableImages) says more than the Job's.
+            # The worker's own reason (e.g. TooManyUnreadableImages) says more than the Job's, unless the
+            # worker only reports being stopped (SIGTERM: the Job's deadline, say): then the Job's says why.
+            if worker_reason in WORKER_STOPPED_REASONS:
+                worker_reason = None
             reason = worker_reason or (get_condition(b.conditions, FAILED) or {}).get("reason") or "JobFailed"
             if worker_error:
                 message = f"{message}; worker error: {worker_error}"

@@ -289,3 +289,19 @@ def test_a_failed_worker_reports_its_own_reason_and_words(
     assert "12 of 13 images unreadable" in raw["status"]["message"]
     assert conditions(raw)["LockAcquired"] == ("False", "Released")
     assert ("Warning", "Failed") in [(k, r) for k, r, _ in outcome.events]
+
+
+def test_a_stopped_worker_leaves_the_jobs_reason(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
+    """SIGTERM at the Job's deadline: the worker says Terminated, the Job says why."""
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    run(reconciler, raw)
+    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix.mkdir(parents=True)
+    (prefix / "progress.json").write_text(json.dumps({"stage": "failed", "error": "SIGTERM", "reason": "Terminated"}))
+    failed = kube.jobs["a-uida"] | {
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}
+    }
+    run(reconciler, raw, Children(job=failed, competitors=[candidate_of(raw)]))
+    assert conditions(raw)["Failed"] == ("True", "DeadlineExceeded")
+    assert "SIGTERM" in raw["status"]["message"]
