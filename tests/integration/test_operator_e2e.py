@@ -312,7 +312,7 @@ def test_delete_mid_run_removes_job_and_pods_frees_lock_keeps_results(
     uid = obj["metadata"]["uid"]
     wait_for(lambda: alj(cluster, namespace, "doomed")["status"].get("progress"), 30, "progress")
     assert lease_holder(cluster, namespace, manifest) == uid
-    cluster.kubectl("delete", "alj", "doomed", "-n", namespace, "--timeout=60s")
+    cluster.kubectl("delete", "alj", "doomed", "-n", namespace, "--timeout=120s")
     wait_for(lambda: not worker_jobs(cluster, namespace, uid), 30, "the Job to be deleted")
     wait_for(
         lambda: not (get(cluster, namespace, "pods", None, "-l", f"{JOB_UID_LABEL}={uid}") or {}).get("items"),
