@@ -212,8 +212,9 @@ def print_quality(rows: list[dict[str, Any]]) -> None:
 def throughput(repeat: int = 3) -> dict[str, Any]:
     import numpy as np
     import torch
-    from autolabel_worker.augment import AugmentPolicy, tta_views
+    from autolabel_worker.augment import TTA_REASONS, AugmentPolicy, tta_views
     from autolabel_worker.data import write_digits_dataset
+    from autolabel_worker.hard_examples import HardExampleRule
     from autolabel_worker.images import decode_image
     from autolabel_worker.models import CalibratedEnsemble, build_model, choose_model_spec
     from autolabel_worker.pipeline import RunContext, _infer
@@ -256,7 +257,8 @@ def throughput(repeat: int = 3) -> dict[str, Any]:
         progress = ProgressReporter(None, tty=False)
         ctx = RunContext(job, storage, writer, progress, time.monotonic(), torch.device("cpu"), 0, 1)
         t = time.monotonic()
-        scratch, _, _ = _infer(ctx, predictor, entries, 10, [], ref, np.arange(10))
+        flags = HardExampleRule(np.zeros(10), TTA_REASONS, np.full(10, 0.5))
+        scratch, _, _ = _infer(ctx, predictor, entries, 10, [], ref, np.arange(10), flags)
         out["pipeline"] = scratch.count / (time.monotonic() - t)
         scratch.close()
     out["ratio"] = out["pipeline"] / min(out["decodeOnly"], out["modelOnly"])

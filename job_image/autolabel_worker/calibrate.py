@@ -11,7 +11,10 @@ Two steps:
    threshold is the mean confidence of those predictions. Per predicted class (globally when a class has
    fewer than `MIN_CLASS_POINTS` predictions) the threshold is the smallest at which that mean, over the
    *unlabeled* images' calibrated confidences (kept in a histogram, so memory does not grow with the
-   dataset), is >= the target. No label of an unlabeled image is used; the labeled images decide T.
+   dataset), is >= the target. The histogram holds only the images that are not hard for another reason
+   (test-time disagreement, distance), so the estimate is about exactly the set that gets auto-labeled;
+   the removed images are less often right than their confidence says, which keeps the estimate on the
+   cautious side. No label of an unlabeled image is used; the labeled images decide T.
 3. A check against the labeled images: the thresholds are applied to the out-of-fold predictions. If
    those contradict the target (a one-sided binomial test at 10%), the thresholds are raised to the
    conservative rule of threshold-based auto-labeling (anchors §3): the smallest threshold whose held-out
@@ -228,7 +231,7 @@ class Calibration:
             "globalThreshold": round(self.global_threshold, 6),
             "classThresholds": {labels[c]: round(t, 6) for c, t in sorted(self.class_thresholds.items())},
             "targetPrecision": self.target,
-            "estimatedPrecision": self.estimated_precision,
+            "expectedPrecisionAtThresholds": self.estimated_precision,
             "targetVerifiable": self.verifiable,
             "heldOutPoints": self.oof_points,
             "heldOutAccuracy": self.oof_accuracy,

@@ -74,13 +74,33 @@ class HardExampleRule:
             disagree += differs
             for i in np.flatnonzero(differs):
                 found[i].append(self.tta_reasons[view])
-        needed = min(self.min_disagreeing_views, len(views)) if views else 1
-        flagged = low | ((disagree >= needed) & bool(views)) | (far & (disagree >= 1))
+        flagged = low | self._other_flags(disagree, far, len(views))
         agreement = 1.0 - disagree / max(len(views), 1)
         nearness = np.where(far, 0.5, 1.0)
         coefficient = np.clip(1.0 - conf * agreement * nearness, 0.0, 1.0)
         reasons = [sorted(r) if flagged[i] else [] for i, r in enumerate(found)]
         return Verdicts(flagged, coefficient, reasons)
+
+    def _other_flags(self, disagree: np.ndarray, far: np.ndarray, views: int) -> np.ndarray:
+        needed = min(self.min_disagreeing_views, views) if views else 1
+        return ((disagree >= needed) & (views > 0)) | (far & (disagree >= 1))
+
+    def flagged_apart_from_confidence(
+        self, pred: np.ndarray, tta_pred: dict[str, np.ndarray] | None = None, distance: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Which predictions are hard whatever their confidence (test-time views, distance).
+
+        Calibration sets the confidence thresholds over the *other* predictions, so that the set finally
+        auto-labeled (not flagged here and above its threshold) is the one whose precision is estimated.
+        """
+        views = tta_pred or {}
+        disagree = np.zeros(len(pred), dtype=np.int64)
+        for view_pred in views.values():
+            disagree += view_pred != pred
+        far = np.zeros(len(pred), dtype=bool)
+        if distance is not None and self.distance_limits is not None:
+            far = distance > self.distance_limits[pred]
+        return self._other_flags(disagree, far, len(views))
 
 
 def nearest_same_class_distance(

@@ -220,7 +220,10 @@ def _active_learning(ctx: RunContext) -> dict:
 
     # ---- inference
     predictor = Predictor(model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device)
-    scratch, hist, infer_seconds = _infer(ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab)
+    flags = HardExampleRule(np.zeros(len(classes)), TTA_REASONS, limits)  # thresholds come after inference
+    scratch, hist, infer_seconds = _infer(
+        ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab, flags
+    )
 
     # ---- thresholds, hard examples, write
     calibration = cal.finish(
@@ -269,6 +272,7 @@ def _active_learning(ctx: RunContext) -> dict:
                     "unlabeledImagesUsed": min(cfg.max_unlabeled, len(pre.unlabeled)) if semi else 0,
                 },
                 "inferenceSeconds": round(infer_seconds, 3),
+                "inferenceImagesPerSecond": round(scratch.count / infer_seconds, 3) if infer_seconds > 0 else None,
             },
         )
     return summary
@@ -302,7 +306,10 @@ def _pre_labeling(ctx: RunContext) -> dict:
     predictor = Predictor(
         bundle.model, bundle.input_size, bundle.mean, bundle.std, views, ctx.device, with_features=False
     )
-    scratch, hist, infer_seconds = _infer(ctx, predictor, pre.unlabeled, len(bundle.labels), unreadable, None, None)
+    flags = HardExampleRule(np.zeros(len(bundle.labels)), TTA_REASONS, None)
+    scratch, hist, infer_seconds = _infer(
+        ctx, predictor, pre.unlabeled, len(bundle.labels), unreadable, None, None, flags
+    )
     target = spec.active_learning.target_precision if spec.active_learning else 0.95
     own = str(bundle.meta.get("createdBy", "")).startswith("autolabel/")
     calibration = cal.finish(hist, None, None, target=target, temperature=1.0, cautious_temperature=1.0, trusted=own)
@@ -320,6 +327,7 @@ def _pre_labeling(ctx: RunContext) -> dict:
         extra={
             "model": {"uri": model_uri, "version": spec.pre_labeling.model.version},
             "inferenceSeconds": round(infer_seconds, 3),
+            "inferenceImagesPerSecond": round(scratch.count / infer_seconds, 3) if infer_seconds > 0 else None,
         },
     )
 
@@ -375,8 +383,10 @@ def _infer(
     unreadable: list[dict[str, str]],
     ref_feats: np.ndarray | None,
     ref_labels: np.ndarray | None,
+    flags: HardExampleRule,
 ) -> tuple[Scratch, cal.ConfidenceHistogram, float]:
-    """Stage inference: predict every image, keep results in a Scratch and a confidence histogram."""
+    """Stage inference: predict every image, keep results in a Scratch and, for the images not already
+    hard for other reasons (`flags`), their confidences in the histogram that sets the thresholds."""
     ctx.progress.set_stage("inference", total=len(entries))
     scratch = Scratch(predictor.tta_views)
     hist = cal.ConfidenceHistogram(num_classes)
@@ -408,7 +418,10 @@ def _infer(
                 if out.features is not None and ref_feats is not None and ref_labels is not None:
                     dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
                 scratch.append(batch.sources, pred, conf, tta, dist)
-                hist.add(pred, conf)
+                other = flags.flagged_apart_from_confidence(
+                    pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None
+                )
+                hist.add(pred[~other], conf[~other])
             ctx.progress.update(done)
     except BaseException:
         scratch.close()

@@ -91,3 +91,14 @@ def test_tta_views_follow_the_augmentation_policy() -> None:
         assert y.shape == x.shape and not torch.equal(y, x)
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         apply_tta(x, "invert")
+
+
+def test_flags_apart_from_confidence_match_the_verdicts_of_confident_predictions() -> None:
+    pred = np.array([0, 1, 0, 1])
+    tta = {"crop": np.array([1, 1, 1, 0]), "scale": np.array([1, 1, 0, 1])}
+    distance = np.array([0.0, 0.0, 0.9, 0.0])
+    r = rule(limits=np.array([0.3, 0.3]))
+    other = r.flagged_apart_from_confidence(pred, tta, distance)
+    assert other.tolist() == [True, False, True, False]  # two views; one view alone; far + one view; none
+    confident = r.judge(pred, np.full(4, 0.999), tta, distance)
+    assert confident.hard.tolist() == other.tolist()
