@@ -20,6 +20,8 @@ PRECONDITION_FAILURES = Counter(
 RECONCILE_ERRORS = Counter(
     "autolabel_reconcile_errors", "Reconciliations that raised an error (they are retried).", ["kind"]
 )
+for _kind in ("KubeError", "Conflict", "OSError", "unexpected"):
+    RECONCILE_ERRORS.labels(_kind)  # shown as 0 from the start, so alerts can rate() them
 JOB_DURATION = Histogram(
     "autolabel_job_duration_seconds",
     "From the worker Job's start to its end, by outcome.",

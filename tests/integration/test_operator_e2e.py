@@ -116,11 +116,12 @@ def test_valid_job_runs_pending_running_succeeded_with_progress_and_result(
     # The history view: AutoLabelJobs of a dataset by label.
     listed = get(cluster, namespace, "autolabeljobs", None, "-l", f"autolabel.dev/dataset={dataset_key(manifest)}")
     assert [i["metadata"]["name"] for i in listed["items"]] == ["digits"]
-    wanted = {"JobCreated", "Running", "Succeeded"}
+    wanted = {"Pending", "JobCreated", "Running", "Succeeded"}  # Pending may be too short to see above
     wait_for(lambda: wanted <= set(events_for(cluster, namespace, "digits")), 20, f"events {wanted}")
     assert wait_for(autolabel_operator.healthz, 10, "the liveness endpoint")
     text = autolabel_operator.metrics()
     assert metric(text, "autolabel_jobs", phase="Succeeded") >= 1
+    assert "autolabel_reconcile_errors_total{" in text
     assert metric(text, "autolabel_images_labeled_total", mode="ActiveLearning") >= 9
     assert metric(text, "autolabel_hard_examples_total", mode="ActiveLearning") >= 9
     assert metric(text, "autolabel_job_duration_seconds_count", outcome="Succeeded", mode="ActiveLearning") >= 1
