@@ -187,9 +187,11 @@ class Reconciler:
         self.settings = settings
         self.kube = kube
         self._credentials: dict[str, Credentials] = {}
+        self._lease_checked: set[str] = set()  # jobs whose Lease this process has read at least once
 
     def forget(self, uid: str) -> None:
         self._credentials.pop(uid, None)
+        self._lease_checked.discard(uid)
 
     async def credentials(self, job: AutoLabelJob) -> Credentials:
         uid = job.metadata.uid or ""
@@ -298,10 +300,12 @@ class Reconciler:
             return b.finish(Phase.SUSPENDED, message)
 
         # 3. The dataset lock. A job that does not hold it and has an earlier active job before it waits
-        # without reading the Lease: a thousand queued jobs cost no API calls per tick.
+        # without reading the Lease: a thousand queued jobs cost no API calls per tick. Only once this
+        # process has read the Lease for it: after a crash between taking the Lease and recording it,
+        # the first look finds "holder is me" and goes on, instead of two jobs waiting for each other.
         me = candidate_of(raw)
         earlier = sorted(c for c in children.competitors if c < me and c.uid != uid)
-        if earlier and not is_true(b.conditions, LOCK_ACQUIRED):
+        if earlier and not is_true(b.conditions, LOCK_ACQUIRED) and uid in self._lease_checked:
             message = f"waiting for AutoLabelJob {earlier[0].name}, created earlier for the same dataset"
             if len(earlier) > 1:
                 message += f" ({len(earlier)} jobs are ahead)"
@@ -310,6 +314,7 @@ class Reconciler:
         state = await lock.acquire(
             self.kube, namespace, lease, manifest, me, children.competitors, self.settings.lease_duration
         )
+        self._lease_checked.add(uid)
         if not state.held:
             b.cond(LOCK_ACQUIRED, "False", "DatasetBusy", state.decision.message)
             return b.finish(Phase.WAITING, state.decision.message)

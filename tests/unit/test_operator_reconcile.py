@@ -177,13 +177,33 @@ def test_a_second_job_waits_naming_the_holder(tmp_path: Path, kube: FakeKube, re
     a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
     competitors = [candidate_of(a), candidate_of(b)]
     run(reconciler, a, Children(competitors=competitors))
-    reads = kube.reads
     run(reconciler, b, Children(competitors=competitors))
     assert b["status"]["phase"] == "Waiting"
     assert conditions(b)["LockAcquired"] == ("False", "DatasetBusy")
     assert "AutoLabelJob a" in b["status"]["message"]
     assert list(kube.jobs) == ["a-uida"]
-    assert kube.reads == reads  # an earlier job is ahead: the Lease is not even read
+    reads = kube.reads
+    run(reconciler, b, Children(competitors=competitors))
+    assert kube.reads == reads  # an earlier job is ahead: later ticks do not even read the Lease
+    assert b["status"]["phase"] == "Waiting"
+
+
+def test_after_a_crash_between_taking_the_lease_and_recording_it_the_holder_goes_on(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    """b took the Lease, the operator died before b's status said so, and a (older) became active
+    again meanwhile: the restarted operator must not leave both waiting for each other."""
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
+    run(reconciler, b, Children(competitors=[candidate_of(b)]))
+    b["status"]["conditions"] = [c for c in b["status"]["conditions"] if c["type"] != "LockAcquired"]
+    kube.jobs.clear()
+    restarted = Reconciler(reconciler.settings, reconciler.kube)
+    both = [candidate_of(a), candidate_of(b)]
+    run(restarted, a, Children(competitors=both))
+    assert a["status"]["phase"] == "Waiting"  # the Lease names b, an active job
+    run(restarted, b, Children(competitors=both))
+    assert conditions(b)["LockAcquired"] == ("True", "Acquired") and list(kube.jobs) == ["b-uidb"]
 
 
 def test_an_older_job_resumed_waits_for_a_younger_holder(
