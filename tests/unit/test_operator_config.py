@@ -77,3 +77,14 @@ def test_settings_errors_name_the_variable(tmp_path: Path) -> None:
         Settings.from_env({"AUTOLABEL_METRICS_PORT": "x"})
     with pytest.raises(ConfigError, match=f"AUTOLABEL_FLAVORS={tmp_path}/nope.yaml: cannot read"):
         Settings.from_env({"AUTOLABEL_FLAVORS": str(tmp_path / "nope.yaml")})
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autolabel_operator.main import main, parse_args
+
+    monkeypatch.setenv("AUTOLABEL_NAMESPACES", "from-env")
+    monkeypatch.setenv("AUTOLABEL_METRICS_PORT", "1234")
+    _, settings = parse_args(["--namespaces", "a,b", "--reconcile-interval", "2.5"])
+    assert settings.namespaces == ("a", "b")
+    assert settings.metrics_port == 1234 and settings.reconcile_interval == 2.5
+    assert main(["--metrics-port", "nope"]) == 2  # a clear message, no traceback
