@@ -171,3 +171,34 @@ def test_too_few_labels_fail_before_training(
     assert info.value.reason == "TooFewImagesPerLabel"
     progress = json.loads(storage.read_bytes(results_prefix(job) + "progress.json"))
     assert progress["stage"] == "failed"
+
+
+def test_prelabeling_a_users_model_over_more_shards_than_images(tmp_path: Path) -> None:
+    """A user's own TorchScript model (raw logits, uncalibrated) on local files: 5 shards for 3 images, so
+    some shards get nothing and must still finish; no precision is claimed for an uncalibrated model."""
+    import torch
+    from autolabel_worker.models import SmallCNN
+
+    ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=0, max_unlabeled=3)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "user-model"
+    model_dir.mkdir()
+    torch.jit.script(SmallCNN(10, (8, 8), 8).eval()).save(str(model_dir / "model.pt"))
+    (model_dir / "labels.json").write_text(
+        json.dumps({"task": "ImageClassification", "labels": [f"d{i}" for i in range(10)], "inputSize": [8, 8]})
+    )
+    job = make_job(str(ds.manifest), mode="PreLabeling", preLabeling={"model": {"uri": str(model_dir) + "/"}})
+    job = AutoLabelJob.model_validate(
+        {**job.model_dump(by_alias=True, mode="json"), "spec": {**job.spec.to_wire(), "output": str(tmp_path / "out")}}
+    )
+    out = results_prefix(job)
+    storage = Storage()
+    totals = [run_job(job, storage, out, shard_index=i, shard_count=5)["total"] for i in range(5)]
+    assert sum(totals) == 3 and 0 in totals
+    merged = json.loads(Path(out, "summary.json").read_text())
+    assert merged["total"] == 3 and merged["shards"] == 5
+    assert merged["estimatedPrecision"] is None
+    lines = [json.loads(line) for line in Path(out, "result.manifest").read_text().splitlines()]
+    assert len(lines) == 3
+    assert all(line["annotation"][0]["name"].startswith("d") for line in lines)
+    assert all(line["annotation"][0]["annotated-by"] == "autolabel/pre-labeling" for line in lines)
