@@ -106,7 +106,10 @@ def run_job(
         # Every shard tries the merge once its own summary is written; only the run that finds all
         # shards' summaries merges (idempotent, so two finishing together write the same objects).
         merged = merge_shards(storage, ScopedWriter(storage, output_prefix), shard_count)
-        log.info("shards merged into %s" if merged else "waiting for other shards; not merged", output_prefix)
+        if merged:
+            log.info("all %d shards done: merged into %s", shard_count, output_prefix)
+        else:
+            log.info("shard %d/%d done; other shards still running, not merged yet", shard_index, shard_count)
     return summary
 
 
