@@ -42,21 +42,29 @@ class ModelSpec:
     width: int = 32
 
 
-def choose_model_spec(sizes: list[tuple[int, int]], num_classes: int, arch: str | None = None) -> ModelSpec:
-    """Pick architecture and input size from the labeled images' (width, height) sizes.
-
-    Images whose median side is at most 64 px keep their median size (rounded up to a multiple of 4, at
-    least 8) and get the small CNN; anything larger is resized to 224 x 224 for ResNet-18.
-    """
+def median_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """Median (width, height) of image sizes."""
     if not sizes:
         raise ValueError("no image sizes to choose a model from")
     widths = sorted(w for w, _ in sizes)
     heights = sorted(h for _, h in sizes)
-    mw, mh = widths[len(widths) // 2], heights[len(heights) // 2]
+    return widths[len(widths) // 2], heights[len(heights) // 2]
+
+
+def choose_model_spec(
+    sizes: list[tuple[int, int]], num_classes: int, arch: str | None = None, accelerated: bool = False
+) -> ModelSpec:
+    """Pick architecture and input size from the labeled images' (width, height) sizes.
+
+    Images whose median side is at most 64 px keep their median size (rounded up to a multiple of 4, at
+    least 8) and get the small CNN. Larger images get ResNet-18 at 224 x 224 on a GPU (`accelerated`);
+    on a CPU, where ResNet-18 at 224 px cannot train within a job's budget, the small CNN at 64 x 64.
+    """
+    mw, mh = median_size(sizes)
     if arch is None:
-        arch = "smallcnn" if max(mw, mh) <= SMALL_IMAGE_MAX else "resnet18"
+        arch = "resnet18" if max(mw, mh) > SMALL_IMAGE_MAX and accelerated else "smallcnn"
     if arch == "smallcnn":
-        side = max(8, -(-max(mw, mh) // 4) * 4)
+        side = min(SMALL_IMAGE_MAX, max(8, -(-max(mw, mh) // 4) * 4))
         width = 16 if side <= 16 else 32  # 8x8 digits: 16 channels learn as well as 32 at a quarter of the cost
         return ModelSpec(arch, (side, side), num_classes, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), width=width)
     return ModelSpec(arch, (LARGE_INPUT, LARGE_INPUT), num_classes)

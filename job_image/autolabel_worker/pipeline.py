@@ -35,7 +35,7 @@ from . import calibrate as cal
 from .augment import TTA_REASONS, AugmentPolicy, tta_views
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
 from .images import decode_image
-from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model
+from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model, median_size
 from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards, shard_prefix
 from .predict import Decoder, Predictor, image_to_array, iter_batches
 from .preflight import PreflightError, PreflightResult, run_preflight
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIME_BUDGET = 600
 UNLABELED_MEMORY_BYTES = 512 * 2**20
+MIRROR_MIN_SIDE = 32
 PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
 
 
@@ -181,8 +182,9 @@ def _active_learning(ctx: RunContext) -> dict:
     # ---- train
     cfg, budget, semi = train_config(job)
     sizes = [size for size, n in pre.sizes.items() for _ in range(min(n, 1000))]
-    model_spec = choose_model_spec(sizes, len(classes))
-    policy = AugmentPolicy(hflip=model_spec.arch != "smallcnn")
+    model_spec = choose_model_spec(sizes, len(classes), accelerated=ctx.device.type == "cuda")
+    # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2).
+    policy = AugmentPolicy(hflip=min(median_size(sizes)) >= MIRROR_MIN_SIDE)
     ctx.progress.set_stage("train", total=100)
     x_lab, kept = load_images(ctx, pre.labeled, model_spec.input_size, unreadable)
     labeled = [pre.labeled[i] for i in kept]

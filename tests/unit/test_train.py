@@ -46,8 +46,10 @@ def test_model_spec_follows_the_image_size() -> None:
     assert small.arch == "smallcnn" and small.input_size == (8, 8)
     odd = choose_model_spec([(30, 17), (31, 20), (29, 18)], 3)
     assert odd.arch == "smallcnn" and odd.input_size == (32, 32)
-    big = choose_model_spec([(640, 480)], 3)
+    big = choose_model_spec([(640, 480)], 3, accelerated=True)
     assert big.arch == "resnet18" and big.input_size == (224, 224)
+    big_on_cpu = choose_model_spec([(640, 480)], 3)
+    assert big_on_cpu.arch == "smallcnn" and big_on_cpu.input_size == (64, 64)
 
 
 def test_supervised_training_learns_digits(digits: tuple[torch.Tensor, np.ndarray]) -> None:
