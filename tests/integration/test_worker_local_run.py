@@ -202,3 +202,23 @@ def test_prelabeling_a_users_model_over_more_shards_than_images(tmp_path: Path) 
     assert len(lines) == 3
     assert all(line["annotation"][0]["name"].startswith("d") for line in lines)
     assert all(line["annotation"][0]["annotated-by"] == "autolabel/pre-labeling" for line in lines)
+
+
+def test_same_seed_same_results_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOLABEL_TRAIN_STEPS", "40")
+    monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
+    ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=2, max_unlabeled=100)
+    outputs = []
+    for run in range(2):
+        job = make_job(str(ds.manifest))
+        job = AutoLabelJob.model_validate(
+            {
+                **job.model_dump(by_alias=True, mode="json"),
+                "spec": {**job.spec.to_wire(), "output": str(tmp_path / f"out{run}")},
+            }
+        )
+        out = results_prefix(job)
+        run_job(job, Storage(), out)
+        outputs.append(Path(out, "result.manifest").read_text())
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0].splitlines()) == 100
