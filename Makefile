@@ -10,7 +10,7 @@ DEVENV := PYTHONPATH=tools $(PY) -m devenv
 PYTEST_ARGS ?=
 
 .PHONY: help venv bins crds lint chart-lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
-	dev-up dev-down demo bench clean kind-up kind-down
+	dev-up dev-down demo bench bench-operator clean kind-up kind-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,8 +65,11 @@ dev-down: ## Stop exactly what dev-up started
 demo: venv bins ## The whole loop on the local control plane with the bundled sample dataset
 	$(DEVENV).demo
 
-bench: venv ## Worker benchmarks (prints tables; see docs/benchmarks.md)
-	$(PY) benchmarks/bench_worker.py
+bench: venv ## Worker benchmarks: 10 seeds, throughput, 100k scale (30-45 min on 2 cores; docs/benchmarks.md)
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_worker.py --part all --seeds 10 --scale-sizes 10000,100000
+
+bench-operator: venv ## Operator benchmarks: precondition check on 10k-1M lines, a queue of jobs on one dataset
+	$(PY) benchmarks/bench_operator.py
 
 kind-up: ## A kind cluster for people with Docker (kind-config.yaml)
 	kind create cluster --config kind-config.yaml
