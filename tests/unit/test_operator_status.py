@@ -30,7 +30,8 @@ def test_last_transition_time_moves_only_when_status_changes() -> None:
     assert lock["lastTransitionTime"] == "T1" and lock["message"] == "held by b"
     assert lock["observedGeneration"] == 2
     conds = set_condition(conds, LOCK_ACQUIRED, "True", "Acquired", "ok", 2, "T3")
-    assert get_condition(conds, LOCK_ACQUIRED)["lastTransitionTime"] == "T3"
+    relocked = get_condition(conds, LOCK_ACQUIRED)
+    assert relocked is not None and relocked["lastTransitionTime"] == "T3"
     conds = set_condition(conds, PRECONDITIONS_MET, "True", "Checked", "ok", 2, "T3")
     assert [c["type"] for c in conds] == [PRECONDITIONS_MET, LOCK_ACQUIRED]  # stable order
 
@@ -104,7 +105,8 @@ def test_progress_and_result_documents() -> None:
         "total": 1747,
         "percent": 46,
     }
-    assert progress_from({"stage": "train", "processed": 1, "total": 4})["percent"] == 25
+    train = progress_from({"stage": "train", "processed": 1, "total": 4})
+    assert train is not None and train["percent"] == 25
     assert progress_from("garbage") is None and progress_from({"processed": -1}) is None
     summary = {"total": 10, "autoLabeled": 8, "hardExamples": 2, "estimatedPrecision": 0.96, "x": 1}
     assert result_from(summary, "s3://b/out/") == {
