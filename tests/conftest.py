@@ -14,6 +14,8 @@ import pytest
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
 
+from autolabel.storage import Storage, StorageConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO_ROOT / "crds"
 
@@ -38,6 +40,19 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def storage(s3_server: MinioServer) -> Storage:
+    """The project's storage layer pointed at the session's MinIO, as a worker pod would be."""
+    return Storage(
+        StorageConfig(
+            endpoint_url=s3_server.endpoint_url,
+            access_key=s3_server.access_key,
+            secret_key=s3_server.secret_key,
+            region=s3_server.region,
+        )
+    )
 
 
 @pytest.fixture

@@ -38,18 +38,6 @@ def bucket(s3_server: Any) -> str:
     return name
 
 
-@pytest.fixture
-def storage(s3_server: Any) -> Storage:
-    return Storage(
-        StorageConfig(
-            endpoint_url=s3_server.endpoint_url,
-            access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key,
-            region="us-east-1",
-        )
-    )
-
-
 def png(mode: str = "L", size: tuple[int, int] = (8, 8)) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size).save(buf, "PNG")

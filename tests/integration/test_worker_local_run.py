@@ -14,23 +14,11 @@ from autolabel_worker.models import load_model
 from autolabel_worker.pipeline import PipelineError, run_job
 
 from autolabel.api import AutoLabelJob, results_prefix
-from autolabel.storage import Storage, StorageConfig
+from autolabel.storage import Storage
 
 pytestmark = pytest.mark.integration
 
 UNLABELED = 240
-
-
-@pytest.fixture
-def storage(s3_server: Any) -> Storage:
-    return Storage(
-        StorageConfig(
-            endpoint_url=s3_server.endpoint_url,
-            access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key,
-            region="us-east-1",
-        )
-    )
 
 
 @pytest.fixture
