@@ -40,7 +40,7 @@ from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_sh
 from .predict import Decoder, Predictor, image_to_array, iter_batches
 from .preflight import PreflightError, PreflightResult, run_preflight
 from .progress import ProgressReporter
-from .train import TrainConfig, to_input, train_fold_ensemble
+from .train import FoldEnsemble, TrainConfig, to_input, train_fold_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ def _active_learning(ctx: RunContext) -> dict:
         budget,
         x_unlab=x_unlab,
         progress=lambda done, total: ctx.progress.update(int(100 * done / max(total, 1))),
+        views=tta_views(policy),
     )
     train_seconds = time.monotonic() - train_started
     del x_unlab
@@ -225,12 +226,14 @@ def _active_learning(ctx: RunContext) -> dict:
         _, ref_feats_t = model.forward_with_features(to_input(x_lab, model_spec))
     ref_feats = ref_feats_t.double().numpy()
     limits = distance_limits(ref_feats, y_lab, len(classes))
+    flags = HardExampleRule(np.zeros(len(classes)), TTA_REASONS, limits)  # thresholds come after inference
+    oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy))
+    likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
 
     # ---- inference
     predictor = Predictor(model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device)
-    flags = HardExampleRule(np.zeros(len(classes)), TTA_REASONS, limits)  # thresholds come after inference
     scratch, hist, infer_seconds = _infer(
-        ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab, flags
+        ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab, flags, likelihood_ratio
     )
 
     # ---- thresholds, hard examples, write
@@ -241,6 +244,8 @@ def _active_learning(ctx: RunContext) -> dict:
         target=al.target_precision,
         temperature=temperature,
         cautious_temperature=cautious_t,
+        oof_flagged=check_flagged,
+        likelihood_ratio=likelihood_ratio,
     )
     rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
@@ -392,9 +397,11 @@ def _infer(
     ref_feats: np.ndarray | None,
     ref_labels: np.ndarray | None,
     flags: HardExampleRule,
+    likelihood_ratio: float = 1.0,
 ) -> tuple[Scratch, cal.ConfidenceHistogram, float]:
     """Stage inference: predict every image, keep results in a Scratch and, for the images not already
-    hard for other reasons (`flags`), their confidences in the histogram that sets the thresholds."""
+    hard for other reasons (`flags`), their confidences (adjusted for having passed those checks, see
+    `cal.flag_adjusted`) in the histogram that sets the thresholds."""
     ctx.progress.set_stage("inference", total=len(entries))
     scratch = Scratch(predictor.tta_views)
     hist = cal.ConfidenceHistogram(num_classes)
@@ -429,7 +436,7 @@ def _infer(
                 other = flags.flagged_apart_from_confidence(
                     pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None
                 )
-                hist.add(pred[~other], conf[~other])
+                hist.add(pred[~other], np.asarray(cal.flag_adjusted(conf[~other], likelihood_ratio)))
             ctx.progress.update(done)
     except BaseException:
         scratch.close()
@@ -471,7 +478,7 @@ def _write_results(
                     reasons = verdicts.reasons[i]
                     reasons_seen.update(str(r) for r in reasons)
                     if not verdicts.hard[i]:
-                        accepted_conf_sum += float(conf[i])
+                        accepted_conf_sum += float(cal.flag_adjusted(float(conf[i]), calibration.likelihood_ratio))
                     results.add_classification(
                         source,
                         classes[int(pred[i])],
@@ -515,6 +522,25 @@ def _write_results(
             return results.write_summary(summary)
     finally:
         scratch.close()
+
+
+def _held_out_view_flags(
+    ensemble: FoldEnsemble, flags: HardExampleRule, views: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The test-time-view flags on the held-out labeled predictions, for `cal.views_likelihood_ratio`:
+    (right?, flagged?) per held-out prediction of every repeat, and the flags of the averaged out-of-fold
+    prediction that `cal.finish` checks (flagged by any repeat). Distance (reason 3) is left out: a
+    held-out image has no labeled neighbours of its own, so the flags here are the views' alone."""
+    if ensemble.oof_view_preds is None or not views:
+        pred = ensemble.oof_logits.mean(axis=0).argmax(axis=1)
+        return pred == ensemble.labels, np.zeros(len(pred), dtype=bool), None
+    correct, flagged = [], []
+    for r in range(ensemble.oof_logits.shape[0]):
+        pred = ensemble.oof_logits[r].argmax(axis=1)
+        view_preds = {view: ensemble.oof_view_preds[r, v] for v, view in enumerate(views)}
+        correct.append(pred == ensemble.labels)
+        flagged.append(flags.flagged_apart_from_confidence(pred, view_preds, None))
+    return np.concatenate(correct), np.concatenate(flagged), np.any(flagged, axis=0)
 
 
 def _single_label(entry: ManifestEntry) -> str:

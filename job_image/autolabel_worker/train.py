@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import AugmentPolicy, strong, weak
+from .augment import AugmentPolicy, apply_tta, strong, weak
 from .models import ModelSpec, build_model
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class FoldEnsemble:
     labels: np.ndarray  # (n_labeled,)
     steps_done: int
     truncated: bool  # the time budget stopped training early
+    oof_view_preds: np.ndarray | None = None
+    """(R, V, n_labeled): the held-out model's predicted class under each test-time view (calibrate.py)."""
 
 
 def to_input(x_u8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -200,6 +202,7 @@ def train_fold_ensemble(
     budget_seconds: float,
     x_unlab: torch.Tensor | None = None,
     progress: ProgressFn | None = None,
+    views: list[str] | None = None,
 ) -> FoldEnsemble:
     """Train one model per fold and repeat (supervised, or FixMatch when `x_unlab` is given) in the budget.
 
@@ -214,6 +217,8 @@ def train_fold_ensemble(
     repeats = max(1, cfg.repeats)
     y_t = torch.as_tensor(y_lab, dtype=torch.long)
     oof = np.zeros((repeats, len(y_lab), spec.num_classes), dtype=np.float64)
+    views = list(views or [])
+    oof_views = np.zeros((repeats, len(views), len(y_lab)), dtype=np.int64)
     members: list[nn.Module] = []
     start = time.monotonic()
     steps_total, truncated_any = 0, False
@@ -245,12 +250,15 @@ def train_fold_ensemble(
                 )
             steps_total += steps
             truncated_any |= truncated
-            oof[r, held] = predict_logits(model, to_input(x_lab[held], spec)).double().numpy()
+            x_held = to_input(x_lab[held], spec)
+            oof[r, held] = predict_logits(model, x_held).double().numpy()
+            for v, view in enumerate(views):
+                oof_views[r, v, held] = predict_logits(model, apply_tta(x_held, view)).argmax(dim=1).numpy()
             members.append(model)
             log.info(
                 "model %d/%d: %d steps%s", j + 1, total_models, steps, " (time budget reached)" if truncated else ""
             )
-    return FoldEnsemble(members, oof, y_lab.copy(), steps_total, truncated_any)
+    return FoldEnsemble(members, oof, y_lab.copy(), steps_total, truncated_any, oof_views if views else None)
 
 
 def clone_eval(model: nn.Module) -> nn.Module:

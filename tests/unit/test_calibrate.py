@@ -143,3 +143,49 @@ def test_repeated_out_of_fold_predictions_are_averaged_as_probabilities() -> Non
     mixed = cal.ensemble_probs(np.stack([logits, other]), 1.0)
     expected = (np.exp(cal.log_softmax(logits)) + np.exp(cal.log_softmax(other))) / 2
     np.testing.assert_allclose(mixed, expected)
+
+
+def test_views_likelihood_ratio_counts_with_a_laplace_prior() -> None:
+    # 46 right (2 of them flagged), 4 wrong (3 flagged): (44+1)/(46+2) / ((1+1)/(4+2)) = 2.8125
+    correct = np.array([True] * 46 + [False] * 4)
+    flagged = np.array([True] * 2 + [False] * 44 + [True] * 3 + [False])
+    assert cal.views_likelihood_ratio(correct, flagged) == pytest.approx(45 / 48 / (2 / 6))
+    # no held-out error: the prior alone, (n+1)/(n+2) / (1/2), close to 2
+    assert cal.views_likelihood_ratio(np.ones(50, dtype=bool), np.zeros(50, dtype=bool)) == pytest.approx((51 / 52) * 2)
+    # views that flag right predictions more often than wrong ones are no evidence: never below 1
+    assert cal.views_likelihood_ratio(np.array([True, True, False]), np.array([True, True, False])) == 1.0
+
+
+def test_flag_adjusted_is_bayes_rule_and_raw_threshold_inverts_it() -> None:
+    """A population where the views pass 90% of right and 30% of wrong predictions (ratio 3), every
+    prediction with confidence 0.8: among those that pass, 0.8*0.9 / (0.8*0.9 + 0.2*0.3) = 0.923 are right."""
+    assert cal.flag_adjusted(0.8, 3.0) == pytest.approx(0.72 / (0.72 + 0.06))
+    assert cal.flag_adjusted(0.8, 1.0) == 0.8
+    for t in (0.5, 0.9, 0.95, 0.999):
+        assert cal.flag_adjusted(cal.raw_threshold(t, 3.0), 3.0) == pytest.approx(t)
+    assert cal.raw_threshold(cal.NEVER, 3.0) == cal.NEVER
+
+
+def test_finish_with_a_likelihood_ratio_sets_thresholds_in_raw_confidence() -> None:
+    """Simulated: calibrated confidences uniform on [0.5, 1]; the test-time views pass 95% of right and
+    25% of wrong predictions (ratio 3.8). Over the predictions that pass, the thresholds found on adjusted
+    confidences must hold the target, and with more coverage than the unadjusted ones."""
+    rng = np.random.default_rng(5)
+    n = 200_000
+    conf = rng.uniform(0.5, 1.0, n)
+    correct = rng.random(n) < conf
+    passes = np.where(correct, rng.random(n) < 0.95, rng.random(n) < 0.25)
+    pred = np.zeros(n, dtype=np.int64)
+    ratio = 0.95 / 0.25
+    plain = cal.ConfidenceHistogram(1)
+    plain.add(pred[passes], conf[passes])
+    adjusted = cal.ConfidenceHistogram(1)
+    adjusted.add(pred[passes], np.asarray(cal.flag_adjusted(conf[passes], ratio)))
+    before = cal.finish(plain, None, None, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    after = cal.finish(adjusted, None, None, 0.95, 1.0, 1.0, likelihood_ratio=ratio)
+    t = after.global_threshold
+    accepted = passes & (conf >= t)
+    assert correct[accepted].mean() == pytest.approx(0.95, abs=0.005)
+    assert after.estimated_precision == pytest.approx(0.95, abs=0.005)
+    assert accepted.sum() > (passes & (conf >= before.global_threshold)).sum() * 1.2
+    assert correct[passes & (conf >= before.global_threshold)].mean() > 0.98  # unadjusted: too cautious

@@ -110,7 +110,11 @@ def test_export_and_load_round_trip(digits: tuple[torch.Tensor, np.ndarray], tmp
     x, labels = digits
     lab, held = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
-    ens = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, TrainConfig(folds=2, steps=20), 60)
+    views = ["crop", "scale", "translate"]
+    ens = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, TrainConfig(folds=2, steps=20), 60, views=views)
+    # every labeled image's held-out model also predicted each test-time view of it (calibrate.py)
+    assert ens.oof_view_preds is not None and ens.oof_view_preds.shape == (1, 3, len(lab))
+    assert ens.oof_view_preds.min() >= 0 and ens.oof_view_preds.max() < 10
     model = CalibratedEnsemble(ens.members, temperature=0.8).eval()
     names = [str(i) for i in range(10)]
     model_path, labels_path = export_model(model, spec, names, tmp_path, task="ImageClassification")
