@@ -44,7 +44,7 @@ that pass the thresholds) is false for small labeled sets and says so, while `es
 calibrated expectation) is reported as an estimate. Why calibration rather than a bound on 50 points:
 the bound alone leaves coverage where the first held-out error sits (about 0.4-0.6 on digits), while
 the calibrated expectation held the target on every benchmark seed; it was below the achieved precision
-in 15 of 20 runs and at most 0.008 above it in the others (docs/benchmarks.md).
+in 15 of 20 runs and at most 0.009 above it in the others (docs/benchmarks.md).
 """
 
 from __future__ import annotations
