@@ -31,9 +31,10 @@ crds: venv ## Regenerate crds/ from the API models (autolabel/api.py)
 	$(PY) -m autolabel.crd > crds/autolabeljobs.autolabel.dev.yaml
 	cp crds/autolabeljobs.autolabel.dev.yaml charts/autolabel-operator/files/
 
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy and the import layers (import-linter contracts in pyproject.toml)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy autolabel operator/autolabel_operator job_image/autolabel_worker tools/devenv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy autolabel cli/autolabel_cli operator/autolabel_operator job_image/autolabel_worker tools/devenv
 	$(VENV)/bin/mypy tests benchmarks
 
 test: venv bins lint ## Install what is needed and run the whole suite (unit + integration + end to end)
@@ -44,6 +45,9 @@ chart-lint: bins ## helm lint of the chart
 
 test-unit: venv ## Unit tests only (no control plane, no S3 server)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv bins ## Integration and end-to-end tests (start a local control plane and S3 server)
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 cluster-up: venv bins ## Start the local control plane; kubeconfig at .cluster/kubeconfig
 	$(DEVENV).cluster up --state-dir .cluster

@@ -288,8 +288,18 @@ class AutoLabelJob(BaseModel):
 
     @property
     def run_name(self) -> str:
-        """`<job name>-<short uid>`: the folder of this job's results under the output prefix."""
-        return f"{self.metadata.name}-{self.short_uid}"
+        """``<job name>-<short uid>``, the name shortened so that the whole fits in 63 characters: the
+        folder of this job's results under the output prefix, and the name of its worker Job (which ends
+        up in the pods' ``batch.kubernetes.io/job-name`` label, at most 63 characters)."""
+        return truncated_name(self.metadata.name, f"-{self.short_uid}")
+
+
+MAX_LABEL_VALUE = 63
+
+
+def truncated_name(name: str, suffix: str) -> str:
+    """``name + suffix`` in at most 63 characters: the name is cut (and stripped of a trailing ``-``/``.``)."""
+    return f"{name[: MAX_LABEL_VALUE - len(suffix)].rstrip('-.')}{suffix}"
 
 
 def default_output_prefix(manifest_uri: str) -> str:

@@ -1,28 +1,9 @@
 """The worker container's entry point (``autolabel-worker``), also used by ``autolabel run --local``.
 
-Environment (set by the operator on the pod, see the design brief's worker contract):
-
-- ``AUTOLABEL_JOB`` (required): the AutoLabelJob as JSON (metadata + spec);
-- ``AUTOLABEL_OUTPUT``: the results prefix (default ``results_prefix(job)``);
-- ``AUTOLABEL_SHARDS`` / ``JOB_COMPLETION_INDEX``: shard count and this pod's index (default 1 / 0);
-- ``AUTOLABEL_TIME_BUDGET_SECONDS``: overrides ``spec.activeLearning.timeBudgetSeconds``;
-- ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``: the store.
-
-Exit codes tell the operator (and a pod failure policy) what kind of failure it was:
-
-====  ==============================================================  ==========
-code  meaning                                                         retryable
-====  ==============================================================  ==========
-0     success                                                         n/a
-1     unexpected error (a bug; see the log)                           maybe
-2     the job description is invalid (env or spec)                    no
-3     the dataset or model cannot be used (manifest, preconditions,   no
-      too many unreadable images, labels.json)
-4     object storage unreachable after retries                        yes
-5     object storage refused or lacks an object (credentials, 404)    no
-130   interrupted (SIGINT)                                            n/a
-143   terminated (SIGTERM: pod deleted or suspended, deadline passed) n/a
-====  ==============================================================  ==========
+The pod's environment, the exit codes (with whether a retry can help) and the files written are the
+operator <-> worker contract, defined once in :mod:`autolabel.contract`: ``AUTOLABEL_JOB`` (the
+AutoLabelJob as JSON, required), ``AUTOLABEL_OUTPUT``, ``AUTOLABEL_SHARDS`` / ``JOB_COMPLETION_INDEX``,
+``AUTOLABEL_TIME_BUDGET_SECONDS`` and the ``AWS_*`` variables of the store.
 
 On failure ``progress.json`` gets stage ``failed`` with ``error`` (the message) and ``reason``
 (a CamelCase condition reason); the operator copies both into the AutoLabelJob's status.
@@ -42,6 +23,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.contract import (
+    PROGRESS_FILE,
+    Env,
+    ExitCode,
+    ProgressDoc,
+    Stage,
+    format_time,
+    parse_progress,
+    run_prefix,
+    storage_endpoint,
+    storage_region,
+)
 from autolabel.manifest import ManifestError, VocError
 from autolabel.storage import (
     ObjectNotFound,
@@ -53,17 +46,6 @@ from autolabel.storage import (
 )
 
 log = logging.getLogger("autolabel_worker")
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_JOB = 2
-EXIT_DATA = 3
-EXIT_STORAGE_UNREACHABLE = 4
-EXIT_STORAGE = 5
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-
-MAX_ERROR_CHARS = 4000  # progress.json's error ends up in a Kubernetes condition message
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -100,38 +82,33 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
     from autolabel_worker.preflight import PreflightError
 
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "Interrupted"
+        return ExitCode.INTERRUPTED, "Interrupted"
     if isinstance(exc, Terminated):
-        return EXIT_TERMINATED, "Terminated"
+        return ExitCode.TERMINATED, "Terminated"
     if isinstance(exc, JobConfigError | ValidationError):
-        return EXIT_BAD_JOB, "InvalidJob"
+        return ExitCode.BAD_JOB, "InvalidJob"
     if isinstance(exc, PreflightError):
-        code = EXIT_STORAGE_UNREACHABLE if exc.reason == "StorageUnreachable" else EXIT_DATA
+        code = ExitCode.STORAGE_UNREACHABLE if exc.reason == "StorageUnreachable" else ExitCode.DATA
         return code, exc.reason
     if isinstance(exc, ManifestError):
-        return EXIT_DATA, "ManifestInvalid"
+        return ExitCode.DATA, "ManifestInvalid"
     if isinstance(exc, VocError | ImageError):
-        return EXIT_DATA, "DatasetInvalid"
+        return ExitCode.DATA, "DatasetInvalid"
     if isinstance(exc, StorageUnreachable):
-        return EXIT_STORAGE_UNREACHABLE, "StorageUnreachable"
+        return ExitCode.STORAGE_UNREACHABLE, "StorageUnreachable"
     if isinstance(exc, ObjectNotFound):
-        return EXIT_STORAGE, "ObjectNotFound"
+        return ExitCode.STORAGE, "ObjectNotFound"
     if isinstance(exc, StorageError):
-        return EXIT_STORAGE, "StorageError"
+        return ExitCode.STORAGE, "StorageError"
     reason = getattr(exc, "reason", None)
     if isinstance(reason, str) and reason.isidentifier() and reason[:1].isupper():
-        return EXIT_DATA, reason  # errors from the pipeline that carry their own condition reason
-    return EXIT_INTERNAL, "WorkerError"
+        return ExitCode.DATA, reason  # errors from the pipeline that carry their own condition reason
+    return ExitCode.INTERNAL, "WorkerError"
 
 
 def storage_for(job: AutoLabelJob) -> Storage:
     """A Storage for the job: ``spec.storage`` endpoint/region when given, else the environment."""
-    spec_storage = job.spec.storage
-    config = StorageConfig(
-        endpoint_url=spec_storage.endpoint if spec_storage else None,
-        region=spec_storage.region if spec_storage else None,
-    )
-    return Storage(config)
+    return Storage(StorageConfig(endpoint_url=storage_endpoint(job), region=storage_region(job)))
 
 
 def with_time_budget(job: AutoLabelJob, seconds: int | None) -> AutoLabelJob:
@@ -143,42 +120,29 @@ def with_time_budget(job: AutoLabelJob, seconds: int | None) -> AutoLabelJob:
     return AutoLabelJob.model_validate(doc)
 
 
-def _failure_writer(storage: Storage, output_prefix: str, shard_index: int, shard_count: int) -> ScopedWriter:
-    writer = ScopedWriter(storage, output_prefix)
-    return writer.scoped(f"shards/{shard_index}") if shard_count > 1 else writer
-
-
 def write_failure(
     storage: Storage, output_prefix: str, shard_index: int, shard_count: int, reason: str, error: str
 ) -> None:
-    """``progress.json`` with stage ``failed``; never raises (the run is failing already)."""
-    from autolabel_worker.progress import rfc3339_now
-
-    doc: dict[str, Any] = {
-        "stage": "failed",
-        "processed": 0,
-        "total": 0,
-        "percent": 0,
-        "updatedAt": rfc3339_now(),
-        "reason": reason,
-        "error": error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…",
-    }
+    """``progress.json`` with stage ``failed``, keeping the counts reached; never raises (the run is
+    failing already)."""
     try:
-        writer = _failure_writer(storage, output_prefix, shard_index, shard_count)
-        previous = _read_progress(storage, writer)
-        if previous:
-            doc.update({k: previous[k] for k in ("processed", "total", "percent") if k in previous})
-        writer.write_bytes("progress.json", json.dumps(doc).encode())
+        writer = ScopedWriter(storage, run_prefix(output_prefix, shard_index, shard_count))
+        previous = _read_progress(storage, writer.uri(PROGRESS_FILE))
+        doc = ProgressDoc(stage=Stage.FAILED, updated_at=format_time(), reason=reason, error=error)
+        if previous is not None:
+            doc = doc.model_copy(
+                update={"processed": previous.processed, "total": previous.total, "percent": previous.percent}
+            )
+        writer.write_bytes(PROGRESS_FILE, doc.to_json())
     except (StorageError, ValueError, OSError) as exc:
         log.error("could not record the failure in progress.json: %s", exc)
 
 
-def _read_progress(storage: Storage, writer: ScopedWriter) -> dict[str, Any] | None:
+def _read_progress(storage: Storage, uri: str) -> ProgressDoc | None:
     try:
-        doc = json.loads(storage.read_bytes(writer.uri("progress.json")))
+        return parse_progress(json.loads(storage.read_bytes(uri)))
     except (StorageError, ValueError):
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 def execute(
@@ -210,9 +174,9 @@ def execute(
     except BaseException as exc:
         code, reason = classify_error(exc)
         message = str(exc).strip() or type(exc).__name__
-        if code == EXIT_INTERNAL and not message.startswith(type(exc).__name__):
+        if code == ExitCode.INTERNAL and not message.startswith(type(exc).__name__):
             message = f"{type(exc).__name__}: {message}"  # a bug: the exception type helps whoever reads it
-        if code == EXIT_INTERNAL:
+        if code == ExitCode.INTERNAL:
             log.exception("job failed with an unexpected error")
         else:
             log.error("job failed (%s): %s", reason, message)
@@ -221,7 +185,7 @@ def execute(
             raise
         return code
     log.info("job finished in %.1fs; results in %s", time.monotonic() - started, output_prefix)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _int_env(env: dict[str, str], name: str, default: int, minimum: int) -> int:
@@ -261,28 +225,27 @@ def _validate_tolerating_newer_fields(doc: Any) -> AutoLabelJob:
 
 def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
     """``(job, output prefix, shard index, shard count)`` from the pod's environment."""
-    raw = env.get("AUTOLABEL_JOB")
+    raw = env.get(Env.JOB)
     if not raw:
-        raise JobConfigError("environment variable AUTOLABEL_JOB is not set (the AutoLabelJob as JSON)")
+        raise JobConfigError(f"environment variable {Env.JOB} is not set (the AutoLabelJob as JSON)")
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise JobConfigError(f"AUTOLABEL_JOB is not valid JSON: {exc}") from exc
+        raise JobConfigError(f"{Env.JOB} is not valid JSON: {exc}") from exc
     try:
         job = _validate_tolerating_newer_fields(doc)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
         )
-        raise JobConfigError(f"AUTOLABEL_JOB is not a valid AutoLabelJob: {problems}") from exc
-    budget = env.get("AUTOLABEL_TIME_BUDGET_SECONDS", "").strip()
-    if budget:
-        job = with_time_budget(job, _int_env(env, "AUTOLABEL_TIME_BUDGET_SECONDS", 0, 10))
-    shard_count = _int_env(env, "AUTOLABEL_SHARDS", 1, 1)
-    shard_index = _int_env(env, "JOB_COMPLETION_INDEX", 0, 0)
+        raise JobConfigError(f"{Env.JOB} is not a valid AutoLabelJob: {problems}") from exc
+    if env.get(Env.TIME_BUDGET, "").strip():
+        job = with_time_budget(job, _int_env(env, Env.TIME_BUDGET, 0, 10))
+    shard_count = _int_env(env, Env.SHARDS, 1, 1)
+    shard_index = _int_env(env, Env.SHARD_INDEX, 0, 0)
     if shard_index >= shard_count:
-        raise JobConfigError(f"JOB_COMPLETION_INDEX={shard_index} is not below AUTOLABEL_SHARDS={shard_count}")
-    output = env.get("AUTOLABEL_OUTPUT", "").strip() or results_prefix(job)
+        raise JobConfigError(f"{Env.SHARD_INDEX}={shard_index} is not below {Env.SHARDS}={shard_count}")
+    output = env.get(Env.OUTPUT, "").strip() or results_prefix(job)
     return job, output, shard_index, shard_count
 
 
@@ -294,21 +257,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        return EXIT_OK
+        return ExitCode.OK
     env = dict(os.environ)
     try:
         job, output, shard_index, shard_count = job_from_env(env)
     except JobConfigError as exc:
         log.error("%s", exc)
-        output = env.get("AUTOLABEL_OUTPUT", "").strip()
+        output = env.get(Env.OUTPUT, "").strip()
         if output:  # the operator named the results folder: tell it why, through progress.json
             try:
-                shard_count = max(1, int(env.get("AUTOLABEL_SHARDS", "1")))
-                shard_index = max(0, int(env.get("JOB_COMPLETION_INDEX", "0")))
+                shard_count = max(1, int(env.get(Env.SHARDS, "1")))
+                shard_index = max(0, int(env.get(Env.SHARD_INDEX, "0")))
             except ValueError:
                 shard_count, shard_index = 1, 0
             write_failure(Storage(), output, shard_index, shard_count, "InvalidJob", str(exc))
-        return EXIT_BAD_JOB
+        return ExitCode.BAD_JOB
     return execute(job, storage_for(job), output, shard_index, shard_count)
 
 

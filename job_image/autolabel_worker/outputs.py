@@ -24,14 +24,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from autolabel.api import Task
+from autolabel.contract import (
+    ANNOTATIONS_DIR,
+    MODEL_DIR,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    SUMMARY_FILE,
+    ProgressDoc,
+    Stage,
+    format_time,
+    merge_summaries,
+    shard_prefix,
+)
 from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox
-from autolabel.storage import ScopedWriter, Storage, StorageError, join_uri
+from autolabel.storage import ScopedWriter, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
-RESULT_KEY = "result.manifest"
-SUMMARY_KEY = "summary.json"
-MODEL_DIR = "model"
 ACTIVE_LEARNING_BY = "autolabel/active-learning"
 PRE_LABELING_BY = "autolabel/pre-labeling"
 
@@ -92,7 +101,7 @@ class ResultWriter:
         writer: ScopedWriter,
         annotated_by: str = ACTIVE_LEARNING_BY,
         task: Task | str = Task.IMAGE_CLASSIFICATION,
-        result_key: str = RESULT_KEY,
+        result_key: str = RESULT_FILE,
     ):
         self.writer = writer
         self.annotated_by = annotated_by
@@ -163,7 +172,7 @@ class ResultWriter:
         hard_reasons: Iterable[int | str] | str = (),
     ) -> None:
         """One image's boxes: a VOC file under ``annotations/`` plus a line pointing at it."""
-        xml_key = f"annotations/{self.total:08d}.xml"
+        xml_key = f"{ANNOTATIONS_DIR}/{self.total:08d}.xml"
         name = source.rsplit("/", 1)[-1]
         self.writer.write_bytes(xml_key, voc_xml(name, image_size, boxes, self.annotated_by))
         annotation = {
@@ -222,7 +231,7 @@ class ResultWriter:
     def write_summary(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``summary.json``: the counts of this writer, overridden by ``summary``. Write it last."""
         doc = {**self.counts(), **dict(summary)}
-        write_json(self.writer, SUMMARY_KEY, doc)
+        write_json(self.writer, SUMMARY_FILE, doc)
         return doc
 
     def upload_model(self, local_dir: str, key: str = MODEL_DIR) -> list[str]:
@@ -254,10 +263,6 @@ def upload_dir(writer: ScopedWriter, local_dir: str, key: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ shards
 
 
-def shard_prefix(index: int) -> str:
-    return f"shards/{index}/"
-
-
 def merge_shards(storage: Storage, writer: ScopedWriter, shard_count: int) -> dict[str, Any] | None:
     """Merge ``shards/<i>/`` into the top-level results when every shard's ``summary.json`` exists.
 
@@ -266,47 +271,23 @@ def merge_shards(storage: Storage, writer: ScopedWriter, shard_count: int) -> di
     """
     summaries = []
     for index in range(shard_count):
-        summary_uri = writer.uri(shard_prefix(index) + SUMMARY_KEY)
+        summary_uri = writer.uri(shard_prefix(index) + SUMMARY_FILE)
         if not storage.exists(summary_uri):
             return None
         summaries.append(json.loads(storage.read_bytes(summary_uri)))
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".manifest", delete=False) as tmp:
         for index in range(shard_count):
-            result_uri = writer.uri(shard_prefix(index) + RESULT_KEY)
+            result_uri = writer.uri(shard_prefix(index) + RESULT_FILE)
             for line in storage.iter_lines(result_uri):
                 if line.strip():
                     tmp.write(line + "\n")
     try:
-        writer.upload_file(tmp.name, RESULT_KEY)
+        writer.upload_file(tmp.name, RESULT_FILE)
     finally:
         os.unlink(tmp.name)
     merged = merge_summaries(summaries)
-    write_json(writer, SUMMARY_KEY, merged)
+    write_json(writer, SUMMARY_FILE, merged)
+    total = int(merged["total"])
+    done = ProgressDoc(stage=Stage.DONE, processed=total, total=total, percent=100, updated_at=format_time())
+    writer.write_bytes(PROGRESS_FILE, done.to_json())
     return merged
-
-
-def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the counts, concatenate the lists, keep the shared settings of the first shard."""
-    merged: dict[str, Any] = dict(summaries[0]) if summaries else {}
-    for key in ("total", "autoLabeled", "hardExamples", "convertedImages", "duplicateCount"):
-        merged[key] = sum(int(s.get(key) or 0) for s in summaries)
-    for key in ("unreadableImages", "duplicates"):
-        merged[key] = [item for s in summaries for item in (s.get(key) or [])]
-    labels: Counter[str] = Counter()
-    for s in summaries:
-        labels.update(s.get("labelCounts") or {})
-    merged["labelCounts"] = dict(sorted(labels.items()))
-    duration = max((float(s.get("durationSeconds") or 0.0) for s in summaries), default=0.0)
-    merged["durationSeconds"] = duration
-    merged["imagesPerSecond"] = round(merged["total"] / duration, 3) if duration > 0 else None
-    precisions = [(s.get("estimatedPrecision"), int(s.get("autoLabeled") or 0)) for s in summaries]
-    known = [(float(p), n) for p, n in precisions if p is not None]
-    if known and len(known) == len(precisions) and merged["autoLabeled"] > 0:
-        merged["estimatedPrecision"] = sum(p * n for p, n in known) / merged["autoLabeled"]
-    merged["shards"] = len(summaries)
-    merged.pop("shard", None)
-    return merged
-
-
-def result_uri(prefix: str) -> str:
-    return join_uri(prefix if prefix.endswith("/") else prefix + "/", RESULT_KEY)

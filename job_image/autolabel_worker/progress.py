@@ -1,34 +1,24 @@
 """Progress of a worker run: ``progress.json`` for the operator, a bar or log lines for people.
 
-``progress.json`` (``{"stage", "processed", "total", "percent", "updatedAt"}``, plus ``"error"`` when
-failed) is written atomically through the job's :class:`~autolabel.storage.ScopedWriter` on every stage
+``progress.json`` (:class:`autolabel.contract.ProgressDoc`: stage, processed, total, percent, updatedAt,
+plus error when failed) is written atomically through the job's :class:`~autolabel.storage.ScopedWriter` on every stage
 change and at most every ``interval`` seconds otherwise, so a run over 100k images does not turn into
 100k PUTs. On a terminal a one-line bar on stderr shows the same; otherwise plain ``logging`` lines.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from autolabel.contract import PROGRESS_FILE, ProgressDoc, Stage, format_time
 from autolabel.storage import ScopedWriter, StorageError
 
 log = logging.getLogger("autolabel_worker.progress")
-
-STAGES = ("preflight", "train", "calibrate", "inference", "write", "done")
-FAILED = "failed"
-PROGRESS_KEY = "progress.json"
-
-
-def rfc3339_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 class ProgressReporter:
     """Tracks ``processed``/``total`` within a stage and publishes it.
@@ -41,7 +31,7 @@ class ProgressReporter:
         self,
         writer: ScopedWriter | None,
         total: int = 0,
-        stage: str = "preflight",
+        stage: str = Stage.PREFLIGHT,
         *,
         interval: float = 2.0,
         log_interval: float = 10.0,
@@ -78,7 +68,7 @@ class ProgressReporter:
 
     @property
     def percent(self) -> int:
-        if self.stage == "done":
+        if self.stage == Stage.DONE:
             return 100
         if self.total <= 0:
             return 0
@@ -115,7 +105,7 @@ class ProgressReporter:
         """The run finished: stage ``done`` at 100%."""
         with self._lock:
             self._end_bar()
-            self.stage = "done"
+            self.stage = Stage.DONE
             self.processed = self.total
             log.info("done")
             self._publish(force=True)
@@ -126,7 +116,7 @@ class ProgressReporter:
         """The run failed: stage ``failed`` with the error message (the operator shows it)."""
         with self._lock:
             self._end_bar()
-            self.stage = FAILED
+            self.stage = Stage.FAILED
             self.error = error
             self._publish(force=True)
             self._end_bar()
@@ -151,25 +141,25 @@ class ProgressReporter:
 
     # ------------------------------------------------------------------ internals
 
-    def snapshot(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "stage": self.stage,
-            "processed": self.processed,
-            "total": self.total,
-            "percent": self.percent,
-            "updatedAt": rfc3339_now(),
-        }
-        if self.error is not None:
-            doc["error"] = self.error
-        doc.update(self.extra)
-        return doc
+    def snapshot(self) -> ProgressDoc:
+        return ProgressDoc.model_validate(
+            {
+                **self.extra,
+                "stage": str(self.stage),
+                "processed": self.processed,
+                "total": self.total,
+                "percent": self.percent,
+                "updatedAt": format_time(),
+                "error": self.error,
+            }
+        )
 
     def _publish(self, force: bool) -> None:
         now = self._clock()
         if self.writer is not None and (force or now - self._last_write >= self.interval):
             self._last_write = now
             try:
-                self.writer.write_bytes(PROGRESS_KEY, json.dumps(self.snapshot()).encode())
+                self.writer.write_bytes(PROGRESS_FILE, self.snapshot().to_json())
                 self.writes += 1
             except (StorageError, OSError) as exc:
                 log.warning("could not write progress.json: %s", exc)

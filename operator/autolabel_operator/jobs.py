@@ -11,7 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autolabel.api import AutoLabelJob, Mode, results_prefix
+from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.contract import (
+    CREDENTIAL_KEYS,
+    Env,
+    non_retryable_exit_codes,
+    shard_count,
+    storage_endpoint,
+    storage_region,
+    time_budget,
+)
 
 from .config import Flavor, Settings
 from .names import (
@@ -26,9 +35,6 @@ from .names import (
 
 JOB_CONFIG_KEY = "job.json"
 BACKOFF_LIMIT_PER_INDEX = 1  # one retry of a shard for transient failures (node loss is not counted)
-# The worker's exit codes for failures a retry cannot fix (autolabel_worker.entrypoint): a bad job
-# description (2), an unusable dataset or model (3), storage that refuses or lacks an object (5).
-NON_RETRYABLE_EXIT_CODES = [2, 3, 5]
 # The annotations that would only bloat the job description the worker reads.
 _DROPPED_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", "kopf.zalando.org/", f"{KOPF_PREFIX}/", WAKE_ANNOTATION)
 
@@ -94,54 +100,44 @@ def build_credentials_secret(body: dict[str, Any], job: AutoLabelJob, settings: 
             "labels": child_labels(job, "storage-credentials"),
             "ownerReferences": [owner_reference(body)],
         },
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": settings.access_key,
-            "AWS_SECRET_ACCESS_KEY": settings.secret_key,
-        },
+        "stringData": dict(zip(CREDENTIAL_KEYS, (settings.access_key, settings.secret_key), strict=True)),
     }
 
 
-def shards(job: AutoLabelJob) -> int:
-    return job.spec.resources.compute_nodes if job.spec.mode == Mode.PRE_LABELING else 1
-
-
 def _env(job: AutoLabelJob, settings: Settings) -> list[dict[str, Any]]:
-    name = child_name(job)
-    storage = job.spec.storage
-    endpoint = (storage.endpoint if storage else None) or settings.s3_endpoint
-    region = (storage.region if storage else None) or settings.s3_region
+    """The pod's environment: the contract's variables (:class:`autolabel.contract.Env`)."""
     env: list[dict[str, Any]] = [
-        {"name": "AUTOLABEL_JOB", "valueFrom": {"configMapKeyRef": {"name": name, "key": JOB_CONFIG_KEY}}},
-        {"name": "AUTOLABEL_OUTPUT", "value": results_prefix(job)},
-        {"name": "AUTOLABEL_SHARDS", "value": str(shards(job))},
+        {"name": Env.JOB, "valueFrom": {"configMapKeyRef": {"name": child_name(job), "key": JOB_CONFIG_KEY}}},
+        {"name": Env.OUTPUT, "value": results_prefix(job)},
+        {"name": Env.SHARDS, "value": str(shard_count(job))},
         # The root filesystem is read-only: caches go to the /tmp emptyDir.
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
         {"name": "TORCH_HOME", "value": "/tmp/.cache/torch"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    # JOB_COMPLETION_INDEX is added by the Job controller itself (Indexed completion mode).
+    # Env.SHARD_INDEX is set by the Job controller itself (Indexed completion mode).
+    endpoint = storage_endpoint(job, settings.s3_endpoint)
     if endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
+        env.append({"name": Env.ENDPOINT, "value": endpoint})
+    region = storage_region(job, settings.s3_region)
     if region:
-        env.append({"name": "AWS_REGION", "value": region})
+        env.append({"name": Env.REGION, "value": region})
     secret = credentials_secret_name(job, settings)
     if secret:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        for key in CREDENTIAL_KEYS:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
-    budget = settings.time_budget_seconds
-    if job.spec.active_learning is not None and job.spec.active_learning.time_budget_seconds:
-        budget = job.spec.active_learning.time_budget_seconds
+    budget = time_budget(job, settings.time_budget_seconds)
     if budget:
-        env.append({"name": "AUTOLABEL_TIME_BUDGET_SECONDS", "value": str(budget)})
-    return env
+        env.append({"name": Env.TIME_BUDGET, "value": str(budget)})
+    return [{**item, "name": str(item["name"])} for item in env]  # plain str: YAML dumpers reject enums
 
 
 def build_job(body: dict[str, Any], job: AutoLabelJob, settings: Settings, flavor: Flavor) -> dict[str, Any]:
     """The batch/v1 Job: Indexed (one index per shard; ActiveLearning is a single index), never restarted
     in place, disruptions not counted as failures, suspended only when Kueue is to admit it."""
     name = child_name(job)
-    n = shards(job)
+    n = shard_count(job)
     labels = child_labels(job, "worker")
     job_labels = dict(labels)
     if job.spec.queue_name:
@@ -214,7 +210,7 @@ def build_job(body: dict[str, Any], job: AutoLabelJob, settings: Settings, flavo
                         "onExitCodes": {
                             "containerName": "worker",
                             "operator": "In",
-                            "values": NON_RETRYABLE_EXIT_CODES,
+                            "values": non_retryable_exit_codes(),
                         },
                     },
                 ]

@@ -1,6 +1,6 @@
 """A thin async layer over kubernetes_asyncio's ApiClient: plain dicts in and out (raw JSON, no model
 round trip, so timestamps and unknown fields survive a read-modify-write), 404 as None, 409 as
-:class:`~.lock.Conflict`, anything else non-2xx as :class:`KubeError`."""
+:class:`~.errors.Conflict`, anything else non-2xx as :class:`~.errors.KubeError`."""
 
 from __future__ import annotations
 
@@ -15,13 +15,7 @@ from kubernetes_asyncio import client, config
 
 from autolabel.api import API_VERSION, PLURAL
 
-from .lock import Conflict
-
-
-class KubeError(Exception):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"API server answered {status}: {body}")
-        self.status = status
+from .errors import Conflict, KubeError
 
 
 async def new_api_client() -> client.ApiClient:
@@ -110,13 +104,13 @@ class Kube:
         return {k: base64.b64decode(v).decode() for k, v in (out.get("data") or {}).items()}
 
     # ---------------------------------------------------------------- Leases (lock.LeaseClient)
-    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.request("GET", _path("coordination.k8s.io/v1", "leases", namespace, name))
 
-    async def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", _path("coordination.k8s.io/v1", "leases", namespace), body) or {}
 
-    async def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         out = await self.request("PUT", _path("coordination.k8s.io/v1", "leases", namespace, name), body)
         if out is None:  # deleted meanwhile: like a lost race
             raise Conflict(f"lease {namespace}/{name} is gone")

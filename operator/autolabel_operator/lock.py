@@ -22,20 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from autolabel.contract import format_time, parse_time
+
+from .errors import Conflict
 from .names import DATASET_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MANIFEST_ANNOTATION, dataset_key
 
 HOLDER_NAME_ANNOTATION = "autolabel.dev/holder-name"
-
-
-def rfc3339_micro(moment: datetime) -> str:
-    """Lease times are MicroTime: RFC 3339 with microseconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True, order=True)
@@ -141,20 +133,18 @@ def lease_body(
     spec: dict[str, Any] = {"leaseDurationSeconds": duration, "leaseTransitions": transitions}
     if holder is not None:
         spec["holderIdentity"] = holder.uid
-        spec["renewTime"] = rfc3339_micro(now)
+        spec["renewTime"] = format_time(now, micro=True)
         same_holder = previous is not None and previous.holder == holder.uid and previous.acquire_time
-        spec["acquireTime"] = previous.acquire_time if same_holder and previous else rfc3339_micro(now)
+        spec["acquireTime"] = previous.acquire_time if same_holder and previous else format_time(now, micro=True)
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
 
 
-class Conflict(Exception):
-    """409 from the API server: the object exists already, or changed since we read it."""
-
-
 class LeaseClient(Protocol):
-    async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
-    async def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    """What the lock needs of the API: read, create and compare-and-swap a Lease (409: :class:`Conflict`)."""
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -180,7 +170,7 @@ async def acquire(
     (default: a third of the duration), to keep writes low with many jobs."""
     now = now or datetime.now(UTC)
     active = list(active)
-    raw = await client.get(namespace, name)
+    raw = await client.get_lease(namespace, name)
     lease = LeaseView.from_body(raw) if raw is not None else None
     decision = decide(lease, me, active, now)
     if decision.action is Action.WAIT:
@@ -193,9 +183,9 @@ async def acquire(
     body = lease_body(name, namespace, manifest_uri, me, duration, now, lease)
     try:
         if decision.action is Action.CREATE:
-            await client.create(namespace, body)
+            await client.create_lease(namespace, body)
         else:
-            await client.replace(namespace, name, body)
+            await client.replace_lease(namespace, name, body)
     except Conflict:
         # Somebody changed the Lease since we read it: the next reconcile decides again.
         return LockState(False, Decision(Action.WAIT, None, "lost a race for the dataset lock; retrying"))
@@ -205,7 +195,7 @@ async def acquire(
 async def release(client: LeaseClient, namespace: str, name: str, uid: str, attempts: int = 3) -> bool:
     """Free the Lease if ``uid`` holds it (idempotent). True when it is not held by ``uid`` afterwards."""
     for _ in range(attempts):
-        raw = await client.get(namespace, name)
+        raw = await client.get_lease(namespace, name)
         if raw is None:
             return True
         lease = LeaseView.from_body(raw)
@@ -213,12 +203,12 @@ async def release(client: LeaseClient, namespace: str, name: str, uid: str, atte
             return True
         body = dict(raw)
         body["spec"] = {k: v for k, v in (raw.get("spec") or {}).items() if k not in ("holderIdentity",)}
-        body["spec"]["renewTime"] = rfc3339_micro(datetime.now(UTC))
+        body["spec"]["renewTime"] = format_time(micro=True)
         meta = dict(raw.get("metadata") or {})
         meta["annotations"] = {**(meta.get("annotations") or {}), HOLDER_NAME_ANNOTATION: ""}
         body["metadata"] = meta
         try:
-            await client.replace(namespace, name, body)
+            await client.replace_lease(namespace, name, body)
             return True
         except Conflict:
             continue

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from autolabel.api import Phase
+from autolabel.api import Phase, Result
 
 PRECONDITION_FAILURES = Counter(
     "autolabel_precondition_failures",
@@ -68,16 +68,14 @@ PHASES = PhaseCollector()
 REGISTRY.register(PHASES)
 
 
-def record_result(mode: str, result: dict) -> None:
-    total = result.get("total")
-    if isinstance(total, int):
-        IMAGES_LABELED.labels(mode).inc(total)
-    auto = result.get("autoLabeled")
-    if isinstance(auto, int):
-        AUTO_LABELED.labels(mode).inc(auto)
-    hard = result.get("hardExamples")
-    if isinstance(hard, int):
-        HARD_EXAMPLES.labels(mode).inc(hard)
+def record_result(mode: str, result: Result) -> None:
+    for counter, value in (
+        (IMAGES_LABELED, result.total),
+        (AUTO_LABELED, result.auto_labeled),
+        (HARD_EXAMPLES, result.hard_examples),
+    ):
+        if value is not None:
+            counter.labels(mode).inc(value)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from autolabel.api import AutoLabelJob
+from autolabel.api import AutoLabelJob, truncated_name
 
 LABEL_PREFIX = "autolabel.dev"
 JOB_LABEL = f"{LABEL_PREFIX}/job"  # on child Jobs, Pods, ConfigMaps, Secrets: the AutoLabelJob's name
@@ -21,8 +21,6 @@ WAKE_ANNOTATION = f"{LABEL_PREFIX}/wake"
 # kopf's own bookkeeping annotations (handler progress, last-handled configuration).
 KOPF_PREFIX = f"kopf.{LABEL_PREFIX}"
 
-MAX_NAME = 63  # Job names end up in the pods' `batch.kubernetes.io/job-name` label: at most 63 chars
-
 
 def dataset_key(manifest_uri: str) -> str:
     """A label-safe identity of a dataset: 20 hex chars of the SHA-256 of its manifest URI.
@@ -38,16 +36,13 @@ def lease_name(manifest_uri: str) -> str:
 
 
 def child_name(job: AutoLabelJob) -> str:
-    """``<name>-<short uid>`` (the run name), the name shortened so the whole fits in 63 characters."""
-    suffix = f"-{job.short_uid}"
-    base = job.metadata.name[: MAX_NAME - len(suffix)].rstrip("-.")
-    return f"{base}{suffix}"
+    """The worker Job, ConfigMap and results folder share the run name (``<name>-<short uid>``)."""
+    return job.run_name
 
 
 def secret_name(job: AutoLabelJob) -> str:
     """The per-job copy of the operator's storage credentials (only when the spec names no secret)."""
-    suffix = f"-{job.short_uid}-s3"
-    return f"{job.metadata.name[: MAX_NAME - len(suffix)].rstrip('-.')}{suffix}"
+    return truncated_name(job.metadata.name, f"-{job.short_uid}-s3")
 
 
 def child_labels(job: AutoLabelJob, component: str) -> dict[str, str]:

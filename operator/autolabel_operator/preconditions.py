@@ -1,4 +1,5 @@
-"""The operator's precondition check (before anything is scheduled) and its access to object storage.
+"""The operator's precondition check (before anything is scheduled) and its access to object storage
+(reading the workers' results is :mod:`.results`).
 
 The rules themselves live in :mod:`autolabel.preconditions` (shared with the worker's preflight); here we
 only stream the manifest, add the operator's own rule (the flavor must exist), turn storage errors into
@@ -9,16 +10,15 @@ they run in a thread (:func:`asyncio.to_thread`), never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from autolabel.api import AutoLabelJob, Mode
+from autolabel.contract import storage_endpoint, storage_region
 from autolabel.preconditions import PreconditionFailure, check_manifest, check_model
-from autolabel.storage import Storage, StorageConfig, StorageError
+from autolabel.storage import Storage, StorageConfig
 
 from .config import Settings
 
@@ -32,10 +32,9 @@ class Credentials:
 
 
 def storage_config(job: AutoLabelJob, settings: Settings, credentials: Credentials) -> StorageConfig:
-    storage = job.spec.storage
     return StorageConfig(
-        endpoint_url=(storage.endpoint if storage else None) or settings.s3_endpoint,
-        region=(storage.region if storage else None) or settings.s3_region,
+        endpoint_url=storage_endpoint(job, settings.s3_endpoint),
+        region=storage_region(job, settings.s3_region),
         access_key=credentials.access_key,
         secret_key=credentials.secret_key,
         # Few connection retries per call: the operator retries whole checks with its own backoff
@@ -98,15 +97,3 @@ async def check(job: AutoLabelJob, settings: Settings, storage: Storage) -> list
             model_uri,
         )
     return failures
-
-
-async def read_json(storage: Storage, uri: str) -> Any | None:
-    """A small JSON object written by the worker; None when absent, unreadable or not JSON yet."""
-    try:
-        data = await asyncio.to_thread(storage.read_bytes, uri)
-    except StorageError:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None

@@ -1,13 +1,14 @@
-"""Status of an AutoLabelJob: conditions (metav1.Condition), phase derived from the child Job and its
-pods, progress and result from the worker's objects. Pure functions, unit-tested."""
+"""Status of an AutoLabelJob: conditions (metav1.Condition) and the phase derived from the child Job and
+its pods. Pure functions, unit-tested. (``status.progress``/``status.result`` come from the worker's
+objects through :mod:`autolabel.contract`.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from autolabel.api import Phase
+from autolabel.api import Condition, Phase
+from autolabel.contract import format_time
 
 # Condition types (logic reads these; `phase` is for display).
 PRECONDITIONS_MET = "PreconditionsMet"
@@ -17,10 +18,6 @@ RUNNING = "Running"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 CONDITION_TYPES = (PRECONDITIONS_MET, LOCK_ACQUIRED, ADMITTED, RUNNING, SUCCEEDED, FAILED)
-
-
-def now_rfc3339(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def get_condition(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any] | None:
@@ -47,16 +44,15 @@ def set_condition(
     """A new list with ``ctype`` set; ``lastTransitionTime`` moves only when ``status`` changes.
     Conditions keep the order of :data:`CONDITION_TYPES` so that diffs stay small."""
     old = get_condition(conditions, ctype)
-    transition = old["lastTransitionTime"] if old and old.get("status") == status else now or now_rfc3339()
-    new = {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message[:32768],
-        "lastTransitionTime": transition,
-    }
-    if generation is not None:
-        new["observedGeneration"] = generation
+    transition = old["lastTransitionTime"] if old and old.get("status") == status else now or format_time()
+    new = Condition(
+        type=ctype,
+        status=status,  # type: ignore[arg-type]  # checked by the model: True, False or Unknown
+        reason=reason,
+        message=message[:32768],
+        last_transition_time=transition,
+        observed_generation=generation,
+    ).to_wire()
     merged = {c["type"]: c for c in conditions or []}
     merged[ctype] = new
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
@@ -200,45 +196,3 @@ def derive(obs: Observation, queue_name: str | None = None) -> Derived:
         return Derived(Phase.RUNNING, [admitted, (RUNNING, "True", "PodsRunning", msg)], msg)
     msg = "waiting for worker pods to start"
     return Derived(Phase.PENDING, [admitted, (RUNNING, "False", "PodsPending", msg)], msg)
-
-
-# --------------------------------------------------------------------------- worker result objects
-
-
-def progress_from(doc: Any) -> dict[str, Any] | None:
-    """``status.progress`` from a progress.json document; None when it is not usable."""
-    if not isinstance(doc, dict):
-        return None
-    out: dict[str, Any] = {}
-    if isinstance(doc.get("stage"), str):
-        out["stage"] = doc["stage"]
-    for key in ("processed", "total"):
-        value = doc.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            out[key] = value
-    percent = doc.get("percent")
-    if not isinstance(percent, int | float) or isinstance(percent, bool):
-        percent = None
-        if out.get("total"):
-            percent = 100 * out.get("processed", 0) / out["total"]
-    if percent is not None:
-        out["percent"] = max(0, min(100, int(percent)))
-    return out or None
-
-
-def result_from(summary: Any, uri: str) -> dict[str, Any]:
-    """``status.result`` from summary.json (camelCase keys as the worker writes them)."""
-    out: dict[str, Any] = {"uri": uri}
-    if not isinstance(summary, dict):
-        return out
-    for key in ("total", "autoLabeled", "hardExamples"):
-        value = summary.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            out[key] = value
-    precision = summary.get("estimatedPrecision")
-    if isinstance(precision, int | float) and not isinstance(precision, bool):
-        out["estimatedPrecision"] = float(precision)
-    verifiable = summary.get("targetVerifiable")
-    if isinstance(verifiable, bool):
-        out["targetVerifiable"] = verifiable
-    return out

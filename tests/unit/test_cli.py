@@ -19,7 +19,8 @@ import pytest
 from autolabel_worker import entrypoint
 from autolabel_worker.preflight import PreflightError
 
-from autolabel.cli import JobFileError, load_job_file, localize, main
+from autolabel_cli.main import JobFileError, load_job_file, localize, main
+from autolabel.contract import ExitCode
 from autolabel.storage import StorageUnreachable
 
 JOB = """\
@@ -106,15 +107,15 @@ def test_cli_requires_local_and_reports_bad_files(tmp_path: Path, capsys: pytest
     assert main(["run", path]) == 2
     assert "only --local is supported" in capsys.readouterr().err
     bad = write(tmp_path, JOB.replace("targetPrecision: 0.95", "targetPrecision: -1"), "bad.yaml")
-    assert main(["run", bad, "--local"]) == entrypoint.EXIT_BAD_JOB
+    assert main(["run", bad, "--local"]) == ExitCode.BAD_JOB
     err = capsys.readouterr().err
     assert "bad.yaml line 12: spec.activeLearning.targetPrecision: Input should be greater than 0" in err
-    assert main(["run", path, "--local", "--time-budget", "3"]) == entrypoint.EXIT_BAD_JOB
+    assert main(["run", path, "--local", "--time-budget", "3"]) == ExitCode.BAD_JOB
     assert "timeBudgetSeconds" in capsys.readouterr().err
 
 
 def test_cli_does_not_import_torch_until_run() -> None:
-    code = "import sys, autolabel.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    code = "import sys, autolabel_cli.main as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -157,7 +158,7 @@ def test_cli_run_calls_the_pipeline_and_protects_the_manifest(tmp_path: Path, fa
 
     calls = fake_pipeline(run_job)
     path = write(tmp_path, JOB)
-    assert main(["run", path, "--local", "--time-budget", "30"]) == entrypoint.EXIT_INTERNAL
+    assert main(["run", path, "--local", "--time-budget", "30"]) == ExitCode.INTERNAL
     job, _, output, index, count = calls[0]
     assert job.spec.active_learning.time_budget_seconds == 30
     assert output == str(tmp_path / "data" / "autolabel" / job.run_name) + "/"
@@ -208,7 +209,7 @@ def test_shard_failures_go_to_the_shard_folder(tmp_path: Path, fake_pipeline, mo
     monkeypatch.setenv("AUTOLABEL_OUTPUT", str(tmp_path / "out"))
     monkeypatch.setenv("AUTOLABEL_SHARDS", "3")
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
-    assert entrypoint.main([]) == entrypoint.EXIT_DATA
+    assert entrypoint.main([]) == ExitCode.DATA
     assert json.loads((tmp_path / "out/shards/2/progress.json").read_text())["reason"] == "ModelNotFound"
     assert not (tmp_path / "out/progress.json").exists()
 
@@ -248,14 +249,14 @@ def test_invalid_job_is_reported_in_progress_when_the_output_is_known(
     monkeypatch.setenv("AUTOLABEL_JOB", '{"metadata": {"name": "x"}, "spec": {"task": "Foo"}}')
     monkeypatch.setenv("AUTOLABEL_OUTPUT", str(tmp_path / "out") + "/")
     monkeypatch.delenv("AUTOLABEL_SHARDS", raising=False)
-    assert entrypoint.main([]) == entrypoint.EXIT_BAD_JOB
+    assert entrypoint.main([]) == ExitCode.BAD_JOB
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert progress["stage"] == "failed" and progress["reason"] == "InvalidJob"
     assert "spec.task" in progress["error"]
 
 
 def test_sample_dataset_annotation_writes_the_digits(tmp_path: Path) -> None:
-    from autolabel.cli import ensure_sample_dataset
+    from autolabel_cli.main import ensure_sample_dataset
 
     text = JOB.replace(
         "  name: digits-al\n", "  name: digits-al\n  annotations:\n    autolabel.dev/sample-dataset: digits\n"
@@ -304,7 +305,7 @@ def test_sigterm_is_recorded_and_exits_143(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert started.exists()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == entrypoint.EXIT_TERMINATED
+        assert proc.wait(timeout=30) == ExitCode.TERMINATED
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,10 +1,10 @@
-"""Conditions, phase derivation from the Job and its pods, progress and result."""
+"""Conditions and phase derivation from the Job and its pods (progress and result: test_contract.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from autolabel_operator.reconcile import aggregate_progress, aggregate_summaries, is_active
+from autolabel_operator.reconcile import is_active
 from autolabel_operator.status import (
     FAILED,
     LOCK_ACQUIRED,
@@ -14,8 +14,6 @@ from autolabel_operator.status import (
     get_condition,
     is_terminal,
     observe,
-    progress_from,
-    result_from,
     set_condition,
 )
 
@@ -96,43 +94,3 @@ def test_terminal_and_active() -> None:
     assert not is_active({"metadata": meta, "spec": {}, "status": done})
     assert not is_active({"metadata": {**meta, "deletionTimestamp": "t"}, "spec": {}})
     assert RUNNING
-
-
-def test_progress_and_result_documents() -> None:
-    assert progress_from({"stage": "inference", "processed": 812, "total": 1747, "percent": 46}) == {
-        "stage": "inference",
-        "processed": 812,
-        "total": 1747,
-        "percent": 46,
-    }
-    train = progress_from({"stage": "train", "processed": 1, "total": 4})
-    assert train is not None and train["percent"] == 25
-    assert progress_from("garbage") is None and progress_from({"processed": -1}) is None
-    summary = {"total": 10, "autoLabeled": 8, "hardExamples": 2, "estimatedPrecision": 0.96, "x": 1}
-    assert result_from(summary, "s3://b/out/") == {
-        "uri": "s3://b/out/",
-        "total": 10,
-        "autoLabeled": 8,
-        "hardExamples": 2,
-        "estimatedPrecision": 0.96,
-    }
-    assert result_from(None, "s3://b/out/") == {"uri": "s3://b/out/"}
-
-
-def test_sharded_progress_and_summaries_aggregate() -> None:
-    docs = [
-        {"stage": "done", "processed": 10, "total": 10},
-        {"stage": "inference", "processed": 5, "total": 10},
-        None,
-    ]
-    agg = aggregate_progress(docs)
-    assert agg == {"stage": "inference", "processed": 15, "total": 20, "percent": 75}
-    assert aggregate_progress([None, None]) is None
-    merged = aggregate_summaries(
-        [
-            {"total": 10, "autoLabeled": 8, "hardExamples": 2, "estimatedPrecision": 1.0},
-            {"total": 10, "autoLabeled": 2, "hardExamples": 8, "estimatedPrecision": 0.5},
-        ]
-    )
-    assert merged == {"total": 20, "autoLabeled": 10, "hardExamples": 10, "estimatedPrecision": 0.9}
-    assert aggregate_summaries([{"total": 1}, None]) is None

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from ..names import JOB_LABEL, MANAGED_BY, MANAGED_BY_LABEL
-from .runtime import get_runtime
+from .runtime import runtime_of
 
 
 def finished(status: dict[str, Any]) -> bool:
@@ -20,11 +20,11 @@ def finished(status: dict[str, Any]) -> bool:
 def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event("batch/v1", "jobs", id="worker-job-events", labels={MANAGED_BY_LABEL: MANAGED_BY}, registry=registry)
     async def worker_job_changed(
-        *, type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
+        *, type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
     ) -> None:
         # Only live changes: the initial listing (type None) at start needs no wake-ups (resume does it).
         if type != "MODIFIED" or not namespace or not finished(dict(body.get("status") or {})):
             return
         owner = labels.get(JOB_LABEL)
         if owner:
-            await get_runtime().wake(namespace, owner)
+            await runtime_of(memo).wake(namespace, owner)

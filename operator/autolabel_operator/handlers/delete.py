@@ -11,14 +11,14 @@ from autolabel.api import GROUP, PLURAL, VERSION
 
 from .. import lock
 from ..names import lease_name
-from .runtime import get_runtime
+from .runtime import runtime_of
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", backoff=3, registry=registry)
-    async def cleanup(*, body: kopf.Body, **kwargs: Any) -> None:
+    async def cleanup(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         worker_jobs: kopf.Index = kwargs["worker_jobs"]
-        runtime = get_runtime()
+        runtime = runtime_of(memo)
         meta = body["metadata"]
         uid, namespace = meta["uid"], meta["namespace"]
         kube = runtime.reconciler.kube

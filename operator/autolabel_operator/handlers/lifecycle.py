@@ -10,7 +10,7 @@ import kopf
 from autolabel.api import GROUP, PLURAL, VERSION
 
 from ..names import WAKE_ANNOTATION
-from .runtime import get_runtime
+from .runtime import reconcile_from_handler
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -26,5 +26,5 @@ def register(registry: kopf.OperatorRegistry) -> None:
         field=("metadata", "annotations", WAKE_ANNOTATION),
         registry=registry,
     )
-    async def reconcile_now(*, body: kopf.Body, **kwargs: Any) -> None:
-        await get_runtime().reconcile(body, kwargs["worker_jobs"], kwargs["worker_pods"], kwargs["active_by_dataset"])
+    async def reconcile_now(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await reconcile_from_handler(memo, body, kwargs)

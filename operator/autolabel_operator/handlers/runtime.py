@@ -1,4 +1,8 @@
-"""What every handler shares: the reconciler, one lock per AutoLabelJob, and applying an outcome."""
+"""What every handler shares: the reconciler, one lock per AutoLabelJob, and applying an outcome.
+
+The :class:`Runtime` is made by the startup handler and kept in kopf's operator memo (``memo.runtime``);
+kopf gives every resource's handlers a shallow copy of that memo, so they all share the one Runtime.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,15 @@ import asyncio
 import copy
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from autolabel.contract import format_time
+
 from .. import metrics
-from ..kube import KubeError
-from ..lock import Conflict, rfc3339_micro
-from ..names import DATASET_LABEL, WAKE_ANNOTATION, dataset_key
+from ..errors import Conflict, KubeError
+from ..names import WAKE_ANNOTATION, dataset_key
 from ..reconcile import Children, Outcome, Reconciler
 from ..status import is_terminal
 
@@ -41,7 +45,7 @@ class Runtime:
 
     async def wake(self, namespace: str, name: str) -> None:
         """Make an AutoLabelJob reconcile now (its update handler watches this annotation)."""
-        wake = {"metadata": {"annotations": {WAKE_ANNOTATION: rfc3339_micro(datetime.now(UTC))}}}
+        wake = {"metadata": {"annotations": {WAKE_ANNOTATION: format_time(micro=True)}}}
         await self.reconciler.kube.patch_autolabeljob(namespace, name, wake)  # None (404): gone, fine
 
     def _ended(self, uid: str) -> bool:
@@ -101,18 +105,16 @@ class Runtime:
         return outcome
 
 
-_RUNTIME: Runtime | None = None
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    global _RUNTIME
-    _RUNTIME = runtime
-
-
-def get_runtime() -> Runtime:
-    if _RUNTIME is None:
+def runtime_of(memo: kopf.Memo) -> Runtime:
+    """The operator's Runtime from a handler's memo (absent only while the operator starts or stops)."""
+    runtime = memo.get("runtime")
+    if not isinstance(runtime, Runtime):
         raise kopf.TemporaryError("the operator is still starting", delay=1)
-    return _RUNTIME
+    return runtime
 
 
-__all__ = ["DATASET_LABEL", "Runtime", "get_runtime", "set_runtime"]
+async def reconcile_from_handler(memo: kopf.Memo, body: kopf.Body, handler_kwargs: Mapping[str, Any]) -> None:
+    """Reconcile with the indexes kopf hands every handler (by the ids in :mod:`.indexes`)."""
+    await runtime_of(memo).reconcile(
+        body, handler_kwargs["worker_jobs"], handler_kwargs["worker_pods"], handler_kwargs["active_by_dataset"]
+    )

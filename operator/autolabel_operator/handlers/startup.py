@@ -13,7 +13,7 @@ from ..config import Settings
 from ..kube import Kube, new_api_client
 from ..names import KOPF_PREFIX, MANAGED_BY, MANAGED_BY_LABEL
 from ..reconcile import Reconciler
-from .runtime import Runtime, get_runtime, set_runtime
+from .runtime import Runtime, runtime_of
 
 FINALIZER = "autolabel.dev/finalizer"
 
@@ -27,7 +27,7 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
         return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def start(*, settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
+    async def start(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -43,7 +43,7 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
         # kopf posts its own handler logs as Events from this level; ours go through kopf.event().
         settings.posting.level = logging.WARNING
         api = await new_api_client()
-        set_runtime(Runtime(Reconciler(op_settings, Kube(api))))
+        memo.runtime = Runtime(Reconciler(op_settings, Kube(api)))
         metrics.serve(op_settings.metrics_port)
         logger.info(
             "autolabel-operator: namespaces=%s flavors=%s (default %s) metrics port %s",
@@ -54,7 +54,7 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
         )
 
     @kopf.on.cleanup(registry=registry)
-    async def stop(**_: Any) -> None:
-        runtime = get_runtime()
-        set_runtime(None)
+    async def stop(*, memo: kopf.Memo, **_: Any) -> None:
+        runtime = runtime_of(memo)
+        memo.runtime = None
         await runtime.reconciler.kube.api.close()

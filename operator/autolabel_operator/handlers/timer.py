@@ -11,7 +11,7 @@ from autolabel.api import GROUP, PLURAL, VERSION
 
 from ..config import Settings
 from ..status import is_terminal
-from .runtime import get_runtime
+from .runtime import reconcile_from_handler
 
 
 def _unfinished(*, body: kopf.Body, **_: Any) -> bool:
@@ -30,5 +30,5 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         when=_unfinished,
         registry=registry,
     )
-    async def keep_status(*, body: kopf.Body, **kwargs: Any) -> None:
-        await get_runtime().reconcile(body, kwargs["worker_jobs"], kwargs["worker_pods"], kwargs["active_by_dataset"])
+    async def keep_status(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await reconcile_from_handler(memo, body, kwargs)

@@ -28,9 +28,10 @@ import yaml
 from pydantic import ValidationError
 
 from autolabel.api import KIND, AutoLabelJob, results_prefix
+from autolabel.contract import ExitCode
 from autolabel.storage import is_absolute_uri
 
-log = logging.getLogger("autolabel.cli")
+log = logging.getLogger("autolabel_cli")
 
 SAMPLE_DATASET_ANNOTATION = "autolabel.dev/sample-dataset"
 EXIT_USAGE = 2
@@ -160,13 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from autolabel_worker.entrypoint import (
-        EXIT_BAD_JOB,
-        configure_logging,
-        execute,
-        storage_for,
-        with_time_budget,
-    )
+    from autolabel_worker.entrypoint import configure_logging, execute, storage_for, with_time_budget
 
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
@@ -175,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ensure_sample_dataset(job)
     except (JobFileError, ValidationError) as exc:
         print(f"autolabel run: {exc}", file=sys.stderr)
-        return EXIT_BAD_JOB
+        return ExitCode.BAD_JOB
     storage = storage_for(job)
     return execute(job, storage, results_prefix(job))
 
