@@ -303,7 +303,7 @@ def truncated_name(name: str, suffix: str) -> str:
 
 
 def default_output_prefix(manifest_uri: str) -> str:
-    """An ``autolabel/`` folder beside the manifest (the design brief's default for ``spec.output``)."""
+    """An ``autolabel/`` folder beside the manifest (the documented default for ``spec.output``, docs/operator.md)."""
     folder = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
     return f"{folder}/autolabel/"
 

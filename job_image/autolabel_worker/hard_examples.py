@@ -1,6 +1,6 @@
 """Hard examples: which predictions a person should check, why, and how badly.
 
-Reason IDs follow ModelArts' numbering (anchors §2):
+Reason IDs follow ModelArts' numbering (docs/architecture.md, "Sources"):
 
 - 1: low confidence: the calibrated confidence is below the threshold of the predicted class;
 - 3: far from the training data of its class: in the models' feature space, the nearest labeled image of

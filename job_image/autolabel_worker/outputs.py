@@ -1,4 +1,4 @@
-"""Writing a run's results: ``result.manifest``, ``summary.json``, ``model/`` (design brief, "Results").
+"""Writing a run's results: ``result.manifest``, ``summary.json``, ``model/`` (formats: job_image/README.md).
 
 Result lines are streamed to a local temporary file and uploaded once at the end, so 100k predictions
 never sit in memory and readers never see half a manifest. ``summary.json`` is written last: its presence

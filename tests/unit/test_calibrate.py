@@ -17,7 +17,7 @@ def test_clopper_pearson_matches_the_beta_quantile() -> None:
 
 
 def test_fifty_nine_correct_points_certify_ninety_five_percent_and_fifty_eight_do_not() -> None:
-    # anchors §3: certifying <= 5% error at 95% confidence needs about 59 correct points
+    # Clopper-Pearson arithmetic: certifying <= 5% error at 95% confidence needs about 59 correct points
     assert cal.clopper_pearson_lower(59, 59, 0.05) >= 0.95
     assert cal.clopper_pearson_lower(58, 58, 0.05) < 0.95
 
