@@ -109,8 +109,10 @@ class ActiveLearningSpec(ApiModel):
         default=0.95,
         gt=0,
         le=1,
-        description="Auto-labels not flagged hard must be at least this precise; the threshold is "
-        "calibrated on the labeled images with a safety margin.",
+        description="The precision the calibration aims for among auto-labels (predictions not flagged hard). "
+        "Thresholds are set from held-out predictions on the labeled images, with a safety margin; the "
+        "precision reached is an estimate (status.result.estimatedPrecision), certified only when "
+        "status.result.targetVerifiable is true (enough labeled images for 95% confidence).",
     )
     time_budget_seconds: int | None = Field(
         default=None, ge=10, description="Upper bound on training time. Default: the worker's (10 minutes)."

@@ -99,8 +99,13 @@ def test_results_prefix_is_unique_per_job_and_defaults_beside_the_manifest() -> 
     assert api.results_prefix(job) == "s3://out/labels/digits-7f3c2a1b/"
 
 
-def test_example_manifests_parse() -> None:
-    for path in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document and document.get("kind") == "AutoLabelJob":
-                api.AutoLabelJob.model_validate(document)
+def test_every_example_job_is_a_valid_autolabeljob() -> None:
+    paths = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    jobs = [
+        (path.name, api.AutoLabelJob.model_validate(document))
+        for path in paths
+        for document in yaml.safe_load_all(path.read_text())
+        if document and document.get("kind") == "AutoLabelJob"
+    ]
+    assert {name for name, _ in jobs} >= {"digits-al.yaml", "digits-local.yaml"}
+    assert all(job.spec.task == api.Task.IMAGE_CLASSIFICATION for _, job in jobs)

@@ -38,11 +38,21 @@ def test_temperature_prior_stops_a_perfect_small_sample_from_collapsing() -> Non
     assert 0.2 < t < 1.0  # sharper than the model, but not 0.05 (every confidence 1)
 
 
-def test_cautious_temperature_is_at_least_the_point_estimate() -> None:
+def test_the_cautious_margin_is_wider_with_fewer_held_out_points() -> None:
+    """The safety margin comes from the bootstrap spread of the fitted temperature: with 40 held-out points
+    it lowers confidences clearly (T above the best fit), with 4,000 points of the same model hardly."""
     rng = np.random.default_rng(1)
-    logits = rng.normal(0, 3, size=(60, 4))
-    labels = rng.integers(0, 4, 60)
-    assert cal.cautious_temperature(logits, labels, seed=3) >= cal.fit_temperature(logits, labels)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        logits = rng.normal(0, 3, size=(n, 4))
+        p = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(axis=1, keepdims=True)  # true temperature 2
+        return logits, np.array([rng.choice(4, p=row) for row in p])
+
+    small, large = sample(40), sample(4000)
+    small_margin = cal.cautious_temperature(*small, seed=3) / cal.fit_temperature(*small)
+    large_margin = cal.cautious_temperature(*large, seed=3, boots=30) / cal.fit_temperature(*large)
+    assert small_margin > 1.05
+    assert 1.0 <= large_margin < 1.03 < small_margin
 
 
 def test_smallest_threshold_with_a_known_answer() -> None:
