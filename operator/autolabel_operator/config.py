@@ -126,6 +126,8 @@ class Settings:
     lease_duration: int = 60  # seconds; renewed every reconcile while the job holds it
     storage_retries: int = 4  # attempts of a precondition read before StorageUnreachable
     storage_backoff: float = 1.0  # seconds, doubled per attempt
+    results_backoff: float = 2.0  # seconds before reading an unreadable summary.json again, doubled per try
+    results_backoff_max: float = 300.0
     time_budget_seconds: int | None = None
 
     @classmethod
@@ -155,5 +157,6 @@ class Settings:
             lease_duration=int(_float_env(env, "AUTOLABEL_LEASE_DURATION", cls.lease_duration)),
             storage_retries=int(_float_env(env, "AUTOLABEL_STORAGE_RETRIES", cls.storage_retries)),
             storage_backoff=_float_env(env, "AUTOLABEL_STORAGE_BACKOFF", cls.storage_backoff),
+            results_backoff=_float_env(env, "AUTOLABEL_RESULTS_BACKOFF", cls.results_backoff),
             time_budget_seconds=int(budget) if budget else None,
         )

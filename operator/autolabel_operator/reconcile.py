@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from autolabel.api import AutoLabelJob, AutoLabelJobStatus, Phase
+from autolabel.api import AutoLabelJob, AutoLabelJobStatus, Phase, Result
 from autolabel.contract import CREDENTIAL_KEYS, STOPPED_REASONS, ProgressDoc, format_time, parse_time, shard_count
 from autolabel.storage import Storage
 
@@ -38,6 +39,7 @@ from .status import (
     FAILED,
     LOCK_ACQUIRED,
     PRECONDITIONS_MET,
+    RESULTS_RECORDED,
     RUNNING,
     SUCCEEDED,
     Derived,
@@ -170,10 +172,12 @@ class Reconciler:
         self.kube = kube
         self._credentials: dict[str, Credentials] = {}
         self._lease_checked: set[str] = set()  # jobs whose Lease this process has read at least once
+        self._results_tries: dict[str, tuple[int, float]] = {}  # uid -> (tries, monotonic time of the next)
 
     def forget(self, uid: str) -> None:
         self._credentials.pop(uid, None)
         self._lease_checked.discard(uid)
+        self._results_tries.pop(uid, None)
 
     async def credentials(self, job: AutoLabelJob) -> Credentials:
         uid = job.metadata.uid or ""
@@ -307,8 +311,8 @@ class Reconciler:
         job_obj = run.children.job or await self.kube.get_job(namespace, child)  # the index may lag a create
         if job_obj is None and b.new.get("jobName"):
             # Our Job vanished (deleted by hand, or by its TTL while the operator was down).
-            result = await read_result(await self.storage(job), job)
-            if result.total is not None:
+            read = await read_result(await self.storage(job), job)
+            if read.result.total is not None:
                 job_obj = {
                     "spec": {"completions": shard_count(job)},
                     "status": {"conditions": [{"type": "Complete", "status": "True"}]},
@@ -355,15 +359,21 @@ class Reconciler:
         return derived
 
     async def finish(self, run: Pass, derived: Derived) -> Outcome:
-        """Step 6: the end: free the lock (waking the next job of the dataset), record the outcome."""
+        """Step 6: the end. A successful Job ends only once its results are recorded in the status (read
+        again with backoff while they cannot be); then the lock is freed, waking the next job."""
         b, job = run.status, run.job
+        result: Result | None = None
+        if derived.phase == Phase.SUCCEEDED:
+            result = await self.record_results(run)
+            if result is None:
+                return b.finish(Phase.RUNNING, b.new.get("message"))
         await lock.release(self.kube, run.namespace, run.lease, run.uid)
         b.wake = next_waiter(run.children.competitors, run.uid)
         b.cond(LOCK_ACQUIRED, "False", "Released", "released: the job has ended")
         b.new.setdefault("completionTime", b.now)
         self._observe_duration(job, b.new, str(derived.phase))
         message = derived.message
-        if derived.phase == Phase.FAILED:
+        if result is None:
             # The worker's own reason (e.g. TooManyUnreadableImages) says more than the Job's, unless the
             # worker only reports being stopped (SIGTERM: the Job's deadline, say): then the Job's says why.
             progress = run.progress
@@ -374,15 +384,37 @@ class Reconciler:
             if progress is not None and progress.error:
                 message = f"{message}; worker error: {progress.error}"
             return b.fail(reason, message)
-        result = await read_result(await self.storage(job), job)
         b.new["result"] = result.to_wire()
         metrics.record_result(job.spec.mode, result)
-        if result.total is not None:
-            message = (
-                f"{result.total} images: {_or_unknown(result.auto_labeled)} auto-labeled, "
-                f"{_or_unknown(result.hard_examples)} hard examples; results in {result.uri}"
-            )
+        message = (
+            f"{result.total} images: {_or_unknown(result.auto_labeled)} auto-labeled, "
+            f"{_or_unknown(result.hard_examples)} hard examples; results in {result.uri}"
+        )
         return b.finish(Phase.SUCCEEDED, message)
+
+    async def record_results(self, run: Pass) -> Result | None:
+        """The completed Job's ``status.result``, or None (and ``ResultsRecorded=False`` with the reason,
+        ``Succeeded=Unknown``) while its summary cannot be read: a short storage outage at the moment the
+        Job completes must not end the job without its counts. Tries are spaced by a doubling backoff."""
+        b, uid = run.status, run.uid
+        tries, not_before = self._results_tries.get(uid, (0, 0.0))
+        if time.monotonic() < not_before:
+            read_problem = (get_condition(b.conditions, RESULTS_RECORDED) or {}).get("message", "")
+        else:
+            read = await read_result(await self.storage(run.job), run.job)
+            if read.problem is None:
+                self._results_tries.pop(uid, None)
+                b.cond(RESULTS_RECORDED, "True", "Recorded", f"results read from {read.result.uri}")
+                return read.result
+            tries += 1
+            delay = min(self.settings.results_backoff * 2 ** (tries - 1), self.settings.results_backoff_max)
+            self._results_tries[uid] = (tries, time.monotonic() + delay)
+            read_problem = f"{read.problem}; try {tries}, next in {delay:g}s"
+        message = f"the worker Job completed, but its results cannot be read yet: {read_problem}"
+        b.cond(RESULTS_RECORDED, "False", "ResultsUnreadable", read_problem)
+        b.cond(SUCCEEDED, "Unknown", "ResultsNotRecorded", message)
+        b.new["message"] = message
+        return None
 
     def _observe_duration(self, job: AutoLabelJob, new: dict[str, Any], outcome: str) -> None:
         start, end = parse_time(new.get("startTime")), parse_time(new.get("completionTime"))

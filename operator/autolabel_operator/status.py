@@ -17,7 +17,8 @@ ADMITTED = "Admitted"
 RUNNING = "Running"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
-CONDITION_TYPES = (PRECONDITIONS_MET, LOCK_ACQUIRED, ADMITTED, RUNNING, SUCCEEDED, FAILED)
+RESULTS_RECORDED = "ResultsRecorded"
+CONDITION_TYPES = (PRECONDITIONS_MET, LOCK_ACQUIRED, ADMITTED, RUNNING, RESULTS_RECORDED, SUCCEEDED, FAILED)
 
 
 def get_condition(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any] | None:

@@ -4,7 +4,6 @@ Secrets) and real storage on the local filesystem (``autolabel.storage`` handles
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -12,43 +11,12 @@ from typing import Any, cast
 import pytest
 from autolabel_operator.config import Settings
 from autolabel_operator.kube import Kube
-from autolabel_operator.lock import Candidate, Conflict
+from autolabel_operator.lock import Candidate
 from autolabel_operator.names import lease_name
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
-from test_operator_lock import FakeLeases
+from fakes import FakeKube
 
 from autolabel.api import AutoLabelJob, results_prefix
-
-
-class FakeKube(FakeLeases):
-    """The calls the reconciler makes, in memory (409 on duplicate creates, like the API server)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.created: dict[str, list[dict[str, Any]]] = {"configmaps": [], "secrets": []}
-        self.suspends: list[tuple[str, bool]] = []
-        self.secrets: dict[str, dict[str, str]] = {}
-
-    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.jobs.get(name))
-
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        name = body["metadata"]["name"]
-        if name in self.jobs:
-            raise Conflict("exists")
-        self.jobs[name] = copy.deepcopy(body)
-        return copy.deepcopy(body)
-
-    async def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        self.jobs[name]["spec"]["suspend"] = suspend
-        self.suspends.append((name, suspend))
-
-    async def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> None:
-        self.created[plural].append(body)
-
-    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        return self.secrets.get(name)
 
 
 def write_manifest(folder: Path, labels: dict[str, int], unlabeled: int) -> str:
@@ -325,3 +293,34 @@ def test_a_stopped_worker_leaves_the_jobs_reason(tmp_path: Path, kube: FakeKube,
     run(reconciler, raw, Children(job=failed, competitors=[candidate_of(raw)]))
     assert conditions(raw)["Failed"] == ("True", "DeadlineExceeded")
     assert "SIGTERM" in raw["status"]["message"]
+
+
+def test_a_completed_job_whose_results_cannot_be_read_yet_waits_for_them_holding_the_lock(
+    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    """A short storage outage as the Job completes: not Succeeded without counts (and never read again),
+    but a visible ResultsRecorded=False, read again with backoff, then Succeeded with its counts."""
+    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    run(reconciler, raw)
+    done = kube.jobs["a-uida"] | {
+        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    }
+    children = Children(job=done, competitors=[candidate_of(raw)])
+    run(reconciler, raw, children)  # no summary.json yet
+    assert raw["status"]["phase"] == "Running"
+    assert conditions(raw)["ResultsRecorded"] == ("False", "ResultsUnreadable")
+    assert conditions(raw)["Succeeded"] == ("Unknown", "ResultsNotRecorded")
+    assert "summary.json" in raw["status"]["message"] and "result" not in raw["status"]
+    assert kube.objects[("ns", lease_name(manifest))]["spec"]["holderIdentity"] == "uid-a"
+    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix.mkdir(parents=True)
+    (prefix / "summary.json").write_text(json.dumps({"total": 3, "autoLabeled": 1, "hardExamples": 2}))
+    run(reconciler, raw, children)  # within the backoff: not read yet
+    assert raw["status"]["phase"] == "Running"
+    reconciler._results_tries["uid-a"] = (1, 0.0)  # the backoff has passed
+    run(reconciler, raw, children)
+    assert raw["status"]["phase"] == "Succeeded" and raw["status"]["result"]["total"] == 3
+    assert conditions(raw)["ResultsRecorded"] == ("True", "Recorded")
+    assert conditions(raw)["Succeeded"] == ("True", "JobComplete")
+    assert kube.objects[("ns", lease_name(manifest))]["spec"].get("holderIdentity") is None
