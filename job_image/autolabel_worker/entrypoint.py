@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -201,28 +200,6 @@ def _int_env(env: dict[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _validate_tolerating_newer_fields(doc: Any) -> AutoLabelJob:
-    """Validate the job; fields this worker does not know (a newer operator/CRD than this image) are
-    dropped with a warning instead of failing the run. Every other error still fails."""
-    try:
-        return AutoLabelJob.model_validate(doc)
-    except ValidationError as exc:
-        errors = exc.errors()
-        if not errors or any(e["type"] != "extra_forbidden" for e in errors) or not isinstance(doc, dict):
-            raise
-        for err in errors:
-            *parents, last = err["loc"]
-            node: Any = doc
-            for part in parents:
-                node = node[part]
-            node.pop(last, None)
-        log.warning(
-            "ignoring fields this worker does not know (is the image older than the operator?): %s",
-            ", ".join(".".join(str(p) for p in e["loc"]) for e in errors),
-        )
-        return AutoLabelJob.model_validate(doc)
-
-
 def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
     """``(job, output prefix, shard index, shard count)`` from the pod's environment."""
     raw = env.get(Env.JOB)
@@ -233,10 +210,16 @@ def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
     except json.JSONDecodeError as exc:
         raise JobConfigError(f"{Env.JOB} is not valid JSON: {exc}") from exc
     try:
-        job = _validate_tolerating_newer_fields(doc)
+        job = AutoLabelJob.model_validate(doc)
     except ValidationError as exc:
+        # A field this worker does not know is an error, not something to drop: the API server prunes
+        # unknown fields of real resources, so here it is a typo in a hand-made job or an image older
+        # than the operator's CRD, and running without the setting would silently do something else.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: "
+            + ("unknown field (is the worker image older than the operator?)" if err["type"] == "extra_forbidden"
+               else err["msg"])
+            for err in exc.errors()
         )
         raise JobConfigError(f"{Env.JOB} is not a valid AutoLabelJob: {problems}") from exc
     if env.get(Env.TIME_BUDGET, "").strip():

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from autolabel_cli.main import JobFileError, load_job_file, localize, main
 from autolabel_worker import entrypoint
 from autolabel_worker.preflight import PreflightError
 
-from autolabel_cli.main import JobFileError, load_job_file, localize, main
 from autolabel.contract import ExitCode
 from autolabel.storage import StorageUnreachable
 
@@ -314,12 +314,15 @@ def test_sigterm_is_recorded_and_exits_143(tmp_path: Path) -> None:
     assert "SIGTERM" in progress["error"]
 
 
-def test_worker_tolerates_fields_from_a_newer_operator(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_worker_refuses_fields_it_does_not_know_naming_each() -> None:
     doc: dict[str, Any] = {"metadata": {"name": "x"}, "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
            "dataset": {"manifest": "s3://b/m", "shardBy": "hash"}, "futureKnob": 3}}  # fmt: skip
-    job, _, _, _ = entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
-    assert job.spec.dataset.manifest == "s3://b/m"
-    assert "spec.dataset.shardBy" in caplog.text and "spec.futureKnob" in caplog.text
+    with pytest.raises(entrypoint.JobConfigError) as refused:
+        entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
+    assert "spec.dataset.shardBy: unknown field" in str(refused.value)
+    assert "spec.futureKnob: unknown field" in str(refused.value)
+    del doc["spec"]["futureKnob"], doc["spec"]["dataset"]["shardBy"]
+    assert entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})[0].spec.dataset.manifest == "s3://b/m"
     doc["spec"]["task"] = "Nope"
     with pytest.raises(entrypoint.JobConfigError, match=r"spec\.task"):
         entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
