@@ -273,7 +273,8 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Counts add up, lists concatenate, ``labelCounts`` and ``hardReasons`` add up per key, the duration is
     the slowest shard's. ``estimatedPrecision`` is the average weighted by each shard's auto-labels (known
-    only when every shard that auto-labeled something has one); ``targetVerifiable`` is true only when every shard's is. Other fields
+    only when every shard that auto-labeled something has one); ``targetVerifiable`` is true only when every
+    shard's is. Other fields
     (settings such as ``targetPrecision``, ``labels``, ``mode``) are the first shard's."""
     merged: dict[str, Any] = dict(summaries[0]) if summaries else {}
     for key in _SUMMED:

@@ -95,7 +95,8 @@ def strong(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Generator) -
     return y.masked_fill(mask.unsqueeze(1).to(y.device), 0.0)
 
 
-# Test-time augmentations for hard examples, numbered as ModelArts' hard-example reasons (docs/architecture.md, "Sources"):
+# Test-time augmentations for hard examples, numbered as ModelArts' hard-example reasons
+# (docs/architecture.md, "Sources"):
 # 20 flip left-right, 21 crop, 23 scale, 24 translate.
 TTA_REASONS = {"flip_lr": 20, "crop": 21, "scale": 23, "translate": 24}
 

@@ -34,9 +34,9 @@ Four steps:
    the temperature from pairs of held-out models): smaller gains, or precision lost, or 2-4x the training.
 4. A check against the labeled images: the thresholds are applied to the out-of-fold predictions. If
    those contradict the target (a one-sided binomial test at 10%), the thresholds are raised to the
-   conservative rule of threshold-based auto-labeling (Vishwakarma et al., NeurIPS 2023): the smallest threshold whose held-out
-   predictions above it have a Clopper-Pearson lower bound >= target (at 80%); if none, nothing is
-   auto-labeled.
+   conservative rule of threshold-based auto-labeling (Vishwakarma et al., NeurIPS 2023): the smallest
+   threshold whose held-out predictions above it have a Clopper-Pearson lower bound >= target (at 80%);
+   if none, nothing is auto-labeled.
 
 With 5 labeled images per class, 50 held-out points cannot *certify* 0.95: with all of them correct, a
 95% lower bound needs 59. So `targetVerifiable` (Clopper-Pearson at 95% over the held-out predictions

@@ -173,8 +173,9 @@ def test_the_jobs_failure_policy_follows_the_exit_code_table(tmp_path: Path) -> 
     assert non_retryable_exit_codes() == [2, 3, 5]
     assert {code for code, info in EXIT_CODES.items() if info.retryable} == {ExitCode.INTERNAL, 4}
     job = prelabeling_job(tmp_path, shards=2)
-    body = {"apiVersion": "autolabel.dev/v1alpha1", "kind": "AutoLabelJob",
-            "metadata": {"name": "pre", "namespace": "ns", "uid": job.metadata.uid}, "spec": job.spec.to_wire()}  # fmt: skip
+    meta = {"name": "pre", "namespace": "ns", "uid": job.metadata.uid}
+    body = {"apiVersion": "autolabel.dev/v1alpha1", "kind": "AutoLabelJob", "metadata": meta,
+            "spec": job.spec.to_wire()}  # fmt: skip
     manifest = build_job(body, job, Settings(), Flavor())
     rule = manifest["spec"]["podFailurePolicy"]["rules"][1]
     assert rule["action"] == "FailIndex" and rule["onExitCodes"]["values"] == non_retryable_exit_codes()
