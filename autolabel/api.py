@@ -25,6 +25,9 @@ SHORT_NAMES = ["alj"]
 
 MAX_PRELABELING_NODES = 5
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
+S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
+"""A bucket, or a folder in it. Local paths are for ``autolabel run --local`` only, which never reaches an
+API server: the CRD refuses them, so the operator never reads or writes its own filesystem for a user."""
 
 
 class ApiModel(BaseModel):
@@ -122,9 +125,11 @@ class ActiveLearningSpec(ApiModel):
 
 class ModelReference(ApiModel):
     uri: str = Field(
-        description="URI of the model: a directory or TorchScript file written by an earlier job's "
-        "`model/` output, or a user's own TorchScript model with its labels.json beside it.",
+        description="s3:// URI of the model: a folder or TorchScript file written by an earlier job's "
+        "`model/` output, or a user's own TorchScript model with its labels.json beside it. "
+        "`autolabel run --local` also accepts a local path.",
         min_length=1,
+        json_schema_extra={"pattern": S3_URI_PATTERN},
     )
     version: str | None = Field(default=None, description="Free-form version, recorded in the results.")
 
@@ -171,7 +176,9 @@ class AutoLabelJobSpec(ApiModel):
     output: str | None = Field(
         default=None,
         description="Prefix for results (s3://bucket/prefix/); each job writes under "
-        "<output>/<job name>-<short uid>/. Default: an `autolabel/` folder beside the manifest.",
+        "<output>/<job name>-<short uid>/. Default: an `autolabel/` folder beside the manifest. "
+        "`autolabel run --local` also accepts a local path.",
+        json_schema_extra={"pattern": S3_PREFIX_PATTERN},
     )
     active_learning: ActiveLearningSpec | None = Field(
         default_factory=ActiveLearningSpec, description="Settings for mode ActiveLearning."

@@ -216,7 +216,9 @@ def check_model(storage: Storage, model_uri: str, task: Task | str) -> list[Prec
         failures.append(
             PreconditionFailure(
                 "ModelInvalid",
-                f'{labels_uri}: "task" must be {" or ".join(sorted(SUPPORTED_TASKS))}, got {info.get("task")!r}',
+                # The value itself is not quoted: messages name the file and what is wrong, never echo
+                # the content of a file the user pointed at (it lands in a status anyone can read).
+                f'{labels_uri}: "task" must be {" or ".join(sorted(SUPPORTED_TASKS))}',
             )
         )
     elif model_task != task_value:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from devenv.cluster import LocalCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.needs_cluster
 
 
 def _job(name: str, **spec_overrides) -> str:
@@ -37,18 +37,21 @@ def test_crd_is_established_with_short_name_and_printer_columns(cluster: LocalCl
 @pytest.mark.parametrize(
     ("overrides", "field", "message"),
     [
-        ({"mode": "PreLabeling", "preLabeling": {"model": {"uri": "s3://m/model.pt"}},
+        ({"mode": "PreLabeling", "preLabeling": {"model": {"uri": "s3://models/model.pt"}},
           "resources": {"computeNodes": 6}}, "spec.resources.computeNodes", "less than or equal to 5"),
         ({"resources": {"computeNodes": 2}}, "spec.resources.computeNodes",
          "must be 1 when mode is ActiveLearning"),
         ({"mode": "PreLabeling"}, "spec.preLabeling", "spec.preLabeling.model is required when mode is PreLabeling"),
-        ({"preLabeling": {"model": {"uri": "s3://m/model.pt"}}}, "spec.preLabeling",
+        ({"preLabeling": {"model": {"uri": "s3://models/model.pt"}}}, "spec.preLabeling",
          "only allowed when mode is PreLabeling"),
         ({"activeLearning": {"targetPrecision": 0}}, "spec.activeLearning.targetPrecision", "greater than 0"),
         ({"activeLearning": {"targetPrecision": 1.5}}, "spec.activeLearning.targetPrecision",
          "less than or equal to 1"),
         ({"dataset": {"manifest": "/data/digits.manifest"}}, "spec.dataset.manifest", "should match"),
         ({"task": "Segmentation"}, "spec.task", "Unsupported value"),
+        ({"output": "/etc/"}, "spec.output", "should match"),
+        ({"mode": "PreLabeling", "preLabeling": {"model": {"uri": "/etc/passwd"}}}, "spec.preLabeling.model.uri",
+         "should match"),
     ],
 )
 def test_bad_specs_are_rejected_by_the_api_server(
@@ -64,7 +67,7 @@ def test_immutable_fields_cannot_change(cluster: LocalCluster, namespace: str, f
     assert _apply(cluster, namespace, _job("fixed")).returncode == 0
     all_changes: dict[str, dict[str, object]] = {
         "task": {"task": "ObjectDetection"},
-        "mode": {"mode": "PreLabeling", "preLabeling": {"model": {"uri": "s3://m/model.pt"}}},
+        "mode": {"mode": "PreLabeling", "preLabeling": {"model": {"uri": "s3://models/model.pt"}}},
         "dataset": {"dataset": {"manifest": "s3://datasets/other/other.manifest"}},
     }
     changes = all_changes[field]
@@ -75,7 +78,7 @@ def test_immutable_fields_cannot_change(cluster: LocalCluster, namespace: str, f
 
 def test_valid_specs_are_accepted_with_defaults_filled_in(cluster: LocalCluster, namespace: str) -> None:
     assert _apply(cluster, namespace, _job("al")).returncode == 0
-    prelabel = _job("pl", mode="PreLabeling", preLabeling={"model": {"uri": "s3://m/model.pt", "version": "3"}},
+    prelabel = _job("pl", mode="PreLabeling", preLabeling={"model": {"uri": "s3://models/model.pt", "version": "3"}},
                     resources={"computeNodes": 5, "flavor": "gpu-1"})
     assert _apply(cluster, namespace, prelabel).returncode == 0
     stored = json.loads(cluster.kubectl("get", "alj", "al", "-n", namespace, "-o", "json").stdout)["spec"]

@@ -138,3 +138,12 @@ def test_check_model_failures(tmp_path: Path) -> None:
 
     uri = write_model(tmp_path / "nolist", {"task": "ImageClassification", "labels": "a,b"})
     assert reasons(check_model(st, uri, IC)) == ["ModelInvalid"]
+
+
+def test_a_bad_labels_json_is_named_but_its_content_never_echoed(tmp_path: Path) -> None:
+    secret = "root:x:0:0:AKIAEXAMPLESECRET"
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    (tmp_path / "labels.json").write_text(json.dumps({"labels": ["a", "b"], "task": secret}))
+    failures = check_model(Storage(), str(tmp_path) + "/", "ImageClassification")
+    assert [f.reason for f in failures] == ["ModelInvalid"]
+    assert "labels.json" in failures[0].message and secret not in failures[0].message
