@@ -5,7 +5,6 @@ round trip, so timestamps and unknown fields survive a read-modify-write), 404 a
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 from typing import Any
@@ -93,9 +92,12 @@ class Kube:
 
     # ------------------------------------------------------------------------ ConfigMaps, Secrets
     async def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> None:
-        """Create a ConfigMap/Secret with a deterministic name; an existing one is ours already."""
-        with contextlib.suppress(Conflict):
+        """Create a ConfigMap/Secret with a deterministic name, or replace the one there (ours, from an
+        earlier pass): a Job created again gets today's job description and credentials, not stale ones."""
+        try:
             await self.request("POST", _path("v1", plural, namespace), body)
+        except Conflict:
+            await self.request("PUT", _path("v1", plural, namespace, body["metadata"]["name"]), body)
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         out = await self.request("GET", _path("v1", "secrets", namespace, name))

@@ -170,20 +170,16 @@ class Reconciler:
     def __init__(self, settings: Settings, kube: Kube) -> None:
         self.settings = settings
         self.kube = kube
-        self._credentials: dict[str, Credentials] = {}
         self._lease_checked: set[str] = set()  # jobs whose Lease this process has read at least once
         self._results_tries: dict[str, tuple[int, float]] = {}  # uid -> (tries, monotonic time of the next)
 
     def forget(self, uid: str) -> None:
-        self._credentials.pop(uid, None)
         self._lease_checked.discard(uid)
         self._results_tries.pop(uid, None)
 
     async def credentials(self, job: AutoLabelJob) -> Credentials:
-        uid = job.metadata.uid or ""
-        cached = self._credentials.get(uid)
-        if cached is not None:
-            return cached
+        """The job's storage credentials, read anew each time (not cached): a rotated Secret reaches the
+        next precondition check, progress read and Job."""
         ref = job.spec.storage.secret_ref if job.spec.storage else None
         if ref is None:
             creds = Credentials(self.settings.access_key, self.settings.secret_key)
@@ -195,7 +191,6 @@ class Reconciler:
             if missing:
                 raise SpecError(f"spec.storage.secretRef: Secret {ref.name!r} lacks key(s) {', '.join(missing)}")
             creds = Credentials(*(data[k] for k in CREDENTIAL_KEYS))
-        self._credentials[uid] = creds
         return creds
 
     async def storage(self, job: AutoLabelJob) -> Storage:

@@ -210,6 +210,15 @@ def test_missing_credentials_secret_fails_naming_it(tmp_path: Path, reconciler: 
     assert "Secret 's3-creds' not found" in raw["status"]["message"]
 
 
+def test_a_rotated_credentials_secret_is_read_again(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
+    job = AutoLabelJob.model_validate(body("a", write_manifest(tmp_path, {"cat": 5}, 1),
+                                           storage={"secretRef": {"name": "s3-creds"}}))  # fmt: skip
+    kube.secrets["s3-creds"] = {"AWS_ACCESS_KEY_ID": "old", "AWS_SECRET_ACCESS_KEY": "old-secret"}
+    assert asyncio.run(reconciler.credentials(job)).access_key == "old"
+    kube.secrets["s3-creds"] = {"AWS_ACCESS_KEY_ID": "new", "AWS_SECRET_ACCESS_KEY": "new-secret"}
+    assert asyncio.run(reconciler.credentials(job)).access_key == "new"
+
+
 def test_suspend_stops_the_job_and_frees_the_lock_then_resume(
     tmp_path: Path, kube: FakeKube, reconciler: Reconciler
 ) -> None:
