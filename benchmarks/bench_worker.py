@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_worker.py --part quality --seeds 3
     .venv/bin/python benchmarks/bench_worker.py --part throughput
     .venv/bin/python benchmarks/bench_worker.py --part scale --scale-sizes 10000,100000
+    .venv/bin/python benchmarks/bench_worker.py --part quality --seeds 1 --train-steps 50   # a quick check
 
 Quality: scikit-learn's digits written as PNG files + manifest, 5 labeled images per class, the other 1,747
 unlabeled with ground truth kept apart. Each seed draws other labeled images and seeds training. Every run
@@ -91,7 +92,12 @@ def score(result_manifest: Path, truth: dict[str, str], root: Path) -> dict[str,
 # --------------------------------------------------------------------------------------------- quality
 
 
-def run_one(algorithm: str, seed: int) -> dict[str, Any]:
+def steps_args(train_steps: int | None) -> list[str]:
+    """The child's command-line arguments for a shortened training (None: the worker's defaults)."""
+    return [] if train_steps is None else ["--train-steps", str(train_steps)]
+
+
+def run_one(algorithm: str, seed: int, train_steps: int | None = None) -> dict[str, Any]:
     """One worker run in this process (called in a child process by `quality`)."""
     from autolabel_worker.data import write_digits_dataset
     from autolabel_worker.pipeline import run_job
@@ -103,7 +109,7 @@ def run_one(algorithm: str, seed: int) -> dict[str, Any]:
     job = make_job(str(ds.manifest), f"{algorithm.lower()}-s{seed}", algorithm=algorithm, seed=seed)
     out = results_prefix(job)
     start = time.monotonic()
-    summary = run_job(job, Storage(), out)
+    summary = run_job(job, Storage(), out, train_steps=train_steps)
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     metrics = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -166,12 +172,12 @@ def child(args: list[str]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def quality(seeds: int, algorithms: list[str]) -> list[dict[str, Any]]:
+def quality(seeds: int, algorithms: list[str], train_steps: int | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for seed in range(seeds):
         rows.append(logistic_baseline(seed))
         for algorithm in algorithms:
-            row = child(["--one", algorithm, str(seed)])
+            row = child(["--one", algorithm, str(seed), *steps_args(train_steps)])
             rows.append(row)
             print(
                 f"  {algorithm:8s} seed {seed}: coverage {row['coverage']:.3f} precision {row['precision']:.4f} "
@@ -302,10 +308,10 @@ def scale_one(size: int, model_dir: str) -> dict[str, Any]:
     }
 
 
-def scale(sizes: list[int]) -> list[dict[str, Any]]:
+def scale(sizes: list[int], train_steps: int | None = None) -> list[dict[str, Any]]:
     model_dir = BENCH / "scale-model"
     if not (model_dir / "labels.json").exists():
-        child(["--train-model", str(model_dir)])
+        child(["--train-model", str(model_dir), *steps_args(train_steps)])
     rows = [child(["--scale-one", str(size), str(model_dir) + "/"]) for size in sizes]
     print()
     print("| unlabeled images | wall s | images/s (whole job) | images/s (inference stage) | peak RSS MB |")
@@ -318,7 +324,7 @@ def scale(sizes: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def train_model(folder: str) -> dict[str, Any]:
+def train_model(folder: str, train_steps: int | None = None) -> dict[str, Any]:
     """A Fast run on seed 0 whose exported model/ the scale runs pre-label with."""
     import shutil
 
@@ -331,7 +337,7 @@ def train_model(folder: str) -> dict[str, Any]:
     ds = write_digits_dataset(digits_folder(0), labeled_per_class=5, seed=0)
     job = make_job(str(ds.manifest), "scale-model")
     out = results_prefix(job)
-    run_job(job, Storage(), out)
+    run_job(job, Storage(), out, train_steps=train_steps)
     shutil.copytree(Path(out) / "model", folder, dirs_exist_ok=True)
     return {"model": folder}
 
@@ -345,6 +351,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--algorithms", default="Fast,Precise")
     parser.add_argument("--scale-sizes", default="10000,30000,100000")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="optimizer steps per fold model for both algorithms (default: the worker's own; shorter for a quick run)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("ALGORITHM", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--scale-one", nargs=2, metavar=("SIZE", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--train-model", metavar="FOLDER", help=argparse.SUPPRESS)
@@ -353,13 +365,13 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]))))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.train_steps)))
         return
     if args.scale_one:
         print(json.dumps(scale_one(int(args.scale_one[0]), args.scale_one[1])))
         return
     if args.train_model:
-        print(json.dumps(train_model(args.train_model)))
+        print(json.dumps(train_model(args.train_model, args.train_steps)))
         return
 
     BENCH.mkdir(exist_ok=True)
@@ -372,15 +384,16 @@ def main() -> None:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "env": {k: v for k, v in os.environ.items() if k.startswith("AUTOLABEL_")},
+        "trainSteps": args.train_steps,
     }
     print(f"machine: {header}")
     results: dict[str, Any] = {"machine": header}
     if args.part in ("all", "quality"):
-        results["quality"] = quality(args.seeds, args.algorithms.split(","))
+        results["quality"] = quality(args.seeds, args.algorithms.split(","), args.train_steps)
     if args.part in ("all", "throughput"):
         results["throughput"] = throughput()
     if args.part in ("all", "scale"):
-        results["scale"] = scale([int(s) for s in args.scale_sizes.split(",")])
+        results["scale"] = scale([int(s) for s in args.scale_sizes.split(",")], args.train_steps)
     results["machine"]["loadAverageAtEnd"] = os.getloadavg()
     (BENCH / f"results-{args.part}.json").write_text(json.dumps(results, indent=2))
 

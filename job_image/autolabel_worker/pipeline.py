@@ -9,7 +9,6 @@ the unlabeled images and flags hard examples without changing its predictions.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -33,6 +32,7 @@ from autolabel.storage import ScopedWriter, Storage
 
 from . import calibrate as cal
 from .augment import TTA_REASONS, AugmentPolicy, tta_views
+from .ensemble import FoldEnsemble, train_fold_ensemble
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
 from .images import decode_image
 from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model, median_size
@@ -40,7 +40,7 @@ from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_sh
 from .predict import Decoder, Predictor, image_to_array, iter_batches
 from .preflight import PreflightError, PreflightResult, run_preflight
 from .progress import ProgressReporter
-from .train import FoldEnsemble, TrainConfig, to_input, train_fold_ensemble
+from .train import TrainConfig, to_input
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,13 @@ def run_job(
     output_prefix: str,
     shard_index: int = 0,
     shard_count: int = 1,
+    train_steps: int | None = None,
 ) -> dict:
-    """Run the job (or one PreLabeling shard) and return the summary written to ``summary.json``."""
+    """Run the job (or one PreLabeling shard) and return the summary written to ``summary.json``.
+
+    ``train_steps`` replaces the optimizer steps per fold model of both algorithms (tests and benchmarks
+    shorten training with it; the time budget still applies); None keeps ``TrainConfig``'s defaults.
+    """
     spec = job.spec
     if str(spec.task) == Task.OBJECT_DETECTION.value:
         raise PipelineError(
@@ -98,7 +103,10 @@ def run_job(
     with ProgressReporter(writer, stage="preflight") as progress:
         ctx = RunContext(job, storage, writer, progress, time.monotonic(), device, shard_index, shard_count)
         try:
-            summary = _active_learning(ctx) if str(spec.mode) == Mode.ACTIVE_LEARNING.value else _pre_labeling(ctx)
+            if str(spec.mode) == Mode.ACTIVE_LEARNING.value:
+                summary = _active_learning(ctx, train_steps)
+            else:
+                summary = _pre_labeling(ctx)
         except BaseException as exc:
             progress.fail(str(exc) or type(exc).__name__)
             raise
@@ -159,19 +167,19 @@ def _decoder(ctx: RunContext) -> Decoder:
     return decode
 
 
-def train_config(job: AutoLabelJob) -> tuple[TrainConfig, float, bool]:
-    """Training settings for the job: (config, budget seconds, semi-supervised?)."""
+def train_config(job: AutoLabelJob, steps: int | None = None) -> tuple[TrainConfig, float, bool]:
+    """Training settings for the job: (config, budget seconds, semi-supervised?). `steps`, when given,
+    replaces the steps per fold model of both algorithms (see `run_job`)."""
     al = job.spec.active_learning
     assert al is not None
     budget = float(al.time_budget_seconds or DEFAULT_TIME_BUDGET)
     cfg = TrainConfig(seed=al.seed, device="cuda" if torch.cuda.is_available() else "cpu")
-    env_steps = os.environ.get("AUTOLABEL_TRAIN_STEPS")  # tests and benchmarks shorten training
-    if env_steps:
-        cfg.steps = cfg.ssl_steps = int(env_steps)
+    if steps is not None:
+        cfg.steps = cfg.ssl_steps = steps
     return cfg, budget, str(al.algorithm) == Algorithm.PRECISE.value
 
 
-def _active_learning(ctx: RunContext) -> dict:
+def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     job, spec = ctx.job, ctx.job.spec
     al = spec.active_learning
     assert al is not None
@@ -180,7 +188,7 @@ def _active_learning(ctx: RunContext) -> dict:
     unreadable = list(pre.unreadable)
 
     # ---- train
-    cfg, budget, semi = train_config(job)
+    cfg, budget, semi = train_config(job, train_steps)
     sizes = [size for size, n in pre.sizes.items() for _ in range(min(n, 1000))]
     model_spec = choose_model_spec(sizes, len(classes), accelerated=ctx.device.type == "cuda")
     # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2).
@@ -348,9 +356,35 @@ def _pre_labeling(ctx: RunContext) -> dict:
 # -------------------------------------------------------------------------------------- inference
 
 
+# The test-time views' results in the scratch file: one bit per view, bit i set when the i-th view of
+# `Scratch.views` (the predictor's `tta_views`, in that order) predicted another class than the image
+# itself. The hard-example rule needs only whether a view disagreed, not which class it chose, so one
+# uint16 per image holds them all: the scratch file keeps a fixed-size record per image on disk, and
+# memory stays flat whether a run labels a thousand images or over 100k.
+VIEW_FLAGS_DTYPE = np.uint16
+MAX_VIEWS = np.iinfo(VIEW_FLAGS_DTYPE).bits
+
+
+def pack_view_flags(pred: np.ndarray, view_preds: dict[str, np.ndarray], views: list[str]) -> np.ndarray:
+    """Per image, bit i set where `view_preds[views[i]]` differs from `pred`."""
+    if len(views) > MAX_VIEWS:
+        raise ValueError(f"{len(views)} test-time views do not fit in {MAX_VIEWS} bits")
+    flags = np.zeros(len(pred), dtype=VIEW_FLAGS_DTYPE)
+    for bit, view in enumerate(views):
+        flags |= (view_preds[view] != pred).astype(VIEW_FLAGS_DTYPE) << VIEW_FLAGS_DTYPE(bit)
+    return flags
+
+
+def unpack_view_flags(flags: np.ndarray, pred: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
+    """The views' predictions as far as `HardExampleRule` needs them: `pred` where view i agreed, -1 (no
+    class) where it differed."""
+    return {view: np.where((flags >> VIEW_FLAGS_DTYPE(bit)) & 1 == 1, -1, pred) for bit, view in enumerate(views)}
+
+
 class Scratch:
     """Per-image predictions kept on local disk between inference and writing (memory stays flat)."""
 
+    # "tta": the test-time views' flags (`pack_view_flags`, a VIEW_FLAGS_DTYPE)
     DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4")])
 
     def __init__(self, views: list[str]):
@@ -426,9 +460,7 @@ def _infer(
                 out = predictor.predict(batch.x)
                 pred = out.probs.argmax(axis=1)
                 conf = out.probs.max(axis=1)
-                tta = np.zeros(len(pred), dtype=np.uint16)
-                for view, view_pred in out.tta_pred.items():
-                    tta |= (view_pred != pred).astype(np.uint16) << TTA_REASONS[view] - 19
+                tta = pack_view_flags(pred, out.tta_pred, scratch.views)
                 dist = np.zeros(len(pred))
                 if out.features is not None and ref_feats is not None and ref_labels is not None:
                     dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
@@ -468,11 +500,7 @@ def _write_results(
             for sources, rec in scratch.read():
                 pred = rec["pred"].astype(np.int64)
                 conf = rec["conf"]
-                tta_pred = {}
-                for view, reason in TTA_REASONS.items():
-                    if view in scratch.views:
-                        differs = (rec["tta"] >> (reason - 19)) & 1
-                        tta_pred[view] = np.where(differs == 1, -1, pred)
+                tta_pred = unpack_view_flags(rec["tta"], pred, scratch.views)
                 verdicts = rule.judge(pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None)
                 for i, source in enumerate(sources):
                     reasons = verdicts.reasons[i]
@@ -562,8 +590,3 @@ def _check_counts_after_decoding(y: np.ndarray, classes: list[str]) -> None:
             "after dropping images that could not be decoded, these labels have fewer than 2 images: "
             + ", ".join(short),
         )
-
-
-def describe(summary: dict) -> str:
-    """One line for logs."""
-    return json.dumps({k: summary.get(k) for k in ("total", "autoLabeled", "hardExamples", "estimatedPrecision")})

@@ -8,6 +8,8 @@ unlabeled data, scaled per class by the class's mean predicted probability, so t
 learns late are not starved of pseudo-labels early. An exponential moving average of the weights is the
 model that is returned (the "EMA model" of FixMatch). Full schedules take 2^20 steps; here training is
 truncated to the job's time budget, which the benchmark measures.
+
+Imports the shared helpers of train.py; the K-fold ensemble (ensemble.py) calls `train_fixmatch`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import AugmentPolicy, strong, weak
-from .models import ModelSpec, build_model
-from .train import ProgressFn, TrainConfig, autocast, balanced_batch, cosine_lr, make_optimizer, to_input
+from .augment import strong, weak
+from .models import build_model
+from .train import TrainingRun, autocast, balanced_batch, cosine_lr, make_optimizer, to_input
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +66,23 @@ class EMA:
             ema_b.copy_(b)
 
 
-def train_fixmatch(
-    spec: ModelSpec,
-    x_lab: torch.Tensor,
-    y_lab: torch.Tensor,
-    x_unlab: torch.Tensor,
-    policy: AugmentPolicy,
-    cfg: TrainConfig,
-    deadline: float,
-    seed: int,
-    progress: ProgressFn | None = None,
-) -> tuple[nn.Module, int, bool]:
-    """Train on labeled (uint8) and unlabeled (uint8) images; returns (EMA model, steps, truncated)."""
+def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, int, bool]:
+    """Train on the run's labeled images and the unlabeled pool `x_unlab` (uint8 N x 3 x H x W).
+
+    Returns (EMA model, steps done, whether the deadline cut training short).
+    """
     if len(x_unlab) == 0:
         raise ValueError("semi-supervised training needs unlabeled images")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    spec, cfg, policy, deadline, progress = run.spec, run.cfg, run.policy, run.deadline, run.progress
+    y_lab = run.labels
+    torch.manual_seed(run.seed)
+    gen = torch.Generator().manual_seed(run.seed)
     device = torch.device(cfg.device)
     model = build_model(spec, pretrained=cfg.pretrained).to(device)
     ema = EMA(model, cfg.ema_decay)
     opt = make_optimizer(model, cfg)
     thresholds = AdaptiveThreshold(spec.num_classes, cfg.threshold_momentum)
-    xl = to_input(x_lab, spec).to(device)
+    xl = to_input(run.images, spec).to(device)
     y_dev = y_lab.to(device)
     bl = min(cfg.batch_size // 2, 32)
     bu = bl * cfg.unlabeled_ratio

@@ -1,26 +1,23 @@
-"""Supervised training (algorithm Fast) and the K-fold ensemble that both algorithms share.
+"""Supervised training (algorithm Fast) and the training helpers both algorithms share.
 
-Both algorithms train K models, each with one stratified fold of the labeled images held out. The held-out
-predictions ("out-of-fold") are the only honest evidence of how right the models are on images they did
-not see, so calibration (calibrate.py) uses them; the K models together form the ensemble that labels
-the unlabeled images. No model is ever scored on images it trained on.
+`TrainingRun` is what training one model needs; `train_supervised` (here) and `train_fixmatch` (semi.py)
+both take one and return the model, the steps done and whether the deadline cut them short. The K-fold
+ensemble that calls them lives in ensemble.py; this module imports neither semi.py nor ensemble.py.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import AugmentPolicy, apply_tta, strong, weak
+from .augment import AugmentPolicy, strong, weak
 from .models import ModelSpec, build_model
 
 log = logging.getLogger(__name__)
@@ -55,15 +52,23 @@ class TrainConfig:
     """At most this many unlabeled images are held in memory for semi-supervised training."""
 
 
-@dataclass
-class FoldEnsemble:
-    members: list[nn.Module]
-    oof_logits: np.ndarray  # (R, n_labeled, C): per repeat, each row from the model that did not see it
-    labels: np.ndarray  # (n_labeled,)
-    steps_done: int
-    truncated: bool  # the time budget stopped training early
-    oof_view_preds: np.ndarray | None = None
-    """(R, V, n_labeled): the held-out model's predicted class under each test-time view (calibrate.py)."""
+@dataclass(frozen=True)
+class TrainingRun:
+    """The inputs of training one model, the same for both algorithms (semi.py adds the unlabeled pool)."""
+
+    spec: ModelSpec
+    """Architecture, input size and normalization of the model to build."""
+    images: torch.Tensor
+    """Labeled training images, uint8 N x 3 x H x W."""
+    labels: torch.Tensor
+    """Their class indices, int64 (N,)."""
+    policy: AugmentPolicy
+    cfg: TrainConfig
+    deadline: float
+    """time.monotonic() value at which training stops (the result is then marked truncated)."""
+    seed: int
+    """Seeds torch's global generator and the run's own batch/augmentation generator."""
+    progress: ProgressFn | None = None
 
 
 def to_input(x_u8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -71,26 +76,6 @@ def to_input(x_u8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x_u8.float() / 255.0 - mean) / std
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Split indices into k folds so each class is spread as evenly as possible."""
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    offset = 0
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        for j, idx in enumerate(members):
-            folds[(offset + j) % k].append(int(idx))
-        offset += len(members)
-    return [np.array(sorted(f), dtype=np.int64) for f in folds]
-
-
-def choose_folds(labels: np.ndarray, wanted: int) -> int:
-    """As many folds as wanted, but no more than the smallest class has images (each fold sees every
-    class in training) and at least 2."""
-    smallest = int(np.bincount(labels).min())
-    return max(2, min(wanted, smallest))
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -123,27 +108,19 @@ def balanced_batch(labels: torch.Tensor, size: int, generator: torch.Generator) 
     return out
 
 
-def train_supervised(
-    spec: ModelSpec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    policy: AugmentPolicy,
-    cfg: TrainConfig,
-    deadline: float,
-    seed: int,
-    progress: ProgressFn | None = None,
-) -> tuple[nn.Module, int, bool]:
-    """Train one model on labeled images (uint8 tensor) with augmentation and early stopping.
+def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
+    """Train one model on the run's labeled images with augmentation and early stopping.
 
     Returns the model (eval mode), the steps done and whether the deadline cut training short.
     """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    spec, cfg, policy, deadline, progress = run.spec, run.cfg, run.policy, run.deadline, run.progress
+    torch.manual_seed(run.seed)
+    gen = torch.Generator().manual_seed(run.seed)
     device = torch.device(cfg.device)
     model = build_model(spec, pretrained=cfg.pretrained).to(device)
     opt = make_optimizer(model, cfg)
-    xf = to_input(x, spec).to(device)
-    y = y.to(device)
+    xf = to_input(run.images, spec).to(device)
+    y = run.labels.to(device)
     model.train()
     smoothed, best, stale = None, math.inf, 0
     step, truncated = 0, False
@@ -191,77 +168,3 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch
     model.eval()
     device = next(model.parameters()).device
     return torch.cat([model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
-
-
-def train_fold_ensemble(
-    spec: ModelSpec,
-    x_lab: torch.Tensor,
-    y_lab: np.ndarray,
-    policy: AugmentPolicy,
-    cfg: TrainConfig,
-    budget_seconds: float,
-    x_unlab: torch.Tensor | None = None,
-    progress: ProgressFn | None = None,
-    views: list[str] | None = None,
-) -> FoldEnsemble:
-    """Train one model per fold and repeat (supervised, or FixMatch when `x_unlab` is given) in the budget.
-
-    With R repeats (different fold splits), every labeled image is held out by R models, and its
-    out-of-fold prediction is their average, like the R x K ensemble's own averaging (a single held-out
-    model would calibrate an ensemble as if it were as unsure as one model). The budget is shared evenly:
-    each model gets its slice, so a slow machine truncates every model a little instead of dropping some.
-    """
-    from .semi import train_fixmatch  # local import: semi imports this module
-
-    k = choose_folds(y_lab, cfg.folds)
-    repeats = max(1, cfg.repeats)
-    y_t = torch.as_tensor(y_lab, dtype=torch.long)
-    oof = np.zeros((repeats, len(y_lab), spec.num_classes), dtype=np.float64)
-    views = list(views or [])
-    oof_views = np.zeros((repeats, len(views), len(y_lab)), dtype=np.int64)
-    members: list[nn.Module] = []
-    start = time.monotonic()
-    steps_total, truncated_any = 0, False
-    planned = cfg.ssl_steps if x_unlab is not None else cfg.steps
-    total_models = repeats * k
-    for r in range(repeats):
-        folds = stratified_folds(y_lab, k, cfg.seed + 7919 * r)
-        for f, held in enumerate(folds):
-            j = r * k + f
-            train_idx = np.setdiff1d(np.arange(len(y_lab)), held)
-            deadline = start + budget_seconds * (j + 1) / total_models
-
-            def fold_progress(done: int, _planned: int, j: int = j) -> None:
-                if progress:
-                    progress(j * planned + done, total_models * planned)
-
-            seed = cfg.seed * 1000 + j
-            if x_unlab is None:
-                model, steps, truncated = train_supervised(
-                    spec, x_lab[train_idx], y_t[train_idx], policy, cfg, deadline, seed, fold_progress
-                )
-            else:
-                # The held-out labeled images join the unlabeled pool (without labels): they must be
-                # exactly as "seen" as the images they stand for, or calibration would be fitted on points
-                # the model is less sure of than the unlabeled ones it pseudo-labeled.
-                pool = torch.cat([x_unlab, x_lab[held]])
-                model, steps, truncated = train_fixmatch(
-                    spec, x_lab[train_idx], y_t[train_idx], pool, policy, cfg, deadline, seed, fold_progress
-                )
-            steps_total += steps
-            truncated_any |= truncated
-            x_held = to_input(x_lab[held], spec)
-            oof[r, held] = predict_logits(model, x_held).double().numpy()
-            for v, view in enumerate(views):
-                oof_views[r, v, held] = predict_logits(model, apply_tta(x_held, view)).argmax(dim=1).numpy()
-            members.append(model)
-            log.info(
-                "model %d/%d: %d steps%s", j + 1, total_models, steps, " (time budget reached)" if truncated else ""
-            )
-    return FoldEnsemble(members, oof, y_lab.copy(), steps_total, truncated_any, oof_views if views else None)
-
-
-def clone_eval(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model)
-    m.eval()
-    return m

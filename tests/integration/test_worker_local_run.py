@@ -58,12 +58,11 @@ def test_active_learning_then_sharded_prelabeling(
 ) -> None:
     manifest, truth = dataset
     manifest_before = storage.read_bytes(manifest)
-    monkeypatch.setenv("AUTOLABEL_TRAIN_STEPS", "150")  # a short but real training run
     monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
 
     job = make_job(manifest)
     out = results_prefix(job)
-    summary = run_job(job, storage, out)
+    summary = run_job(job, storage, out, train_steps=150)  # a short but real training run
 
     # --- results: one line per unlabeled image, in the design brief's format
     lines = read_lines(storage, out + "result.manifest")
@@ -193,7 +192,6 @@ def test_prelabeling_a_users_model_over_more_shards_than_images(tmp_path: Path) 
 
 
 def test_same_seed_same_results_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUTOLABEL_TRAIN_STEPS", "40")
     monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
     ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=2, max_unlabeled=100)
     outputs = []
@@ -206,7 +204,7 @@ def test_same_seed_same_results_on_cpu(tmp_path: Path, monkeypatch: pytest.Monke
             }
         )
         out = results_prefix(job)
-        run_job(job, Storage(), out)
+        run_job(job, Storage(), out, train_steps=40)
         outputs.append(Path(out, "result.manifest").read_text())
     assert outputs[0] == outputs[1]
     assert len(outputs[0].splitlines()) == 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import time
 from pathlib import Path
 
@@ -10,16 +11,10 @@ import pytest
 import torch
 from autolabel_worker.augment import AugmentPolicy
 from autolabel_worker.data import load_digits_arrays, split_labeled, write_digits_dataset
-from autolabel_worker.models import CalibratedEnsemble, choose_model_spec, export_model, load_model
+from autolabel_worker.ensemble import stratified_folds, train_fold_ensemble
+from autolabel_worker.models import CalibratedEnsemble, ModelSpec, choose_model_spec, export_model, load_model
 from autolabel_worker.semi import AdaptiveThreshold, train_fixmatch
-from autolabel_worker.train import (
-    TrainConfig,
-    predict_logits,
-    stratified_folds,
-    to_input,
-    train_fold_ensemble,
-    train_supervised,
-)
+from autolabel_worker.train import TrainConfig, TrainingRun, predict_logits, to_input, train_supervised
 
 POLICY = AugmentPolicy(hflip=False)
 
@@ -41,6 +36,25 @@ def split(labels: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray
     return lab, np.setdiff1d(np.arange(len(labels)), lab)
 
 
+def training_run(
+    spec: ModelSpec, x: torch.Tensor, labels: np.ndarray, cfg: TrainConfig, seconds: float, seed: int = 0
+) -> TrainingRun:
+    return TrainingRun(spec, x, torch.as_tensor(labels), POLICY, cfg, time.monotonic() + seconds, seed)
+
+
+def test_training_modules_import_in_one_direction() -> None:
+    """train <- semi <- ensemble <- pipeline: the shared helpers import neither algorithm's caller."""
+    root = Path(__file__).resolve().parents[2] / "job_image" / "autolabel_worker"
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((root / f"{module}.py").read_text())
+        return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+    assert not imported("train") & {"semi", "ensemble", "pipeline"}
+    assert "train" in imported("semi") and not imported("semi") & {"ensemble", "pipeline"}
+    assert {"train", "semi"} <= imported("ensemble")
+
+
 def test_model_spec_follows_the_image_size() -> None:
     small = choose_model_spec([(8, 8)] * 5, 10)
     assert small.arch == "smallcnn" and small.input_size == (8, 8)
@@ -57,9 +71,7 @@ def test_supervised_training_learns_digits(digits: tuple[torch.Tensor, np.ndarra
     lab, held = split(labels, 10)
     spec = choose_model_spec([(8, 8)], 10)
     cfg = TrainConfig(steps=200, seed=0)
-    model, steps, truncated = train_supervised(
-        spec, x[lab], torch.as_tensor(labels[lab]), POLICY, cfg, time.monotonic() + 120, seed=0
-    )
+    model, steps, truncated = train_supervised(training_run(spec, x[lab], labels[lab], cfg, 120))
     acc = (predict_logits(model, to_input(x[held], spec)).argmax(1).numpy() == labels[held]).mean()
     assert not truncated and steps > 0
     assert acc > 0.7, f"held-out accuracy {acc:.3f} (chance is 0.1)"
@@ -69,9 +81,7 @@ def test_time_budget_truncates_training(digits: tuple[torch.Tensor, np.ndarray])
     x, labels = digits
     lab, _ = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
-    _, steps, truncated = train_supervised(
-        spec, x[lab], torch.as_tensor(labels[lab]), POLICY, TrainConfig(steps=10_000), time.monotonic() + 0.5, 0
-    )
+    _, steps, truncated = train_supervised(training_run(spec, x[lab], labels[lab], TrainConfig(steps=10_000), 0.5))
     assert truncated and steps < 10_000
 
 
@@ -94,9 +104,7 @@ def test_fixmatch_learns_and_thresholds_adapt(digits: tuple[torch.Tensor, np.nda
     lab, held = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
     cfg = TrainConfig(ssl_steps=120, seed=0)
-    model, steps, _ = train_fixmatch(
-        spec, x[lab], torch.as_tensor(labels[lab]), x[held], POLICY, cfg, time.monotonic() + 120, seed=0
-    )
+    model, steps, _ = train_fixmatch(training_run(spec, x[lab], labels[lab], cfg, 120), x[held])
     acc = (predict_logits(model, to_input(x[held], spec)).argmax(1).numpy() == labels[held]).mean()
     assert steps == 120
     assert acc > 0.6, f"held-out accuracy {acc:.3f}"

@@ -1,0 +1,137 @@
+"""The K-fold ensemble that both algorithms share, and its out-of-fold predictions.
+
+Both algorithms train K models, each with one stratified fold of the labeled images held out: Fast with
+`train.train_supervised`, Precise with `semi.train_fixmatch`. The held-out predictions ("out-of-fold") are
+the only honest evidence of how right the models are on images they did not see, so calibration
+(calibrate.py) uses them; the K models together form the ensemble that labels the unlabeled images. No
+model is ever scored on images it trained on.
+
+Imports train.py and semi.py; neither of them imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import AugmentPolicy, apply_tta
+from .models import ModelSpec
+from .semi import train_fixmatch
+from .train import ProgressFn, TrainConfig, TrainingRun, predict_logits, to_input, train_supervised
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldEnsemble:
+    members: list[nn.Module]
+    oof_logits: np.ndarray  # (R, n_labeled, C): per repeat, each row from the model that did not see it
+    labels: np.ndarray  # (n_labeled,)
+    steps_done: int
+    truncated: bool  # the time budget stopped training early
+    oof_view_preds: np.ndarray | None = None
+    """(R, V, n_labeled): the held-out model's predicted class under each test-time view (calibrate.py)."""
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Split indices into k folds so each class is spread as evenly as possible."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        for j, idx in enumerate(members):
+            folds[(offset + j) % k].append(int(idx))
+        offset += len(members)
+    return [np.array(sorted(f), dtype=np.int64) for f in folds]
+
+
+def choose_folds(labels: np.ndarray, wanted: int) -> int:
+    """As many folds as wanted, but no more than the smallest class has images (each fold sees every
+    class in training) and at least 2."""
+    smallest = int(np.bincount(labels).min())
+    return max(2, min(wanted, smallest))
+
+
+def predict_held_out(
+    model: nn.Module, x_held: torch.Tensor, spec: ModelSpec, views: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One fold model on its held-out labeled images (uint8): the logits (n, C) and, per test-time view,
+    the predicted class (V, n)."""
+    x = to_input(x_held, spec)
+    logits = predict_logits(model, x).double().numpy()
+    view_preds = np.zeros((len(views), len(x_held)), dtype=np.int64)
+    for v, view in enumerate(views):
+        view_preds[v] = predict_logits(model, apply_tta(x, view)).argmax(dim=1).numpy()
+    return logits, view_preds
+
+
+def train_fold_ensemble(
+    spec: ModelSpec,
+    x_lab: torch.Tensor,
+    y_lab: np.ndarray,
+    policy: AugmentPolicy,
+    cfg: TrainConfig,
+    budget_seconds: float,
+    x_unlab: torch.Tensor | None = None,
+    progress: ProgressFn | None = None,
+    views: list[str] | None = None,
+) -> FoldEnsemble:
+    """Train one model per fold and repeat (supervised, or FixMatch when `x_unlab` is given) in the budget.
+
+    With R repeats (different fold splits), every labeled image is held out by R models, and its
+    out-of-fold prediction is their average, like the R x K ensemble's own averaging (a single held-out
+    model would calibrate an ensemble as if it were as unsure as one model). The budget is shared evenly:
+    each model gets its slice, so a slow machine truncates every model a little instead of dropping some.
+    """
+    k = choose_folds(y_lab, cfg.folds)
+    repeats = max(1, cfg.repeats)
+    y_t = torch.as_tensor(y_lab, dtype=torch.long)
+    oof = np.zeros((repeats, len(y_lab), spec.num_classes), dtype=np.float64)
+    views = list(views or [])
+    oof_views = np.zeros((repeats, len(views), len(y_lab)), dtype=np.int64)
+    members: list[nn.Module] = []
+    start = time.monotonic()
+    steps_total, truncated_any = 0, False
+    planned = cfg.ssl_steps if x_unlab is not None else cfg.steps
+    total_models = repeats * k
+    for r in range(repeats):
+        folds = stratified_folds(y_lab, k, cfg.seed + 7919 * r)
+        for f, held in enumerate(folds):
+            j = r * k + f
+            train_idx = np.setdiff1d(np.arange(len(y_lab)), held)
+
+            def fold_progress(done: int, _planned: int, j: int = j) -> None:
+                if progress:
+                    progress(j * planned + done, total_models * planned)
+
+            run = TrainingRun(
+                spec=spec,
+                images=x_lab[train_idx],
+                labels=y_t[train_idx],
+                policy=policy,
+                cfg=cfg,
+                deadline=start + budget_seconds * (j + 1) / total_models,
+                seed=cfg.seed * 1000 + j,
+                progress=fold_progress,
+            )
+            if x_unlab is None:
+                model, steps, truncated = train_supervised(run)
+            else:
+                # The held-out labeled images join the unlabeled pool (without labels): they must be
+                # exactly as "seen" as the images they stand for, or calibration would be fitted on points
+                # the model is less sure of than the unlabeled ones it pseudo-labeled.
+                model, steps, truncated = train_fixmatch(run, torch.cat([x_unlab, x_lab[held]]))
+            steps_total += steps
+            truncated_any |= truncated
+            oof[r, held], oof_views[r][:, held] = predict_held_out(model, x_lab[held], spec, views)
+            members.append(model)
+            log.info(
+                "model %d/%d: %d steps%s", j + 1, total_models, steps, " (time budget reached)" if truncated else ""
+            )
+    return FoldEnsemble(members, oof, y_lab.copy(), steps_total, truncated_any, oof_views if views else None)
