@@ -28,6 +28,7 @@ from enum import IntEnum, StrEnum
 from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
 
 from autolabel.api import AutoLabelJob, Mode, Progress, Result
 
@@ -178,13 +179,13 @@ def parse_time(value: str | None) -> datetime | None:
 class ProgressDoc(BaseModel):
     """``progress.json``: written by the worker on every stage change and every few seconds."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     stage: str | None = None
     processed: int = Field(default=0, ge=0)
     total: int = Field(default=0, ge=0)
     percent: int = Field(default=0, ge=0, le=100)
-    updated_at: str | None = Field(default=None, alias="updatedAt")
+    updated_at: str | None = None
     error: str | None = None
     reason: str | None = None
     """CamelCase condition reason of a failure (e.g. ``TooManyUnreadableImages``)."""

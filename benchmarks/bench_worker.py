@@ -10,7 +10,8 @@ Quality: scikit-learn's digits written as PNG files + manifest, 5 labeled images
 unlabeled with ground truth kept apart. Each seed draws other labeled images and seeds training. Every run
 is the real worker (`run_job` on local files) in its own process, so wall time and peak RSS are per run.
 Baseline row: logistic regression on raw pixels with a threshold from 5-fold out-of-fold predictions (the
-smallest threshold whose held-out precision is >= the target, no margin), as in anchors §3.
+smallest threshold whose held-out precision is >= the target, no margin), as in threshold-based
+auto-labeling (Vishwakarma et al., NeurIPS 2023).
 
 Throughput: on the same images, images/s of (a) decode only (fetch + decode + resize, the loader the
 worker uses), (b) model only (the worker's predictor on preloaded tensors: 5-model ensemble, test-time

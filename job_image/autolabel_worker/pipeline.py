@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
+from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, shard_prefix, time_budget
 from autolabel.manifest import ManifestEntry, read_manifest
 from autolabel.preconditions import check_model, model_files
 from autolabel.storage import ScopedWriter, Storage
@@ -36,7 +37,7 @@ from .ensemble import FoldEnsemble, train_fold_ensemble
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
 from .images import decode_image
 from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model, median_size
-from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards, shard_prefix
+from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards
 from .predict import Decoder, Predictor, image_to_array, iter_batches
 from .preflight import PreflightError, PreflightResult, run_preflight
 from .progress import ProgressReporter
@@ -44,7 +45,6 @@ from .train import TrainConfig, to_input
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIME_BUDGET = 600
 UNLABELED_MEMORY_BYTES = 512 * 2**20
 MIRROR_MIN_SIDE = 32
 PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
@@ -100,7 +100,7 @@ def run_job(
     if threads:  # small models on shared CPUs run faster single-threaded than with contended threads
         torch.set_num_threads(int(threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with ProgressReporter(writer, stage="preflight") as progress:
+    with ProgressReporter(writer, stage=Stage.PREFLIGHT) as progress:
         ctx = RunContext(job, storage, writer, progress, time.monotonic(), device, shard_index, shard_count)
         try:
             if str(spec.mode) == Mode.ACTIVE_LEARNING.value:
@@ -127,7 +127,7 @@ def run_job(
 
 def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[ManifestEntry]) -> PreflightResult:
     """Stage preflight: image headers, unreadable/converted images, the seed's preconditions."""
-    ctx.progress.set_stage("preflight")
+    ctx.progress.set_stage(Stage.PREFLIGHT)
     pre = run_preflight(entries, ctx.storage, ctx.job.spec, on_progress=ctx.progress.update)
     if str(ctx.job.spec.mode) == Mode.PRE_LABELING.value:
         # The model brings the labels. A shard may hold no image at all (tiny datasets, 5 shards): the
@@ -172,7 +172,7 @@ def train_config(job: AutoLabelJob, steps: int | None = None) -> tuple[TrainConf
     replaces the steps per fold model of both algorithms (see `run_job`)."""
     al = job.spec.active_learning
     assert al is not None
-    budget = float(al.time_budget_seconds or DEFAULT_TIME_BUDGET)
+    budget = float(time_budget(job) or DEFAULT_TIME_BUDGET_SECONDS)
     cfg = TrainConfig(seed=al.seed, device="cuda" if torch.cuda.is_available() else "cpu")
     if steps is not None:
         cfg.steps = cfg.ssl_steps = steps
@@ -193,7 +193,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     model_spec = choose_model_spec(sizes, len(classes), accelerated=ctx.device.type == "cuda")
     # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2).
     policy = AugmentPolicy(hflip=min(median_size(sizes)) >= MIRROR_MIN_SIDE)
-    ctx.progress.set_stage("train", total=100)
+    ctx.progress.set_stage(Stage.TRAIN, total=100)
     x_lab, kept = load_images(ctx, pre.labeled, model_spec.input_size, unreadable)
     labeled = [pre.labeled[i] for i in kept]
     y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
@@ -225,7 +225,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     del x_unlab
 
     # ---- calibrate (temperature from out-of-fold predictions; thresholds after inference)
-    ctx.progress.set_stage("calibrate")
+    ctx.progress.set_stage(Stage.CALIBRATE)
     temperature = cal.fit_temperature(ensemble.oof_logits, ensemble.labels)
     cautious_t = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
     model = CalibratedEnsemble([m.cpu() for m in ensemble.members], cautious_t)
@@ -436,7 +436,7 @@ def _infer(
     """Stage inference: predict every image, keep results in a Scratch and, for the images not already
     hard for other reasons (`flags`), their confidences (adjusted for having passed those checks, see
     `cal.flag_adjusted`) in the histogram that sets the thresholds."""
-    ctx.progress.set_stage("inference", total=len(entries))
+    ctx.progress.set_stage(Stage.INFERENCE, total=len(entries))
     scratch = Scratch(predictor.tta_views)
     hist = cal.ConfidenceHistogram(num_classes)
     started = time.monotonic()
@@ -490,7 +490,7 @@ def _write_results(
 ) -> dict:
     """Stage write: hard-example verdicts, result.manifest, model/, summary.json (last)."""
     spec = ctx.job.spec
-    ctx.progress.set_stage("write", total=scratch.count)
+    ctx.progress.set_stage(Stage.WRITE, total=scratch.count)
     reasons_seen: Counter[str] = Counter()
     accepted_conf_sum = 0.0
     use_distance = rule.distance_limits is not None

@@ -76,11 +76,11 @@ def test_the_worker_and_the_operator_merge_shards_to_the_same_result(tmp_path: P
     for index, summary in enumerate(SHARD_SUMMARIES):
         write_shard(prefix, index, 2, summary)
     # The operator, before any shard has merged: it merges the shards' summaries itself.
-    from_shards = asyncio.run(read_result(Storage(), job))
+    from_shards = asyncio.run(read_result(Storage(), job)).result
     # The worker's merge (the last shard to finish), then the operator reads the top-level summary.
     merged = merge_shards(Storage(), ScopedWriter(Storage(), prefix), 2)
     assert merged is not None
-    from_top = asyncio.run(read_result(Storage(), job))
+    from_top = asyncio.run(read_result(Storage(), job)).result
     assert from_shards == from_top
     assert from_top.total == 7 and from_top.auto_labeled == 4 and from_top.hard_examples == 3
     assert from_top.target_verifiable is False  # one shard could not certify the target: neither can the job
