@@ -1,10 +1,13 @@
-"""Fixtures and helpers for the operator's integration tests: the operator as a subprocess (killable with
-SIGKILL and restartable), the local node runner, datasets in the S3 server, AutoLabelJobs via kubectl.
+"""Helpers for the integration tests (no fixtures: those are in ``conftest.py``): the operator and the local
+node runner as subprocesses (killable with SIGKILL and restartable), datasets in the S3 server,
+AutoLabelJobs via kubectl.
 
-Imported by ``test_operator_*.py`` (pytest puts this folder on ``sys.path``)."""
+Imported as ``from .operator_fixtures import ...`` by ``conftest.py`` and ``test_operator_*.py``, and as
+``operator_fixtures`` by ``benchmarks/bench_operator.py`` (which puts this folder on ``sys.path``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,11 +17,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import yaml
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
@@ -72,19 +74,30 @@ class Process:
         )
         out.close()
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
-        """SIGKILL: no cleanup handlers, like a crashed or evicted operator pod."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGKILL to its process group: no cleanup handlers, like a crashed or evicted operator pod."""
+        if self.proc is not None:
+            self._signal_group(signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM to its process group (also when the leader has exited but left children), SIGKILL after 15 s."""
+        if self.proc is None:
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._signal_group(signal.SIGKILL)  # whatever of its group outlived the leader
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
     def tail(self, lines: int = 60) -> str:
         try:
@@ -120,8 +133,22 @@ class OperatorProcess(Process):
         super().__init__([sys.executable, "-m", "autolabel_operator.main"], env, state / "operator.log")
 
     def start(self) -> None:
+        """Starts it and waits for its /metrics; stops it again if it does not come up."""
         super().start()
-        wait_for(self.metrics, 60, f"the operator's /metrics (log:\n{self.tail()})")
+        try:
+            wait_for(self._serving, 60, "the operator's /metrics")
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"the operator did not come up: {exc}\n--- {self.log} ---\n{self.tail()}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _serving(self) -> str:
+        if not self.running():
+            assert self.proc is not None
+            raise AssertionError(f"the operator exited with code {self.proc.returncode}")
+        return self.metrics()
 
     def metrics(self) -> str:
         return self._get(f"http://127.0.0.1:{self.metrics_port}/metrics")
@@ -136,41 +163,6 @@ class OperatorProcess(Process):
                 return str(r.read().decode()) or "ok"
         except OSError:
             return ""
-
-
-@pytest.fixture(scope="module")
-def operator_node_runner(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    state = tmp_path_factory.mktemp("node")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
-    argv = [sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig)]
-    runner = Process([*argv, "--node-name", "local-node", "--state-dir", str(state)], env, state / "node.log")
-    runner.start()
-    try:
-        yield runner
-    finally:
-        runner.stop()
-
-
-@pytest.fixture(scope="session")
-def s3_bucket(s3_server: MinioServer) -> str:
-    s3_server.make_bucket(BUCKET)
-    return BUCKET
-
-
-@pytest.fixture(scope="module")
-def autolabel_operator(
-    cluster: LocalCluster,
-    s3_server: MinioServer,
-    s3_bucket: str,
-    operator_node_runner: Process,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, s3_server, tmp_path_factory.mktemp("operator"))
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 # ------------------------------------------------------------------------------------- helpers

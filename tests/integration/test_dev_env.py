@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3]  # starts its own, as `make dev-up`
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

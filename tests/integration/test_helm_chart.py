@@ -29,7 +29,7 @@ import yaml
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "autolabel-operator"

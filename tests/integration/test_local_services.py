@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from devenv.procs import REPO_ROOT, pid_alive, port_is_listening
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3]  # starts its own
 
 
 def _devenv(*args: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from devenv.cluster import LocalCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.needs_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

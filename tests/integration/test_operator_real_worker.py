@@ -1,7 +1,6 @@
 """The operator with the real worker (``autolabel-worker``, torch) in the pods: an ActiveLearning job on a
 small digits dataset goes to Succeeded with the worker's real results in its status."""
 
-# ruff: noqa: F811 - pytest fixtures imported from operator_fixtures are requested by name
 from __future__ import annotations
 
 import json
@@ -15,7 +14,8 @@ import pytest
 from autolabel_worker.data import write_digits_dataset
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
-from operator_fixtures import (  # noqa: F401 - fixtures
+
+from .operator_fixtures import (
     BUCKET,
     OperatorProcess,
     Process,
@@ -24,11 +24,9 @@ from operator_fixtures import (  # noqa: F401 - fixtures
     condition,
     get_json,
     job_manifest,
-    operator_node_runner,
-    s3_bucket,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3, pytest.mark.e2e]
 
 UNLABELED = 120
 

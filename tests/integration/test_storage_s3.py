@@ -28,7 +28,7 @@ from autolabel.storage import (
     StorageUnreachable,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.needs_s3
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from autolabel_worker.pipeline import PipelineError, run_job
 from autolabel.api import AutoLabelJob, results_prefix
 from autolabel.storage import Storage
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.needs_s3
 
 UNLABELED = 240
 

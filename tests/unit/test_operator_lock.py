@@ -4,12 +4,12 @@ resourceVersion (compare-and-swap) semantics."""
 from __future__ import annotations
 
 import asyncio
-import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from autolabel_operator import lock
-from autolabel_operator.lock import Action, Candidate, Conflict, LeaseView, decide
+from autolabel_operator.lock import Action, Candidate, LeaseView, decide
+from fakes import FakeLeases
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 A = Candidate("2026-11-27T10:00:00Z", "a", "uid-a")
@@ -43,48 +43,6 @@ def test_released_or_dead_holder_is_taken_by_the_first_waiter_only() -> None:
     dead = view("uid-gone")  # the holder finished, was suspended or deleted
     assert decide(dead, B, [B, C], NOW).action is Action.TAKE
     assert decide(dead, C, [B, C], NOW).blocker == "b"
-
-
-class FakeLeases:
-    """An API server's Lease store: create = 409 if it exists; replace = 409 unless the
-    resourceVersion matches. Yields to the event loop on every call, like a real client."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.version = 0
-        self.writes = 0
-        self.reads = 0
-
-    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        await asyncio.sleep(0)
-        self.reads += 1
-        obj = self.objects.get((namespace, name))
-        return copy.deepcopy(obj) if obj else None
-
-    async def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(0)
-        key = (namespace, body["metadata"]["name"])
-        if key in self.objects:
-            raise Conflict("exists")
-        return self._store(key, body)
-
-    async def replace(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(0)
-        current = self.objects.get((namespace, name))
-        if current is None or body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            raise Conflict("changed")
-        return self._store((namespace, name), body)
-
-    def _store(self, key: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
-        self.version += 1
-        self.writes += 1
-        stored = copy.deepcopy(body)
-        stored["metadata"]["resourceVersion"] = str(self.version)
-        self.objects[key] = stored
-        return copy.deepcopy(stored)
-
-    def holder(self, name: str = "l") -> str | None:
-        return self.objects[("ns", name)]["spec"].get("holderIdentity")
 
 
 def run(coro: Any) -> Any:

@@ -5,7 +5,7 @@ stands for this machine.
     python -m devenv.cluster up   [--state-dir .cluster]    # = make cluster-up
     python -m devenv.cluster down [--state-dir .cluster]    # = make cluster-down
 
-The flags follow controller-runtime's envtest (anchors §9). Differences, and why:
+The flags follow controller-runtime's envtest (sigs.k8s.io/controller-runtime/pkg/envtest). Differences, and why:
 - a static token file authenticates the admin (group system:masters) and the two controllers;
 - the node-lifecycle controller is off and the TaintNodesByCondition admission plugin is disabled, so the
   one Node stays Ready without a kubelet's heartbeats (the local node runner runs its pods);
@@ -20,30 +20,59 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devenv.procs import ProcessGroup, ensure_binaries, free_port, http_ok, wait_until
+from devenv.procs import ProcessGroup, StartError, ensure_binaries, free_port, http_ok
 
 NODE_NAME = "local-node"
 NODE_GPUS = 2
 SERVICE_CIDR = "10.0.0.0/24"
 
 
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
 class LocalCluster:
-    def __init__(self, state_dir: str | Path = ".cluster"):
+    def __init__(self, state_dir: str | Path = ".cluster", extra_args: Mapping[str, Sequence[str]] | None = None):
+        """``extra_args``: more command-line flags for a component (keys from :data:`COMPONENTS`)."""
         self.state_dir = Path(state_dir).resolve()
         self.procs = ProcessGroup(self.state_dir)
         self.kubeconfig = self.state_dir / "kubeconfig"
+        self.extra_args = {name: list(args) for name, args in (extra_args or {}).items()}
+        unknown = set(self.extra_args) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"extra_args for unknown components {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 120) -> LocalCluster:
+        """Starts etcd, the API server, the controller manager and the scheduler, and returns once each of
+        them answers its health endpoint (etcd /health, the API server /readyz, the other two /healthz)
+        and the Node is registered. ``timeout``: how long each of the three stages may take.
+
+        If anything fails (a component exits, is not healthy in time, or an error or interrupt comes
+        half-way), the processes started so far are stopped before the error propagates: a failed start
+        leaves nothing running (its logs stay in ``<state_dir>/logs``). A component that fails is named
+        (:class:`devenv.procs.StartError`), with the last lines of its log."""
         if self.procs.alive():
             raise RuntimeError(f"a cluster is already running from {self.state_dir} (stop it first)")
         bins = ensure_binaries("kube", "etcd")
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
+        try:
+            self._start(bins, timeout)
+        except BaseException as exc:
+            stopped = self.procs.stop_all()
+            exc.add_note(
+                f"the local control plane did not start; stopped what had started: {', '.join(stopped) or 'nothing'}"
+                f" (logs in {self.procs.log_dir})"
+            )
+            raise
+        return self
+
+    def _start(self, bins: Path, timeout: float) -> None:
         certs = self.state_dir / "certs"
         certs.mkdir(parents=True)
         self._write_service_account_key(certs)
@@ -52,7 +81,7 @@ class LocalCluster:
 
         etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         cm_port, sched_port = free_port(), free_port()
-        etcd_log = self.procs.start("etcd", [
+        self._run("etcd", [
             str(bins / "etcd"), "--name", "local", "--data-dir", str(self.state_dir / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -60,10 +89,10 @@ class LocalCluster:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
             "--initial-cluster", f"local=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync", "--log-level", "warn",
-        ])
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health"), 30, "etcd", etcd_log)
+        ])  # fmt: skip
+        self.procs.wait_healthy({"etcd": lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health")}, timeout)
 
-        api_log = self.procs.start("kube-apiserver", [
+        self._run("kube-apiserver", [
             str(bins / "kube-apiserver"),
             "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
             "--cert-dir", str(certs), "--secure-port", str(api_port),
@@ -75,30 +104,49 @@ class LocalCluster:
             "--service-account-key-file", str(certs / "sa.pub"),
             "--service-account-signing-key-file", str(certs / "sa.key"),
             "--v", "1",
-        ])
+        ])  # fmt: skip
         auth = {"Authorization": f"Bearer {token}"}
         server = f"https://127.0.0.1:{api_port}"
-        wait_until(lambda: http_ok(f"{server}/readyz", auth, insecure=True), timeout, "kube-apiserver", api_log)
+        self.procs.wait_healthy({"kube-apiserver": lambda: http_ok(f"{server}/readyz", auth, insecure=True)}, timeout)
         self._write_kubeconfig(server, token, certs / "apiserver.crt")
 
-        self.procs.start("kube-controller-manager", [
+        # Both serve HTTPS with a self-signed certificate on --secure-port; /healthz is in their default
+        # --authorization-always-allow-paths and needs no credentials.
+        self._run("kube-controller-manager", [
             str(bins / "kube-controller-manager"), "--kubeconfig", str(self.kubeconfig),
             "--bind-address", "127.0.0.1", "--secure-port", str(cm_port), "--leader-elect=false",
             "--controllers", "*,-node-lifecycle-controller,-cloud-node-lifecycle-controller",
             "--root-ca-file", str(certs / "apiserver.crt"),
             "--service-account-private-key-file", str(certs / "sa.key"),
             "--concurrent-job-syncs", "10", "--v", "1",
-        ])
-        self.procs.start("kube-scheduler", [
+        ])  # fmt: skip
+        self._run("kube-scheduler", [
             str(bins / "kube-scheduler"), "--kubeconfig", str(self.kubeconfig),
             "--bind-address", "127.0.0.1", "--secure-port", str(sched_port), "--leader-elect=false",
             "--v", "1",
-        ])
+        ])  # fmt: skip
+        self.procs.wait_healthy(
+            {
+                "kube-controller-manager": lambda: http_ok(f"https://127.0.0.1:{cm_port}/healthz", insecure=True),
+                "kube-scheduler": lambda: http_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure=True),
+            },
+            timeout,
+        )
         (self.state_dir / "cluster.json").write_text(
-            json.dumps({"server": server, "etcd": f"http://127.0.0.1:{etcd_port}"}, indent=1)
+            json.dumps(
+                {
+                    "server": server,
+                    "etcd": f"http://127.0.0.1:{etcd_port}",
+                    "controller-manager": f"https://127.0.0.1:{cm_port}",
+                    "scheduler": f"https://127.0.0.1:{sched_port}",
+                },
+                indent=1,
+            )
         )
         self._register_node()
-        return self
+
+    def _run(self, component: str, argv: list[str]) -> None:
+        self.procs.start(component, [*argv, *self.extra_args.get(component, [])])
 
     def stop(self) -> list[str]:
         stopped = self.procs.stop_all()
@@ -198,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         if cluster.procs.alive():
             print(f"cluster already running ({cluster.state_dir}); kubeconfig: {cluster.kubeconfig}")
             return 0
-        cluster.start()
+        try:
+            cluster.start()
+        except StartError as exc:
+            print(f"cluster up failed: {exc}", file=sys.stderr)
+            for note in getattr(exc, "__notes__", []):
+                print(note, file=sys.stderr)
+            return 1
         version = cluster.kubectl("version", "-o", "json").stdout
         server = json.loads(version)["serverVersion"]["gitVersion"]
         print(f"cluster up: Kubernetes {server}; kubeconfig: {cluster.kubeconfig}")

@@ -48,19 +48,25 @@ def port_is_listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def log_tail(log: Path | None, lines: int = 30) -> str:
+    """The last lines of a log file, headed by its path ("" when there is none)."""
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- last lines of {log} ---\n" + "\n".join(text)
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.25)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n--- last lines of " + str(log) + " ---\n" + "\n".join(log.read_text().splitlines()[-30:])
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s{tail}")
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s{log_tail(log)}")
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None, insecure: bool = False) -> bool:
+    import http.client
     import ssl
 
     context = ssl._create_unverified_context() if insecure else None  # only for our own loopback servers
@@ -68,8 +74,16 @@ def http_ok(url: str, headers: dict[str, str] | None = None, insecure: bool = Fa
     try:
         with urllib.request.urlopen(request, timeout=2, context=context) as response:
             return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
         return False
+
+
+class StartError(RuntimeError):
+    """A service's process exited, or did not answer its health check in time, while starting."""
+
+    def __init__(self, component: str, message: str):
+        super().__init__(message)
+        self.component = component
 
 
 class ProcessGroup:
@@ -83,6 +97,7 @@ class ProcessGroup:
         self.state_dir = state_dir
         self.pid_file = state_dir / "pids.json"
         self.log_dir = state_dir / "logs"
+        self.children: dict[str, subprocess.Popen[bytes]] = {}  # started by this object (this process)
 
     def _read(self) -> dict[str, int]:
         if not self.pid_file.exists():
@@ -107,8 +122,38 @@ class ProcessGroup:
                 start_new_session=True,
                 cwd=self.state_dir,
             )
+        self.children[name] = proc
         self._write({**self._read(), name: proc.pid})
         return log
+
+    def log(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def wait_healthy(self, checks: dict[str, Callable[[], bool]], timeout: float) -> None:
+        """Polls each started component's health check until all pass.
+
+        Raises :class:`StartError` naming the component, with the last lines of its log, as soon as one
+        of them exits, or when one is still not healthy after ``timeout`` seconds."""
+        pending = dict(checks)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name, check in list(pending.items()):
+                proc = self.children.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise StartError(
+                        name, f"{name} exited with code {proc.returncode} while starting{log_tail(self.log(name))}"
+                    )
+                if check():
+                    del pending[name]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                name = next(iter(pending))
+                others = f" (nor {', '.join(list(pending)[1:])})" if len(pending) > 1 else ""
+                raise StartError(
+                    name, f"{name} did not become healthy within {timeout:g}s{others}{log_tail(self.log(name))}"
+                )
+            time.sleep(0.25)
 
     def alive(self) -> dict[str, int]:
         return {name: pid for name, pid in self._read().items() if pid_alive(pid)}
@@ -119,6 +164,9 @@ class ProcessGroup:
         for name, pid in reversed(list(self._read().items())):
             if stop_pid(pid, timeout):
                 stopped.append(f"{name} (pid {pid})")
+        for proc in self.children.values():
+            proc.poll()  # reaped by stop_pid already; this only tells the Popen object so
+        self.children.clear()
         if self.pid_file.exists():
             self.pid_file.unlink()
         return stopped

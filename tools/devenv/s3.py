@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from devenv.procs import ProcessGroup, ensure_binaries, free_port, http_ok, wait_until
+from devenv.procs import ProcessGroup, StartError, ensure_binaries, free_port, http_ok
 
 
 class MinioServer:
@@ -34,17 +34,29 @@ class MinioServer:
             self.__dict__.update(json.loads(self.info_file.read_text()))
 
     def start(self, timeout: float = 60) -> MinioServer:
+        """Starts MinIO and returns once it answers its liveness endpoint. If it exits, is not live within
+        ``timeout`` seconds, or anything else fails half-way, it is stopped before the error propagates
+        (:class:`devenv.procs.StartError` with the last lines of its log)."""
         if self.procs.alive():
             raise RuntimeError(f"an S3 server is already running from {self.state_dir} (stop it first)")
         bins = ensure_binaries("minio")
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
+        try:
+            self._start(bins, timeout)
+        except BaseException as exc:
+            stopped = self.procs.stop_all()
+            exc.add_note(f"the S3 server did not start; stopped: {', '.join(stopped) or 'nothing'}")
+            raise
+        return self
+
+    def _start(self, bins: Path, timeout: float) -> None:
         (self.state_dir / "data").mkdir(parents=True)
         port, console = free_port(), free_port()
         self.endpoint_url = f"http://127.0.0.1:{port}"
         self.access_key = "autolabel-" + secrets.token_hex(4)
         self.secret_key = secrets.token_hex(16)
-        log = self.procs.start(
+        self.procs.start(
             "minio",
             [str(bins / "minio"), "server", "--quiet", "--address", f"127.0.0.1:{port}",
              "--console-address", f"127.0.0.1:{console}", str(self.state_dir / "data")],
@@ -56,9 +68,8 @@ class MinioServer:
                 "MINIO_CI_CD": "1",
             },
         )
-        wait_until(lambda: http_ok(f"{self.endpoint_url}/minio/health/live"), timeout, "MinIO", log)
+        self.procs.wait_healthy({"minio": lambda: http_ok(f"{self.endpoint_url}/minio/health/live")}, timeout)
         self.info_file.write_text(json.dumps(self.env_info(), indent=1))
-        return self
 
     def env_info(self) -> dict[str, str]:
         return {
@@ -113,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     server = MinioServer(args.state_dir)
     if args.command == "up":
         if not server.procs.alive():
-            server.start()
+            try:
+                server.start()
+            except StartError as exc:
+                print(f"s3 up failed: {exc}", file=sys.stderr)
+                return 1
         for key, value in server.env().items():
             print(f"export {key}={value}")
     else:
