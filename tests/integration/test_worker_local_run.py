@@ -64,7 +64,7 @@ def test_active_learning_then_sharded_prelabeling(
     out = results_prefix(job)
     summary = run_job(job, storage, out, train_steps=150)  # a short but real training run
 
-    # --- results: one line per unlabeled image, in the design brief's format
+    # --- results: one line per unlabeled image, in the documented format (job_image/README.md)
     lines = read_lines(storage, out + "result.manifest")
     assert len(lines) == UNLABELED == summary["total"]
     assert {line["source"] for line in lines} == set(truth)
