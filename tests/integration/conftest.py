@@ -23,7 +23,7 @@ from devenv.s3 import MinioServer
 
 from autolabel.storage import Storage, StorageConfig
 
-from .operator_fixtures import BUCKET, REPO, OperatorProcess, Process
+from .operator_fixtures import BUCKET, REPO, OperatorProcess, Process, running_operator
 
 CRD_DIR = REPO / "crds"
 
@@ -103,9 +103,5 @@ def autolabel_operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """The operator as a subprocess, with the fake worker (tests/fakeworker.py) in its Jobs' pods."""
-    op = OperatorProcess(cluster, s3_server, tmp_path_factory.mktemp("operator"))
-    try:
-        op.start()
+    with running_operator(cluster, s3_server, tmp_path_factory.mktemp("operator")) as op:
         yield op
-    finally:
-        op.stop()

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,6 +163,19 @@ class OperatorProcess(Process):
                 return str(r.read().decode()) or "ok"
         except OSError:
             return ""
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: LocalCluster, s3: MinioServer, state: Path, worker_command: str | None = None
+) -> Iterator[OperatorProcess]:
+    """The operator as a subprocess for the length of the block; stopped also when its start fails."""
+    op = OperatorProcess(cluster, s3, state, worker_command)
+    try:
+        op.start()
+        yield op
+    finally:
+        op.stop()
 
 
 # ------------------------------------------------------------------------------------- helpers

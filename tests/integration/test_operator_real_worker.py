@@ -24,6 +24,7 @@ from .operator_fixtures import (
     condition,
     get_json,
     job_manifest,
+    running_operator,
 )
 
 pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3, pytest.mark.e2e]
@@ -39,12 +40,9 @@ def real_operator(
     operator_node_runner: Process,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster, s3_server, tmp_path_factory.mktemp("real-operator"), worker_command="")
-    op.start()
-    try:
+    """The operator with the real ``autolabel-worker`` in its Jobs' pods."""
+    with running_operator(cluster, s3_server, tmp_path_factory.mktemp("real-operator"), worker_command="") as op:
         yield op
-    finally:
-        op.stop()
 
 
 def upload_digits(s3: MinioServer, folder: Path) -> str:
