@@ -74,14 +74,15 @@ difference in either direction.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# Per-job job description (ConfigMap) and storage credentials (Secret); the garbage collector deletes
-# them with the AutoLabelJob. Secrets are read for spec.storage.secretRef.
+# Per-job job description (ConfigMap) and storage credentials (Secret), replaced when a Job is created
+# again (so it never runs with stale ones); the garbage collector deletes them with the AutoLabelJob.
+# Secrets are read for spec.storage.secretRef.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create]
+  verbs: [create, update]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create]
+  verbs: [get, create, update]
 # The per-dataset lock.
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
