@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from autolabel.api import Task
 from autolabel.manifest import (
     CLASSIFICATION_TYPE,
     DETECTION_TYPE,
+    ManifestEntry,
     ManifestError,
     ManifestSummary,
     read_manifest,
@@ -29,6 +31,7 @@ from autolabel.storage import (
     is_s3,
     join_uri,
     local_path,
+    split_s3,
 )
 
 MIN_LABELS = 2
@@ -56,7 +59,7 @@ _TASK_ALIASES = {
 class PreconditionFailure:
     reason: str
     """CamelCase: UnsupportedTask, TooFewLabels, TooFewImagesPerLabel, NoUnlabeledImages, ManifestInvalid,
-    ManifestUnreadable, StorageUnreachable, ModelNotFound, ModelInvalid, ModelTaskMismatch."""
+    ManifestUnreadable, StorageUnreachable, ModelNotFound, ModelInvalid, ModelTaskMismatch, BucketNotAllowed."""
     message: str
 
     def __str__(self) -> str:
@@ -136,15 +139,47 @@ def check_dataset(summary: ManifestSummary, task: Task | str) -> list[Preconditi
     return failures
 
 
+class BucketNotAllowed(ManifestError):
+    """A manifest line names an object in a bucket the reader may not use."""
+
+
+def only_buckets(
+    entries: Iterable[ManifestEntry], manifest_uri: str, allowed: Collection[str]
+) -> Iterator[ManifestEntry]:
+    """The entries, unchanged, while every ``s3://`` object they name (image, VOC file) is in ``allowed``;
+    raises :class:`BucketNotAllowed` naming the line and the bucket at the first that is not."""
+    for entry in entries:
+        named = [('"source"', entry.source)]
+        named += [('"annotation-loc"', a.annotation_loc) for a in entry.annotations if a.annotation_loc]
+        for what, uri in named:
+            if is_s3(uri):
+                bucket = split_s3(uri)[0]
+                if bucket not in allowed:
+                    raise BucketNotAllowed(
+                        manifest_uri, entry.line_no, f"{what} {uri} is in bucket {bucket!r}, which is not allowed"
+                    )
+        yield entry
+
+
 def check_manifest(
-    storage: Storage, manifest_uri: str, task: Task | str, track_duplicates: bool = False
+    storage: Storage,
+    manifest_uri: str,
+    task: Task | str,
+    track_duplicates: bool = False,
+    allowed_buckets: Collection[str] | None = None,
 ) -> tuple[ManifestSummary | None, list[PreconditionFailure]]:
     """Read and check a whole manifest (streamed); storage and format problems become failures.
 
-    ``StorageUnreachable`` is a failure too: callers that retry (the operator) check its reason.
+    ``StorageUnreachable`` is a failure too: callers that retry (the operator) check its reason. With
+    ``allowed_buckets``, a line naming an object in any other bucket is ``BucketNotAllowed`` (None: any).
     """
     try:
-        summary = summarize(read_manifest(storage, manifest_uri), track_duplicates=track_duplicates)
+        entries: Iterable[ManifestEntry] = read_manifest(storage, manifest_uri)
+        if allowed_buckets is not None:
+            entries = only_buckets(entries, manifest_uri, allowed_buckets)
+        summary = summarize(entries, track_duplicates=track_duplicates)
+    except BucketNotAllowed as exc:
+        return None, [PreconditionFailure("BucketNotAllowed", str(exc))]
     except ManifestError as exc:
         return None, [PreconditionFailure("ManifestInvalid", str(exc))]
     except StorageUnreachable as exc:

@@ -18,15 +18,26 @@ A flavor that asks for ``nvidia.com/gpu`` in its limits gets the same amount as 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from autolabel.api import AutoLabelJob
+from autolabel.contract import storage_endpoint
+
 GPU_RESOURCE = "nvidia.com/gpu"
+# In AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES / AUTOLABEL_ALLOWED_BUCKETS: every namespace / bucket.
+# For a single-user development environment only: on a shared cluster it hands the operator's storage
+# keys to everyone who can create an AutoLabelJob (docs/operations.md, "Storage credentials").
+EVERY = "*"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 
 
 class ConfigError(ValueError):
@@ -97,6 +108,16 @@ def load_flavors(path: str | None) -> FlavorCatalogue:
     return parse_flavors(text, path)
 
 
+def _list_env(env: dict[str, str], name: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+    """A comma-separated list; each item must match ``pattern`` or be ``*`` (every one)."""
+    raw = env.get(name, "")
+    items = tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+    for item in items:
+        if item != EVERY and not pattern.fullmatch(item):
+            raise ConfigError(f"{name}={raw!r}: {item!r} is not a valid {what} (nor {EVERY!r}, meaning every one)")
+    return items
+
+
 def _float_env(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw in (None, ""):
@@ -117,6 +138,10 @@ class Settings:
     s3_region: str | None = None
     access_key: str | None = None
     secret_key: str | None = None
+    # Where jobs without spec.storage.secretRef may use the operator's credentials (empty: nowhere), and
+    # the buckets they may name with them (empty: none). "*" is every namespace / bucket.
+    default_credentials_namespaces: tuple[str, ...] = ()
+    allowed_buckets: tuple[str, ...] = ()
     worker_image: str = "ghcr.io/autolabel/worker:latest"
     worker_command: tuple[str, ...] = ("autolabel-worker",)
     image_pull_policy: str = "IfNotPresent"
@@ -148,6 +173,10 @@ class Settings:
             s3_region=env.get("AUTOLABEL_S3_REGION") or env.get("AWS_REGION") or None,
             access_key=env.get("AWS_ACCESS_KEY_ID") or None,
             secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            default_credentials_namespaces=_list_env(
+                env, "AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES", _DNS_LABEL, "namespace name"
+            ),
+            allowed_buckets=_list_env(env, "AUTOLABEL_ALLOWED_BUCKETS", _BUCKET, "bucket name"),
             worker_image=env.get("AUTOLABEL_WORKER_IMAGE") or cls.worker_image,
             worker_command=command,
             image_pull_policy=env.get("AUTOLABEL_IMAGE_PULL_POLICY") or cls.image_pull_policy,
@@ -160,3 +189,43 @@ class Settings:
             results_backoff=_float_env(env, "AUTOLABEL_RESULTS_BACKOFF", cls.results_backoff),
             time_budget_seconds=int(budget) if budget else None,
         )
+
+    def default_credentials_allowed(self, namespace: str) -> bool:
+        """May a job in ``namespace`` without spec.storage.secretRef use the operator's credentials?"""
+        allowed = self.default_credentials_namespaces
+        return EVERY in allowed or namespace in allowed
+
+    def bucket_allowed(self, bucket: str) -> bool:
+        """May a job using the operator's credentials name ``bucket``?"""
+        return EVERY in self.allowed_buckets or bucket in self.allowed_buckets
+
+    def buckets_for_operator_credentials(self) -> frozenset[str] | None:
+        """The buckets a manifest read with the operator's credentials may name (None: any)."""
+        return None if EVERY in self.allowed_buckets else frozenset(self.allowed_buckets)
+
+
+def uses_operator_credentials(job: AutoLabelJob) -> bool:
+    """A job without spec.storage.secretRef runs on the operator's credentials (its keys, or whatever the
+    operator's own environment gives boto3)."""
+    return job.spec.storage is None or job.spec.storage.secret_ref is None
+
+
+def job_endpoint(job: AutoLabelJob, settings: Settings) -> str | None:
+    """The endpoint requests for ``job`` are sent to, by the operator and by the worker. With the
+    operator's credentials always the operator's own endpoint: they are never signed for a host a user
+    names (a different spec.storage.endpoint fails the preconditions with EndpointNotAllowed)."""
+    if uses_operator_credentials(job):
+        return settings.s3_endpoint
+    return storage_endpoint(job, settings.s3_endpoint)
+
+
+def same_endpoint(a: str | None, b: str | None) -> bool:
+    """Two endpoint URLs name the same place (scheme and host case-insensitive, trailing slash ignored)."""
+    if not a or not b:
+        return not a and not b
+
+    def canonical(url: str) -> tuple[str, str, str]:
+        parts = urlsplit(url.strip())
+        return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+
+    return canonical(a) == canonical(b)

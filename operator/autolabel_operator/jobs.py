@@ -17,12 +17,11 @@ from autolabel.contract import (
     Env,
     non_retryable_exit_codes,
     shard_count,
-    storage_endpoint,
     storage_region,
     time_budget,
 )
 
-from .config import Flavor, Settings
+from .config import Flavor, Settings, job_endpoint, uses_operator_credentials
 from .names import (
     KOPF_PREFIX,
     KUEUE_QUEUE_LABEL,
@@ -74,21 +73,30 @@ def build_configmap(body: dict[str, Any], job: AutoLabelJob) -> dict[str, Any]:
     }
 
 
+def _copies_operator_credentials(job: AutoLabelJob, settings: Settings) -> bool:
+    """The operator's keys go into the job's namespace only for a job without its own Secret, in a
+    namespace the cluster admin allowed (AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES): whoever can read
+    Secrets or create pods there can read them."""
+    return (
+        uses_operator_credentials(job)
+        and settings.default_credentials_allowed(job.metadata.namespace or "default")
+        and bool(settings.access_key and settings.secret_key)
+    )
+
+
 def credentials_secret_name(job: AutoLabelJob, settings: Settings) -> str | None:
     """The Secret whose keys AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY the pods read, if any."""
     if job.spec.storage is not None and job.spec.storage.secret_ref is not None:
         return job.spec.storage.secret_ref.name
-    if settings.access_key and settings.secret_key:
+    if _copies_operator_credentials(job, settings):
         return secret_name(job)
     return None
 
 
 def build_credentials_secret(body: dict[str, Any], job: AutoLabelJob, settings: Settings) -> dict | None:
-    """A copy of the operator's credentials owned by the AutoLabelJob, when the spec names no Secret:
-    credentials reach pods only by reference, and go away with the job."""
-    if job.spec.storage is not None and job.spec.storage.secret_ref is not None:
-        return None
-    if not (settings.access_key and settings.secret_key):
+    """A copy of the operator's credentials owned by the AutoLabelJob, when the spec names no Secret and
+    the namespace is allowed to use them: credentials reach pods only by reference, and go away with the job."""
+    if not _copies_operator_credentials(job, settings):
         return None
     return {
         "apiVersion": "v1",
@@ -117,7 +125,7 @@ def _env(job: AutoLabelJob, settings: Settings) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     # Env.SHARD_INDEX is set by the Job controller itself (Indexed completion mode).
-    endpoint = storage_endpoint(job, settings.s3_endpoint)
+    endpoint = job_endpoint(job, settings)
     if endpoint:
         env.append({"name": Env.ENDPOINT, "value": endpoint})
     region = storage_region(job, settings.s3_region)

@@ -2,8 +2,9 @@
 (reading the workers' results is :mod:`.results`).
 
 The rules themselves live in :mod:`autolabel.preconditions` (shared with the worker's preflight); here we
-only stream the manifest, add the operator's own rule (the flavor must exist), turn storage errors into
-CamelCase reasons and retry unreachable storage with backoff. Storage calls are synchronous boto3, so
+only stream the manifest, add the operator's own rules (the flavor must exist; the storage policy for
+jobs without their own credentials, :func:`storage_policy`), turn storage errors into CamelCase reasons and
+retry unreachable storage with backoff. Storage calls are synchronous boto3, so
 they run in a thread (:func:`asyncio.to_thread`), never on the event loop.
 """
 
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from autolabel.api import AutoLabelJob, Mode
-from autolabel.contract import storage_endpoint, storage_region
+from autolabel.contract import CREDENTIAL_KEYS, storage_region
 from autolabel.preconditions import PreconditionFailure, check_manifest, check_model
-from autolabel.storage import Storage, StorageConfig
+from autolabel.storage import Storage, StorageConfig, is_s3, split_s3
 
-from .config import Settings
+from .config import Settings, job_endpoint, same_endpoint, uses_operator_credentials
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Credentials:
 
 def storage_config(job: AutoLabelJob, settings: Settings, credentials: Credentials) -> StorageConfig:
     return StorageConfig(
-        endpoint_url=storage_endpoint(job, settings.s3_endpoint),
+        endpoint_url=job_endpoint(job, settings),
         region=storage_region(job, settings.s3_region),
         access_key=credentials.access_key,
         secret_key=credentials.secret_key,
@@ -68,10 +69,79 @@ async def _retrying(
     return failures
 
 
+def _listed(values: tuple[str, ...]) -> str:
+    return ", ".join(values) if values else "none"
+
+
+def storage_policy(job: AutoLabelJob, settings: Settings) -> list[PreconditionFailure]:
+    """What a job without ``spec.storage.secretRef`` (so, on the operator's credentials) may do; empty for
+    a job with its own Secret. Checked before any storage request is made for the job.
+
+    - ``CredentialsRequired``: its namespace is not in ``AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES``;
+    - ``EndpointNotAllowed``: ``spec.storage.endpoint`` is not the operator's endpoint (the operator would
+      sign requests for a host the user chose);
+    - ``BucketNotAllowed``: the manifest, ``spec.output`` or the model is in a bucket not in
+      ``AUTOLABEL_ALLOWED_BUCKETS`` (lines of the manifest are checked while it is read).
+    """
+    if not uses_operator_credentials(job):
+        return []
+    namespace = job.metadata.namespace or "default"
+    own_secret = (
+        f"create a Secret with keys {' and '.join(CREDENTIAL_KEYS)} in namespace {namespace!r} and name it "
+        "in spec.storage.secretRef"
+    )
+    if not settings.default_credentials_allowed(namespace):
+        return [
+            PreconditionFailure(
+                "CredentialsRequired",
+                f"spec.storage.secretRef is required: namespace {namespace!r} may not use the operator's storage "
+                f"credentials (AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES); {own_secret}",
+            )
+        ]
+    failures: list[PreconditionFailure] = []
+    endpoint = job.spec.storage.endpoint if job.spec.storage else None
+    if endpoint and not same_endpoint(endpoint, settings.s3_endpoint):
+        failures.append(
+            PreconditionFailure(
+                "EndpointNotAllowed",
+                f"spec.storage.endpoint {endpoint!r} is not the operator's storage endpoint "
+                f"({settings.s3_endpoint or 'the AWS S3 default'}), the only one its credentials are sent to; "
+                f"to use another endpoint, {own_secret}",
+            )
+        )
+    uris = [("spec.dataset.manifest", job.spec.dataset.manifest), ("spec.output", job.spec.output)]
+    if job.spec.pre_labeling is not None:
+        uris.append(("spec.preLabeling.model.uri", job.spec.pre_labeling.model.uri))
+    for field_name, uri in uris:
+        if uri and is_s3(uri):
+            bucket = split_s3(uri)[0]
+            if not settings.bucket_allowed(bucket):
+                failures.append(
+                    PreconditionFailure(
+                        "BucketNotAllowed",
+                        f"{field_name} {uri}: bucket {bucket!r} is not allowed with the operator's storage "
+                        f"credentials (AUTOLABEL_ALLOWED_BUCKETS: {_listed(settings.allowed_buckets)}); "
+                        f"to use it, {own_secret}",
+                    )
+                )
+    return failures
+
+
+def _bucket_hint(failures: list[PreconditionFailure], settings: Settings) -> list[PreconditionFailure]:
+    """The manifest's BucketNotAllowed, with what the job's owner can do about it."""
+    hint = (
+        f" (AUTOLABEL_ALLOWED_BUCKETS: {_listed(settings.allowed_buckets)}); objects in other buckets need "
+        "the job's own credentials in spec.storage.secretRef"
+    )
+    return [PreconditionFailure(f.reason, f.message + hint) if f.reason == "BucketNotAllowed" else f for f in failures]
+
+
 async def check(job: AutoLabelJob, settings: Settings, storage: Storage) -> list[PreconditionFailure]:
     """Every failed precondition (empty: all met). Unreachable storage is retried with backoff, then
-    reported as ``StorageUnreachable`` naming the object."""
-    failures: list[PreconditionFailure] = []
+    reported as ``StorageUnreachable`` naming the object. A job that breaks the storage policy
+    (:func:`storage_policy`) gets no storage request at all."""
+    policy = storage_policy(job, settings)  # first: its reason is the one the status shows
+    failures: list[PreconditionFailure] = list(policy)
     flavor = job.spec.resources.flavor
     if settings.flavors.get(flavor) is None:
         failures.append(
@@ -81,13 +151,16 @@ async def check(job: AutoLabelJob, settings: Settings, storage: Storage) -> list
                 f"(known: {', '.join(sorted(settings.flavors.flavors))})",
             )
         )
+    if policy:
+        return failures
     manifest = job.spec.dataset.manifest
-    failures += await _retrying(
-        lambda: check_manifest(storage, manifest, job.spec.task, track_duplicates=False)[1],
-        settings.storage_retries,
-        settings.storage_backoff,
-        manifest,
-    )
+    buckets = settings.buckets_for_operator_credentials() if uses_operator_credentials(job) else None
+
+    def read() -> list[PreconditionFailure]:
+        return check_manifest(storage, manifest, job.spec.task, track_duplicates=False, allowed_buckets=buckets)[1]
+
+    read_failures = await _retrying(read, settings.storage_retries, settings.storage_backoff, manifest)
+    failures += _bucket_hint(read_failures, settings)
     if job.spec.mode == Mode.PRE_LABELING and job.spec.pre_labeling is not None:
         model_uri = job.spec.pre_labeling.model.uri
         failures += await _retrying(

@@ -32,7 +32,7 @@ from .jobs import build_configmap, build_credentials_secret, build_job
 from .kube import Kube
 from .lock import Candidate
 from .names import DATASET_LABEL, child_name, dataset_key, lease_name
-from .preconditions import Credentials, storage_config, storage_for
+from .preconditions import Credentials, storage_config, storage_for, storage_policy
 from .preconditions import check as check_preconditions
 from .results import read_progress, read_result
 from .status import (
@@ -318,6 +318,9 @@ class Reconciler:
             flavor = self.settings.flavors.get(job.spec.resources.flavor)
             if flavor is None:  # the catalogue changed since the preconditions passed
                 return b.fail("UnknownFlavor", f"spec.resources.flavor {job.spec.resources.flavor!r} is unknown")
+            policy = storage_policy(job, self.settings)
+            if policy:  # the storage settings changed since the preconditions passed: copy no keys
+                return b.fail(policy[0].reason, "; ".join(f.message for f in policy))
             secret = build_credentials_secret(run.raw, job, self.settings)
             if secret is not None:
                 await self.kube.ensure("secrets", namespace, secret)

@@ -121,6 +121,10 @@ class OperatorProcess(Process):
             "AUTOLABEL_S3_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": s3.access_key,
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            # Every test makes its own namespace: jobs without a secretRef may use these keys in any of them
+            # ("*", a development setting), for the tests' bucket only.
+            "AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES": "*",
+            "AUTOLABEL_ALLOWED_BUCKETS": BUCKET,
             "AUTOLABEL_WORKER_COMMAND": f"{sys.executable} {FAKE_WORKER}" if worker_command is None else worker_command,
             "AUTOLABEL_WORKER_IMAGE": "autolabel-worker:test",
             "AUTOLABEL_METRICS_PORT": str(self.metrics_port),

@@ -269,6 +269,9 @@ def test_lint_strict(helm: Any, tmp_path: Path) -> None:
         ({"defaultFlavor": "gpu-8"}, 'defaultFlavor: "gpu-8" is not an entry of flavors (cpu, gpu-1)'),
         ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
         ({"s3": {"endpoint": "minio:9000"}}, "endpoint"),
+        ({"defaultCredentials": {"namespaces": ["Team_A"]}}, "/defaultCredentials/namespaces/0"),
+        ({"defaultCredentials": {"buckets": ["s3://datasets"]}}, "/defaultCredentials/buckets/0"),
+        ({"defaultCredentials": {"namespace": ["team-a"]}}, "namespace"),  # typo of namespaces
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
          "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
@@ -341,6 +344,8 @@ def test_the_operator_reads_the_rendered_configuration(helm: Any, tmp_path: Path
     assert settings.metrics_port == 9090
     assert settings.liveness == "http://0.0.0.0:8080/healthz"
     assert settings.access_key is None and settings.s3_endpoint is None
+    # By default no job may use the operator's credentials, in no namespace, for no bucket.
+    assert settings.default_credentials_namespaces == () and settings.allowed_buckets == ()
     assert settings.flavors.default == "gpu-1"
     gpu = settings.flavors.get("gpu-1")
     assert gpu is not None
@@ -352,6 +357,7 @@ def test_the_operator_reads_the_rendered_configuration(helm: Any, tmp_path: Path
     values = {
         "watchNamespaces": ["team-a", "team-b"],
         "s3": {"endpoint": "http://minio.storage:9000", "region": "eu-west-1", "credentialsSecret": "s3-creds"},
+        "defaultCredentials": {"namespaces": ["team-a"], "buckets": ["datasets", "models.v2"]},
         "worker": {"image": {"repository": "registry.local/worker", "tag": "7", "pullPolicy": "Always"},
                    "command": "python -m autolabel_worker.entrypoint", "timeBudgetSeconds": 600},
         "reconcileIntervalSeconds": 2.5,
@@ -363,6 +369,8 @@ def test_the_operator_reads_the_rendered_configuration(helm: Any, tmp_path: Path
     assert settings.namespaces == ("team-a", "team-b")
     assert (settings.s3_endpoint, settings.s3_region) == ("http://minio.storage:9000", "eu-west-1")
     assert (settings.access_key, settings.secret_key) == ("ak", "sk")
+    assert settings.default_credentials_namespaces == ("team-a",)
+    assert settings.allowed_buckets == ("datasets", "models.v2")
     assert settings.worker_image == "registry.local/worker:7" and settings.image_pull_policy == "Always"
     assert settings.worker_command == ("python", "-m", "autolabel_worker.entrypoint")
     assert settings.time_budget_seconds == 600 and settings.reconcile_interval == 2.5
@@ -600,6 +608,7 @@ def test_the_operator_works_with_only_the_charts_permissions(
     release = f"r{uuid.uuid4().hex[:6]}"
     values = {"watchNamespaces": [namespace], "crds": {"install": False},
               "s3": {"endpoint": s3_server.endpoint_url, "region": "us-east-1", "credentialsSecret": "s3-creds"},
+              "defaultCredentials": {"namespaces": [namespace], "buckets": [bucket]},
               "reconcileIntervalSeconds": 1, **NEVER_SCHEDULED}
     kube = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace]
     helm("install", release, str(CHART), *kube, *_values_file(tmp_path, values), "--timeout", "60s")

@@ -149,8 +149,15 @@ def test_each_precondition_failure_names_what_is_wrong(
             },
             ["ModelNotFound", "models/none/model.pt"],
         ),
-        "no-storage": (good, {"storage": {"endpoint": "http://127.0.0.1:9"}}, ["StorageUnreachable", good]),
+        # A user's own endpoint needs the user's own credentials; the operator's go only to its endpoint.
+        "no-storage": (good, {"storage": {"endpoint": "http://127.0.0.1:9", "secretRef": {"name": "own-keys"}}},
+                       ["StorageUnreachable", good]),
+        "foreign-endpoint": (good, {"storage": {"endpoint": "http://127.0.0.1:9"}},
+                             ["EndpointNotAllowed", "spec.storage.endpoint", "spec.storage.secretRef"]),
     }
+    cluster.kubectl("create", "secret", "generic", "own-keys", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.access_key}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.secret_key}")
     docs = [job_manifest(name, uri, FAST, **spec) for name, (uri, spec, _) in cases.items()]
     apply(cluster, namespace, "---\n".join(docs))
     for name, (_, _, expected) in cases.items():

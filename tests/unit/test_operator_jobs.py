@@ -43,6 +43,8 @@ SETTINGS = Settings(
     s3_region="eu-1",
     access_key="op-key",
     secret_key="op-secret",
+    default_credentials_namespaces=("team-a",),
+    allowed_buckets=("datasets",),
     worker_image="registry/worker:1",
     worker_command=("autolabel-worker",),
 )

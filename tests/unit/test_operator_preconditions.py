@@ -68,7 +68,7 @@ def test_check_recovers_from_a_short_outage(tmp_path: Path) -> None:
             "spec": {"task": "ImageClassification", "mode": "ActiveLearning", "dataset": {"manifest": str(manifest)}},
         }
     )
-    settings = Settings(storage_retries=3, storage_backoff=0.01)
+    settings = Settings(storage_retries=3, storage_backoff=0.01, default_credentials_namespaces=("n",))
     assert asyncio.run(preconditions.check(job, settings, FlakyStorage(failures=2))) == []
     failures = asyncio.run(preconditions.check(job, settings, FlakyStorage(failures=3)))
     assert [f.reason for f in failures] == ["StorageUnreachable"]

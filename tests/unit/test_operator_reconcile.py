@@ -54,7 +54,8 @@ def kube() -> FakeKube:
 
 @pytest.fixture
 def reconciler(kube: FakeKube) -> Reconciler:
-    settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01)
+    settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01,
+                        default_credentials_namespaces=("ns",))  # fmt: skip
     return Reconciler(settings, cast(Kube, kube))  # duck-typed: the calls the reconciler makes
 
 

@@ -158,6 +158,10 @@ class DevEnv:
             "AUTOLABEL_S3_REGION": self.s3.region,
             "AWS_ACCESS_KEY_ID": self.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+            # One developer's machine: jobs in any namespace may use the MinIO keys for any bucket. Never on
+            # a shared cluster (docs/operations.md, "Storage credentials").
+            "AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES": "*",
+            "AUTOLABEL_ALLOWED_BUCKETS": "*",
             "AUTOLABEL_METRICS_PORT": str(metrics),
             "AUTOLABEL_LIVENESS": f"http://127.0.0.1:{health}/healthz",
         }
