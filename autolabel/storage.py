@@ -4,8 +4,9 @@ Used by the worker (images, manifests, results) and by the operator (manifest pr
 A URI is either ``s3://bucket/key`` or a local path (``file://`` is accepted and stripped).
 
 S3 access goes through one boto3 client (thread-safe) with botocore's "standard" retry mode, which
-retries throttling and 5xx answers. Connection-level failures (endpoint down, DNS, resets, time-outs) are
-retried here with exponential backoff and jitter; when those run out the call raises
+retries throttling and 5xx answers. Connection-level failures (endpoint down, DNS, resets, time-outs), and
+5xx answers that outlast botocore's retries (a store restarting), are retried here with exponential backoff
+and jitter; when those run out the call raises
 :class:`StorageUnreachable`, so callers can tell "the store is down" from "the object is missing".
 Path-style addressing is used whenever an endpoint URL is set, which is what MinIO and most
 self-hosted stores need.
@@ -267,7 +268,8 @@ class Storage:
         )
 
     def _call(self, uri: str, what: str, fn: Callable[[], T]) -> T:
-        """Run one S3 call; retry connection errors with backoff; map errors to StorageError types."""
+        """Run one S3 call; retry connection errors and 5xx answers with backoff; map errors to StorageError
+        types."""
         _botocore_errors()
         attempts = self.config.connect_retries + 1
         for attempt in range(attempts):
@@ -286,7 +288,15 @@ class Storage:
             except _NO_CREDENTIALS as exc:
                 raise StorageError(uri, f"cannot {what}: no credentials ({exc})") from exc
             except _CLIENT_ERROR as exc:
-                raise self._map_client_error(uri, what, exc) from exc
+                error = self._map_client_error(uri, what, exc)
+                if not isinstance(error, StorageUnreachable) or attempt + 1 >= attempts:
+                    raise error from exc
+                # 5xx (a store restarting or overloaded; botocore's own retries may be spent, its retry
+                # quota drained by an outage): backed off like a connection error, not given up at once.
+                delay = min(self.config.backoff_max, self.config.backoff_base * 2**attempt)
+                delay *= random.uniform(0.5, 1.0)
+                log.warning("%s: %s failed (%s); retrying in %.1fs", uri, what, error.cause, delay)
+                self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

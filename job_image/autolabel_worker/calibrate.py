@@ -254,7 +254,9 @@ class Calibration:
     estimated_precision: float | None
     verifiable: bool
     trusted: bool
-    """The model's probabilities are calibrated (ours); a user's model gets thresholds but no estimate."""
+    """The probabilities were calibrated by this run (ActiveLearning): the estimate is their expectation.
+    Otherwise (PreLabeling: a given model, whatever its labels.json claims) the estimate is the share of
+    the labeled images' accepted predictions that is right, and None without labeled predictions."""
     oof_points: int = 0
     oof_accuracy: float | None = None
     oof_accepted: int = 0
@@ -310,7 +312,12 @@ def finish(
 
     `hist` holds confidences already adjusted by `likelihood_ratio` (see `flag_adjusted`); the thresholds
     returned apply to the unadjusted ones (the mapping is monotone). `oof_flagged` marks held-out labeled
-    predictions that the test-time views flag, which are never accepted."""
+    predictions that the test-time views flag, which are never accepted.
+
+    `trusted`: the probabilities were calibrated here (on `oof_logits`), so the estimated precision is
+    their expectation over the accepted unlabeled images. Untrusted (a given model's outputs), the estimate
+    is measured: the share of the labeled predictions above the thresholds (and not flagged) that is
+    right; a label a model cannot predict has the index -1 in `labels` and counts as wrong."""
     notes: list[str] = []
     num_classes = hist.count.shape[0]
     global_t = hist.threshold(target)
@@ -363,19 +370,24 @@ def finish(
         calib.oof_accepted, calib.oof_accepted_correct = n, k
         calib.lower_bound_95 = round(clopper_pearson_lower(k, n, VERIFY_ALPHA), 6) if n else None
         calib.verifiable = calib.lower_bound_95 is not None and calib.lower_bound_95 >= target
+        if not trusted:
+            calib.estimated_precision = round(k / n, 6) if n else None
+            if not n:
+                notes.append("no labeled image's prediction reaches the thresholds: no precision is measured")
         if not calib.verifiable:
             need = math.ceil(math.log(VERIFY_ALPHA) / math.log(target)) if target < 1 else None
+            what = "the calibrated expectation" if trusted else "the share of them that is right"
             notes.append(
                 f"target not verifiable: {k} of {n} held-out labeled predictions above the thresholds are "
                 f"correct; certifying {target} with 95% confidence needs at least "
-                f"{need if need is not None else 'infinitely many'} correct ones; estimatedPrecision is the "
-                "calibrated expectation, not a guarantee (label more images to certify it)"
+                f"{need if need is not None else 'infinitely many'} correct ones; estimatedPrecision is "
+                f"{what}, not a guarantee (label more images to certify it)"
             )
     elif trusted:
         notes.append("no held-out labeled predictions: the target is not verifiable")
     else:
         notes.append(
-            "the model was not calibrated by autolabel: hard examples use its raw confidences and no "
+            "no labeled image to measure the model on: hard examples use its raw confidences and no "
             "precision is estimated"
         )
     n_acc, expected = hist.expected(np.array([adjusted_t.get(c, adjusted_global) for c in range(num_classes)]))

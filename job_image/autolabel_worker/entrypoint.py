@@ -86,9 +86,10 @@ def classify_error(exc: BaseException) -> tuple[int, str]:
         return ExitCode.TERMINATED, "Terminated"
     if isinstance(exc, JobConfigError | ValidationError):
         return ExitCode.BAD_JOB, "InvalidJob"
+    if getattr(exc, "reason", None) == "StorageUnreachable":  # a check that reached no store (preflight, model)
+        return ExitCode.STORAGE_UNREACHABLE, "StorageUnreachable"
     if isinstance(exc, PreflightError):
-        code = ExitCode.STORAGE_UNREACHABLE if exc.reason == "StorageUnreachable" else ExitCode.DATA
-        return code, exc.reason
+        return ExitCode.DATA, exc.reason
     if isinstance(exc, ManifestError):
         return ExitCode.DATA, "ManifestInvalid"
     if isinstance(exc, VocError | ImageError):

@@ -20,7 +20,7 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from autolabel.api import Task
@@ -36,10 +36,14 @@ from autolabel.contract import (
     merge_summaries,
     shard_prefix,
 )
-from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox
+from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox, read_manifest
 from autolabel.storage import ScopedWriter, Storage, StorageError
 
+from .errors import PipelineError
+
 log = logging.getLogger(__name__)
+
+MAX_NAMED = 20  # sources named in an error message
 
 ACTIVE_LEARNING_BY = "autolabel/active-learning"
 PRE_LABELING_BY = "autolabel/pre-labeling"
@@ -239,6 +243,28 @@ class ResultWriter:
         return upload_dir(self.writer, local_dir, key)
 
 
+def check_accounted(
+    expected: Iterable[str], results: Collection[str], unreadable: Iterable[Mapping[str, Any]], where: str = ""
+) -> None:
+    """Every source in ``expected`` (the unlabeled images of a run or a merge) has a result line (is in
+    ``results``) or is listed in ``unreadable``; else :class:`PipelineError` ``ImagesUnaccounted``, saying
+    how many are missing and naming the first. Nothing is reported as done while an image is lost."""
+    listed = {str(u.get("source")) for u in unreadable}
+    count, missing = 0, []
+    for source in expected:
+        count += 1
+        if source not in results and source not in listed:
+            missing.append(source)
+    if missing:
+        more = len(missing) - MAX_NAMED
+        named = ", ".join(missing[:MAX_NAMED]) + (f" and {more} more" if more > 0 else "")
+        raise PipelineError(
+            "ImagesUnaccounted",
+            f"{where}{len(missing)} of {count} unlabeled images have neither a result line nor an entry in "
+            f"unreadableImages (lost by the worker; nothing was reported as done): {named}",
+        )
+
+
 def write_json(writer: ScopedWriter, key: str, doc: Mapping[str, Any]) -> None:
     writer.write_bytes(key, (json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode())
 
@@ -263,11 +289,17 @@ def upload_dir(writer: ScopedWriter, local_dir: str, key: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ shards
 
 
-def merge_shards(storage: Storage, writer: ScopedWriter, shard_count: int) -> dict[str, Any] | None:
+def merge_shards(
+    storage: Storage, writer: ScopedWriter, shard_count: int, manifest: str | None = None
+) -> dict[str, Any] | None:
     """Merge ``shards/<i>/`` into the top-level results when every shard's ``summary.json`` exists.
 
     Returns the merged summary, or None when a shard has not finished. The merge is deterministic (shard
     order, streamed), so running it twice, or from two shards at once, writes the same objects.
+
+    Nothing is merged (:class:`PipelineError` ``ImagesUnaccounted``) when a shard's ``result.manifest``
+    has fewer lines than its ``summary.json`` counts, or, given the job's ``manifest``, when an unlabeled
+    image of it has no result line in any shard and is listed as unreadable by none.
     """
     summaries = []
     for index in range(shard_count):
@@ -275,13 +307,30 @@ def merge_shards(storage: Storage, writer: ScopedWriter, shard_count: int) -> di
         if not storage.exists(summary_uri):
             return None
         summaries.append(json.loads(storage.read_bytes(summary_uri)))
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".manifest", delete=False) as tmp:
-        for index in range(shard_count):
-            result_uri = writer.uri(shard_prefix(index) + RESULT_FILE)
-            for line in storage.iter_lines(result_uri):
-                if line.strip():
-                    tmp.write(line + "\n")
+    sources: set[str] = set()
+    tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".manifest", delete=False)  # noqa: SIM115
     try:
+        with tmp:
+            for index in range(shard_count):
+                result_uri = writer.uri(shard_prefix(index) + RESULT_FILE)
+                lines = 0
+                for line in storage.iter_lines(result_uri):
+                    if line.strip():
+                        tmp.write(line + "\n")
+                        lines += 1
+                        if manifest is not None:
+                            sources.add(str(json.loads(line).get("source")))
+                claimed = summaries[index].get("total")
+                if isinstance(claimed, int) and not isinstance(claimed, bool) and lines < claimed:
+                    raise PipelineError(
+                        "ImagesUnaccounted",
+                        f"shard {index}: {claimed - lines} of {claimed} result lines its summary.json counts are "
+                        f"missing from {result_uri} (nothing was merged)",
+                    )
+        if manifest is not None:
+            unlabeled = dict.fromkeys(e.source for e in read_manifest(storage, manifest) if not e.is_labeled)
+            unreadable = [u for s in summaries for u in (s.get("unreadableImages") or []) if isinstance(u, dict)]
+            check_accounted(unlabeled, sources, unreadable, where="shard merge: ")
         writer.upload_file(tmp.name, RESULT_FILE)
     finally:
         os.unlink(tmp.name)

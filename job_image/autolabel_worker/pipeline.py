@@ -4,7 +4,9 @@ examples -> write. Shared by the container entrypoint and ``autolabel run --loca
 ActiveLearning trains a K-fold ensemble on the labeled images (Fast: supervised; Precise: FixMatch with
 the unlabeled images too), calibrates it on the out-of-fold predictions, labels every unlabeled image and
 exports the ensemble as ``model/``. PreLabeling runs a given TorchScript model over this shard's share of
-the unlabeled images and flags hard examples without changing its predictions.
+the unlabeled images and flags hard examples without changing its predictions; its precision is measured
+on the dataset's labeled images (every shard alike), never taken from the model's own confidence or from
+what its labels.json says.
 """
 
 from __future__ import annotations
@@ -29,17 +31,18 @@ from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
 from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, shard_prefix, time_budget
 from autolabel.manifest import ManifestEntry, read_manifest
 from autolabel.preconditions import check_model, model_files
-from autolabel.storage import ScopedWriter, Storage
+from autolabel.storage import ScopedWriter, Storage, StorageError, StorageUnreachable
 
 from . import calibrate as cal
 from .augment import TTA_REASONS, AugmentPolicy, tta_views
 from .ensemble import FoldEnsemble, train_fold_ensemble
+from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
 from .images import decode_image
 from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model, median_size
-from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards
+from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted, merge_shards
 from .predict import Decoder, Predictor, image_to_array, iter_batches
-from .preflight import PreflightError, PreflightResult, run_preflight
+from .preflight import PreflightError, PreflightResult, check_unreadable_share, run_preflight
 from .progress import ProgressReporter
 from .train import TrainConfig, to_input
 
@@ -48,14 +51,6 @@ log = logging.getLogger(__name__)
 UNLABELED_MEMORY_BYTES = 512 * 2**20
 MIRROR_MIN_SIDE = 32
 PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
-
-
-class PipelineError(Exception):
-    """A run that cannot go on; ``reason`` is the CamelCase condition reason the operator shows."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -114,7 +109,8 @@ def run_job(
     if shard_count > 1:
         # Every shard tries the merge once its own summary is written; only the run that finds all
         # shards' summaries merges (idempotent, so two finishing together write the same objects).
-        merged = merge_shards(storage, ScopedWriter(storage, output_prefix), shard_count)
+        top = ScopedWriter(storage, output_prefix)
+        merged = merge_shards(storage, top, shard_count, manifest=spec.dataset.manifest)
         if merged:
             log.info("all %d shards done: merged into %s", shard_count, output_prefix)
         else:
@@ -141,12 +137,15 @@ def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[Mani
 def load_images(
     ctx: RunContext, entries: list[ManifestEntry], input_size: tuple[int, int], unreadable: list[dict[str, str]]
 ) -> tuple[torch.Tensor, list[int]]:
-    """Decode images into one uint8 tensor; failures are added to `unreadable`. Returns (x, kept indices)."""
+    """Decode images into one uint8 tensor; images that are missing, refused or cannot be decoded are added
+    to `unreadable`, a store that cannot be reached raises StorageUnreachable. Returns (x, kept indices)."""
     decode = _decoder(ctx)
     arrays, kept = [], []
     for i, (uri, data) in enumerate(ctx.storage.fetch_many(e.source for e in entries)):
-        if isinstance(data, Exception):
-            unreadable.append({"source": uri, "reason": str(data)})
+        if isinstance(data, StorageUnreachable):
+            raise data
+        if isinstance(data, StorageError):
+            unreadable.append({"source": uri, "reason": data.cause})
             continue
         try:
             arrays.append(image_to_array(decode(data, uri), input_size))
@@ -195,6 +194,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     policy = AugmentPolicy(hflip=min(median_size(sizes)) >= MIRROR_MIN_SIDE)
     ctx.progress.set_stage(Stage.TRAIN, total=100)
     x_lab, kept = load_images(ctx, pre.labeled, model_spec.input_size, unreadable)
+    check_unreadable_share(unreadable, pre.total_images, spec)
     labeled = [pre.labeled[i] for i in kept]
     y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
     _check_counts_after_decoding(y_lab, classes)
@@ -328,12 +328,36 @@ def _pre_labeling(ctx: RunContext) -> dict:
         bundle.model, bundle.input_size, bundle.mean, bundle.std, views, ctx.device, with_features=False
     )
     flags = HardExampleRule(np.zeros(len(bundle.labels)), TTA_REASONS, None)
+    evidence = _labeled_evidence(ctx, predictor, bundle.labels, flags)
+    images_read = pre.total_images
+    if ctx.shard_index == 0:  # every shard reads the same labeled images; the first one lists and counts them
+        unreadable += evidence.unreadable
+        images_read += evidence.images
+    elif evidence.unreadable:
+        log.warning("%d labeled images cannot be used (listed by shard 0)", len(evidence.unreadable))
+    trained_on = bundle.meta.get("trainedOn")
+    if isinstance(trained_on, dict) and trained_on.get("manifest") == spec.dataset.manifest:
+        evidence.notes.append(
+            "labels.json says the model was trained on this dataset's labeled images: the precision measured "
+            "on them is optimistic"
+        )
     scratch, hist, infer_seconds = _infer(
         ctx, predictor, pre.unlabeled, len(bundle.labels), unreadable, None, None, flags
     )
     target = spec.active_learning.target_precision if spec.active_learning else 0.95
-    own = str(bundle.meta.get("createdBy", "")).startswith("autolabel/")
-    calibration = cal.finish(hist, None, None, target=target, temperature=1.0, cautious_temperature=1.0, trusted=own)
+    # Never trusted: whoever made the model (labels.json's createdBy is the user's to write), its precision
+    # is what it achieves on the labeled images, checked the way ActiveLearning's held-out predictions are.
+    calibration = cal.finish(
+        hist,
+        evidence.log_probs,
+        evidence.labels,
+        target=target,
+        temperature=1.0,
+        cautious_temperature=1.0,
+        trusted=False,
+        oof_flagged=evidence.flagged,
+    )
+    calibration.notes.extend(evidence.notes)
     rule = HardExampleRule(calibration.thresholds_array(len(bundle.labels)), TTA_REASONS, None)
     return _write_results(
         ctx,
@@ -345,11 +369,80 @@ def _pre_labeling(ctx: RunContext) -> dict:
         pre,
         unreadable,
         model_dir=None,
+        images_read=images_read,
         extra={
             "model": {"uri": model_uri, "version": spec.pre_labeling.model.version},
             "inferenceSeconds": round(infer_seconds, 3),
             "inferenceImagesPerSecond": round(scratch.count / infer_seconds, 3) if infer_seconds > 0 else None,
         },
+    )
+
+
+@dataclass
+class LabeledEvidence:
+    """A given model's predictions on the dataset's labeled images, for `cal.finish` (PreLabeling)."""
+
+    log_probs: np.ndarray  # (1, n, C): log-probabilities, as one "repeat" of held-out logits
+    labels: np.ndarray  # (n,): the class index in the model's labels, -1 for a label the model lacks
+    flagged: np.ndarray  # (n,): flagged by the test-time views (never accepted)
+    unreadable: list[dict[str, str]]
+    images: int  # labeled images read (readable or not)
+    notes: list[str]
+
+
+def _labeled_evidence(
+    ctx: RunContext, predictor: Predictor, model_labels: list[str], flags: HardExampleRule
+) -> LabeledEvidence:
+    """Run the model over every labeled image of the manifest (first occurrence of each source): the only
+    evidence of how often it is right. A store that cannot be reached raises; an image that cannot be used
+    is listed in `unreadable`."""
+    first: dict[str, list[str]] = {}
+    for entry in read_manifest(ctx.storage, ctx.job.spec.dataset.manifest):
+        if entry.is_labeled:
+            first.setdefault(entry.source, entry.labels)
+    label_of = {source: labels[0] for source, labels in first.items() if len(labels) == 1}
+    index = {name: i for i, name in enumerate(model_labels)}
+    truth = {source: index.get(label, -1) for source, label in label_of.items()}
+    unknown = sorted({label for label in label_of.values() if label not in index})
+    ctx.progress.set_stage(Stage.CALIBRATE, total=len(label_of))
+    probs, labels, flagged, unreadable = [], [], [], []
+    done = 0
+    batches = iter_batches(
+        ctx.storage,
+        iter(label_of),
+        _decoder(ctx),
+        predictor.input_size,
+        batch_size=256,
+        decode_workers=max(2, min(8, os.cpu_count() or 2)),
+        pin_memory=ctx.device.type == "cuda",
+    )
+    for batch in batches:
+        unreadable += [{"source": source, "reason": reason} for source, reason in batch.failures]
+        if len(batch.sources):
+            out = predictor.predict(batch.x)
+            probs.append(out.probs)
+            labels.append(np.array([truth[s] for s in batch.sources], dtype=np.int64))
+            flagged.append(flags.flagged_apart_from_confidence(out.probs.argmax(axis=1), out.tta_pred, None))
+        done += len(batch.sources) + len(batch.failures)
+        ctx.progress.update(done)
+    num_classes = len(model_labels)
+    p = np.concatenate(probs) if probs else np.zeros((0, num_classes))
+    notes = []
+    if len(label_of) < len(first):
+        notes.append(f"{len(first) - len(label_of)} labeled image(s) with more than one label are not measured")
+    if unknown:
+        listed = ", ".join(f'"{name}"' for name in unknown[:5]) + (" and more" if len(unknown) > 5 else "")
+        notes.append(
+            f"labeled images carry {len(unknown)} label(s) the model does not know ({listed}): its predictions "
+            "on them count as wrong"
+        )
+    return LabeledEvidence(
+        log_probs=np.log(np.maximum(p, 1e-300))[None],
+        labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64),
+        flagged=np.concatenate(flagged) if flagged else np.zeros(0, dtype=bool),
+        unreadable=unreadable,
+        images=len(label_of),
+        notes=notes,
     )
 
 
@@ -487,17 +580,25 @@ def _write_results(
     unreadable: list[dict[str, str]],
     model_dir: str | None,
     extra: dict[str, Any],
+    images_read: int | None = None,
 ) -> dict:
-    """Stage write: hard-example verdicts, result.manifest, model/, summary.json (last)."""
+    """Stage write: hard-example verdicts, result.manifest, model/, summary.json (last).
+
+    Before anything is uploaded: every unlabeled image of the run has a result line or is listed in
+    `unreadable` (else ImagesUnaccounted), and the images found unusable over the whole run (preflight,
+    training, inference) are within spec.images.maxUnreadableFraction of the `images_read` (default: the
+    preflight's images; else TooManyUnreadableImages)."""
     spec = ctx.job.spec
     ctx.progress.set_stage(Stage.WRITE, total=scratch.count)
     reasons_seen: Counter[str] = Counter()
     accepted_conf_sum = 0.0
     use_distance = rule.distance_limits is not None
+    written_sources: set[str] = set()
     try:
         with ResultWriter(ctx.writer, annotated_by, spec.task) as results:
             written = 0
             for sources, rec in scratch.read():
+                written_sources.update(sources)
                 pred = rec["pred"].astype(np.int64)
                 conf = rec["conf"]
                 tta_pred = unpack_view_flags(rec["tta"], pred, scratch.views)
@@ -517,6 +618,8 @@ def _write_results(
                     )
                 written += len(sources)
                 ctx.progress.update(written)
+            check_accounted(pre.unlabeled_sources, written_sources, unreadable)
+            check_unreadable_share(unreadable, pre.total_images if images_read is None else images_read, spec)
             results.close()
             if model_dir is not None:
                 results.upload_model(model_dir)

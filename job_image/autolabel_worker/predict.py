@@ -4,7 +4,8 @@ A loader thread pulls bytes through ``Storage.fetch_many`` (concurrent, bounded,
 resizes them in a small thread pool (Pillow releases the GIL while decoding) and hands ready uint8 batches
 to the main thread through a bounded queue, so fetching, decoding and the model overlap while memory stays
 bounded by ``prefetch`` batches, however long the manifest. On CUDA the batches are pinned and copied
-asynchronously, the model runs in channels_last with bf16 autocast.
+asynchronously, the model runs in channels_last with bf16 autocast (``train.autocast``, the setting the
+held-out predictions that calibration is fitted on are made with).
 
 Each batch is run once for the plain view and once per test-time view (augment.py); the model returns
 calibrated log-probabilities (and, for our own models, features for hard-example reason 3).
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autolabel.storage import Storage, StorageError
+from autolabel.storage import Storage, StorageError, StorageUnreachable
 
 from .augment import apply_tta
+from .train import autocast
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,10 @@ def iter_batches(
     prefetch: int = 4,
     pin_memory: bool = False,
 ) -> Iterator[Batch]:
-    """Yield decoded batches in manifest order; fetching and decoding run ahead in background threads."""
+    """Yield decoded batches in manifest order; fetching and decoding run ahead in background threads.
+
+    An image that is missing, refused or cannot be decoded is a batch's failure (the caller lists it as
+    unreadable); a store that cannot be reached raises :class:`StorageUnreachable` from the iteration."""
     out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     done = object()
@@ -107,8 +112,12 @@ def iter_batches(
                 for uri, data in storage.fetch_many(sources, max_workers=fetch_workers):
                     if stop.is_set():
                         return
-                    if isinstance(data, StorageError):
-                        chunk.append((uri, f"cannot read: {data}"))
+                    if isinstance(data, StorageUnreachable):
+                        # The store is down (after the storage layer's retries): an infrastructure
+                        # failure for the whole run, never an image to drop (handed to the consumer).
+                        raise data
+                    if isinstance(data, StorageError):  # missing or refused: this image's problem
+                        chunk.append((uri, data.cause))
                     else:
                         chunk.append((uri, pool.submit(_decode_one, decode, uri, data, input_size)))
                     if len(chunk) == batch_size:
@@ -178,7 +187,7 @@ class Predictor:
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
 
     def _run(self, x: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+        with autocast(self.device):  # as the held-out logits the temperature was fitted on (predict_logits)
             if features:
                 logp, feats = self.model.forward_with_features(x)
             else:

@@ -60,6 +60,9 @@ class PreflightResult:
     boxes: dict[str, list[VocBox]] = field(default_factory=dict)
     """Object detection: the boxes of each labeled image, by source."""
     total_images: int = 0
+    unlabeled_sources: list[str] = field(default_factory=list)
+    """Every unlabeled image (first occurrence of each source, readable or not): what the run must account
+    for, each with a result line or an entry in ``unreadable``."""
 
     @property
     def ok(self) -> bool:
@@ -111,6 +114,7 @@ def run_preflight(
         unique.append(entry)
     del first_line
     result.total_images = len(unique)
+    result.unlabeled_sources = [e.source for e in unique if not e.is_labeled]
     if result.duplicate_count:
         log.warning("%d repeated sources in the manifest; only the first of each is used", result.duplicate_count)
 
@@ -214,11 +218,17 @@ def _read_voc_files(
 
 
 def _check_unreadable_share(result: PreflightResult, spec: AutoLabelJobSpec) -> None:
-    total = result.total_images
+    check_unreadable_share(result.unreadable, result.total_images, spec)
+
+
+def check_unreadable_share(unreadable: list[dict[str, str]], total: int, spec: AutoLabelJobSpec) -> None:
+    """Raise :class:`PreflightError` ``TooManyUnreadableImages`` when more than
+    ``spec.images.maxUnreadableFraction`` of ``total`` images are listed in ``unreadable``. The pipeline
+    calls it again after training and inference, with every image found unusable so far in the run."""
     limit = spec.images.max_unreadable_fraction
-    bad = len(result.unreadable)
+    bad = len({u["source"] for u in unreadable})
     if total and bad / total > limit:
-        listed = "; ".join(f"{u['source']}: {u['reason']}" for u in result.unreadable[:MAX_LISTED])
+        listed = "; ".join(f"{u['source']}: {u['reason']}" for u in unreadable[:MAX_LISTED])
         more = f"; and {bad - MAX_LISTED} more" if bad > MAX_LISTED else ""
         raise PreflightError(
             "TooManyUnreadableImages",

@@ -158,13 +158,21 @@ def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
 
 
 def autocast(device: torch.device) -> torch.autocast:
-    """bf16 mixed precision on CUDA; a no-op on the CPU."""
+    """bf16 mixed precision on CUDA; a no-op on the CPU. The one setting of training, held-out predictions
+    (`predict_logits`) and inference (predict.Predictor)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Logits on the CPU, computed on the model's device."""
+    """Logits on the CPU, computed on the model's device under the same `autocast` as inference
+    (predict.Predictor): the temperature fitted on held-out logits then applies to logits of the same
+    numerics (bf16 on CUDA)."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+    out = []
+    for i in range(0, len(x), batch):
+        with autocast(device):
+            logits = model(x[i : i + batch].to(device))
+        out.append(logits.float().cpu())
+    return torch.cat(out)

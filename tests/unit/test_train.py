@@ -9,10 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from autolabel_worker.augment import AugmentPolicy
+from autolabel_worker import ensemble
+from autolabel_worker.augment import AugmentPolicy, apply_tta
 from autolabel_worker.data import load_digits_arrays, split_labeled, write_digits_dataset
-from autolabel_worker.ensemble import stratified_folds, train_fold_ensemble
-from autolabel_worker.models import CalibratedEnsemble, ModelSpec, choose_model_spec, export_model, load_model
+from autolabel_worker.ensemble import predict_held_out, stratified_folds, train_fold_ensemble
+from autolabel_worker.models import (
+    CalibratedEnsemble,
+    ModelSpec,
+    build_model,
+    choose_model_spec,
+    export_model,
+    load_model,
+)
+from autolabel_worker.predict import Predictor
 from autolabel_worker.semi import AdaptiveThreshold, train_fixmatch
 from autolabel_worker.train import TrainConfig, TrainingRun, predict_logits, to_input, train_supervised
 
@@ -85,18 +94,67 @@ def test_time_budget_truncates_training(digits: tuple[torch.Tensor, np.ndarray])
     assert truncated and steps < 10_000
 
 
-def test_fold_ensemble_is_deterministic_and_out_of_fold(digits: tuple[torch.Tensor, np.ndarray]) -> None:
+def record_training_images(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The images each fold model of `train_fold_ensemble` trains on, in training order."""
+    trained_on: list[torch.Tensor] = []
+    real = ensemble.train_supervised
+
+    def spy(run: TrainingRun) -> tuple[torch.nn.Module, int, bool]:
+        trained_on.append(run.images.clone())
+        return real(run)
+
+    monkeypatch.setattr(ensemble, "train_supervised", spy)
+    return trained_on
+
+
+def assert_every_row_is_out_of_fold(
+    ens: ensemble.FoldEnsemble,
+    x_lab: torch.Tensor,
+    spec: ModelSpec,
+    folds: list[np.ndarray],
+    trained_on: list[torch.Tensor],
+    views: list[str],
+) -> None:
+    """Each labeled image's out-of-fold row (logits, and the test-time views' predictions) was written by
+    the fold model that held it out, which never trained on it, and not by one that did."""
+    pixels = [img.numpy().tobytes() for img in x_lab]
+    assert len(set(pixels)) == len(pixels)  # the labeled images are told apart by their pixels
+    assert len(trained_on) == len(folds) == len(ens.members)
+    for f, held in enumerate(folds):
+        seen = {img.numpy().tobytes() for img in trained_on[f]}
+        assert len(seen) == len(x_lab) - len(held)
+        assert not seen & {pixels[i] for i in held}, f"fold model {f} trained on an image it holds out"
+        xi = to_input(x_lab[held], spec)
+        rows = ens.oof_logits[0, held]
+        assert np.all(np.abs(rows).sum(axis=1) > 0), f"fold {f}: out-of-fold rows never written"
+        np.testing.assert_allclose(rows, predict_logits(ens.members[f], xi).double().numpy(), rtol=1e-6)
+        trained_on_them = ens.members[(f + 1) % len(folds)]
+        assert not np.allclose(rows, predict_logits(trained_on_them, xi).double().numpy())
+        for v, view in enumerate(views):
+            assert ens.oof_view_preds is not None
+            expected = predict_logits(ens.members[f], apply_tta(xi, view)).argmax(dim=1).numpy()
+            np.testing.assert_array_equal(ens.oof_view_preds[0, v, held], expected)
+
+
+def test_fold_ensemble_is_deterministic_and_out_of_fold(
+    digits: tuple[torch.Tensor, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
     x, labels = digits
     lab, _ = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
     cfg = TrainConfig(folds=5, steps=60, seed=7)
-    a = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)
-    b = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300)
-    assert len(a.members) == 5 and a.oof_logits.shape == (1, 50, 10)
-    np.testing.assert_array_equal(a.oof_logits, b.oof_logits)
+    views = ["crop", "translate"]
+    trained_on = record_training_images(monkeypatch)
+    a = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300, views=views)
     folds = stratified_folds(labels[lab], 5, 7)
     assert sorted(np.concatenate(folds).tolist()) == list(range(50))
     assert all(len(np.unique(labels[lab][f])) == 10 for f in folds)  # one image of every class per fold
+    assert len(a.members) == 5 and a.oof_logits.shape == (1, 50, 10)
+    assert_every_row_is_out_of_fold(a, x[lab], spec, folds, trained_on, views)
+    b = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300, views=views)
+    np.testing.assert_array_equal(a.oof_logits, b.oof_logits)
+    assert a.oof_view_preds is not None and b.oof_view_preds is not None
+    np.testing.assert_array_equal(a.oof_view_preds, b.oof_view_preds)
 
 
 def test_fixmatch_learns_and_thresholds_adapt(digits: tuple[torch.Tensor, np.ndarray]) -> None:
@@ -114,15 +172,45 @@ def test_fixmatch_learns_and_thresholds_adapt(digits: tuple[torch.Tensor, np.nda
     assert t[0] == pytest.approx(float(th.global_level)) and t[1] < t[0]  # rarer class, lower threshold
 
 
-def test_export_and_load_round_trip(digits: tuple[torch.Tensor, np.ndarray], tmp_path: Path) -> None:
+def test_held_out_predictions_run_under_the_same_autocast_as_inference(
+    digits: tuple[torch.Tensor, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temperature is fitted on the held-out logits and applied at inference: both must come from the
+    same numerics (bf16 autocast on CUDA, none on the CPU), on the device the model runs on."""
+    x, _ = digits
+    spec = choose_model_spec([(8, 8)], 10)
+    torch.manual_seed(0)
+    member = build_model(spec, pretrained=False).eval()
+    calls: list[tuple[str, torch.dtype | None, bool]] = []
+    real = torch.autocast
+
+    def spy(device_type: str, dtype: torch.dtype | None = None, enabled: bool = True, **kw: object) -> torch.autocast:
+        calls.append((device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    predict_held_out(member, x[:20], spec, ["crop"])
+    held_out, calls[:] = list(calls), []
+    model = CalibratedEnsemble([member], temperature=1.0).eval()
+    Predictor(model, spec.input_size, spec.mean, spec.std, ["crop"], torch.device("cpu")).predict(x[:20])
+    inference = list(calls)
+
+    assert held_out, "the held-out predictions ran outside any autocast context"
+    assert set(held_out) == set(inference) == {("cpu", torch.bfloat16, False)}
+
+
+def test_export_and_load_round_trip(
+    digits: tuple[torch.Tensor, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x, labels = digits
     lab, held = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
     views = ["crop", "scale", "translate"]
+    trained_on = record_training_images(monkeypatch)
     ens = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, TrainConfig(folds=2, steps=20), 60, views=views)
     # every labeled image's held-out model also predicted each test-time view of it (calibrate.py)
     assert ens.oof_view_preds is not None and ens.oof_view_preds.shape == (1, 3, len(lab))
-    assert ens.oof_view_preds.min() >= 0 and ens.oof_view_preds.max() < 10
+    assert_every_row_is_out_of_fold(ens, x[lab], spec, stratified_folds(labels[lab], 2, 0), trained_on, views)
     model = CalibratedEnsemble(ens.members, temperature=0.8).eval()
     names = [str(i) for i in range(10)]
     model_path, labels_path = export_model(model, spec, names, tmp_path, task="ImageClassification")

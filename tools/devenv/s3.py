@@ -52,10 +52,34 @@ class MinioServer:
 
     def _start(self, bins: Path, timeout: float) -> None:
         (self.state_dir / "data").mkdir(parents=True)
-        port, console = free_port(), free_port()
+        port = free_port()
         self.endpoint_url = f"http://127.0.0.1:{port}"
         self.access_key = "autolabel-" + secrets.token_hex(4)
         self.secret_key = secrets.token_hex(16)
+        self._launch(bins, port, timeout)
+
+    def pause(self) -> list[str]:
+        """Stops the server process but keeps its data, address and credentials, so that :meth:`resume`
+        brings the same store back (a store outage, for tests); returns what was stopped."""
+        return self.procs.stop_all()
+
+    def resume(self, timeout: float = 60) -> MinioServer:
+        """Starts the server again after :meth:`pause`, on the same data folder, port and credentials, and
+        returns once it is live. A failed start is stopped before the error propagates."""
+        if self.procs.alive():
+            return self
+        if not self.endpoint_url or not (self.state_dir / "data").is_dir():
+            raise RuntimeError(f"no paused S3 server in {self.state_dir} (start it first)")
+        try:
+            self._launch(ensure_binaries("minio"), int(self.endpoint_url.rsplit(":", 1)[1]), timeout)
+        except BaseException as exc:
+            stopped = self.procs.stop_all()
+            exc.add_note(f"the S3 server did not resume; stopped: {', '.join(stopped) or 'nothing'}")
+            raise
+        return self
+
+    def _launch(self, bins: Path, port: int, timeout: float) -> None:
+        console = free_port()
         self.procs.start(
             "minio",
             [str(bins / "minio"), "server", "--quiet", "--address", f"127.0.0.1:{port}",
