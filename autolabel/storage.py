@@ -1,7 +1,9 @@
 """One small storage interface over local files and S3-compatible object stores.
 
 Used by the worker (images, manifests, results) and by the operator (manifest preconditions, progress).
-A URI is either ``s3://bucket/key`` or a local path (``file://`` is accepted and stripped).
+A URI is either ``s3://bucket/key`` or a local path (``file://`` is accepted and stripped); a Storage made
+with ``StorageConfig(local_paths=False)`` (the operator's) serves s3:// only and refuses local paths
+(:class:`LocalPathRefused`) before touching the filesystem.
 
 S3 access goes through one boto3 client (thread-safe) with botocore's "standard" retry mode, which
 retries throttling and 5xx answers. Connection-level failures (endpoint down, DNS, resets, time-outs), and
@@ -62,6 +64,11 @@ class UnsupportedURI(StorageError, ValueError):
     """A URI with a scheme other than s3:// or file:// (or a plain path)."""
 
 
+class LocalPathRefused(UnsupportedURI):
+    """A local path (or ``file://``) given to a Storage that serves s3:// URIs only
+    (``StorageConfig.local_paths=False``)."""
+
+
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -89,6 +96,9 @@ class StorageConfig:
     backoff_max: float = 10.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    local_paths: bool = True
+    """Serve local paths (plain or ``file://``) from this machine's filesystem; False (the operator, which
+    must never open its own files for a user's job) refuses them with :class:`LocalPathRefused`."""
 
     @classmethod
     def from_env(cls) -> StorageConfig:
@@ -113,6 +123,7 @@ class StorageConfig:
             backoff_max=self.backoff_max,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
+            local_paths=self.local_paths,
         )
 
 
@@ -233,6 +244,14 @@ class Storage:
         if _normalise(uri) in self._protected:
             raise ValueError(f"refusing to overwrite {uri}: it is an input of this job (the dataset manifest)")
 
+    def _local(self, uri: str, what: str) -> str:
+        """The filesystem path of a local ``uri``, unless this Storage serves s3:// only: then
+        :class:`LocalPathRefused`, before anything on the filesystem is looked at."""
+        path = local_path(uri)  # other schemes: UnsupportedURI
+        if not self.config.local_paths:
+            raise LocalPathRefused(uri, f"cannot {what}: a local path, and this storage serves s3:// URIs only")
+        return path
+
     # ------------------------------------------------------------------ S3 plumbing
 
     @property
@@ -332,7 +351,7 @@ class Storage:
                     body.close()
 
             return self._call(uri, "read", get)
-        path = local_path(uri)
+        path = self._local(uri, "read")
         try:
             with open(path, "rb") as fh:
                 return fh.read()
@@ -350,7 +369,7 @@ class Storage:
         ranged GET from the last complete line (bounded by the connection retries).
         """
         if not is_s3(uri):
-            path = local_path(uri)
+            path = self._local(uri, "read")
             try:
                 fh = open(path, encoding="utf-8-sig", newline=None)  # noqa: SIM115 (generator owns it)
             except FileNotFoundError as exc:
@@ -418,7 +437,7 @@ class Storage:
             except ObjectNotFound:
                 return False
             return True
-        return os.path.exists(local_path(uri))
+        return os.path.exists(self._local(uri, "check"))
 
     def list(self, prefix: str) -> Iterator[str]:
         """Every object whose URI starts with ``prefix`` (a folder when it ends in ``/``), sorted on S3."""
@@ -435,7 +454,7 @@ class Storage:
                 if not page.get("IsTruncated"):
                     return
                 token = page.get("NextContinuationToken")
-        path = local_path(prefix)
+        path = self._local(prefix, "list")
         if os.path.isdir(path):
             root, name_prefix = path, ""
         else:
@@ -487,7 +506,7 @@ class Storage:
             bucket, key = split_s3(uri)
             self._call(uri, "write", lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data))
             return
-        path = local_path(uri)
+        path = self._local(uri, "write")
         self._atomic_local_write(uri, path, lambda fh: fh.write(data))
 
     def upload_file(self, local_file: str, uri: str) -> None:
@@ -515,7 +534,7 @@ class Storage:
 
             self._call(uri, "upload", upload)
             return
-        path = local_path(uri)
+        path = self._local(uri, "write")
 
         def copy(fh: Any) -> None:
             with open(local_file, "rb") as src:

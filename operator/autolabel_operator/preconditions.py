@@ -2,10 +2,11 @@
 (reading the workers' results is :mod:`.results`).
 
 The rules themselves live in :mod:`autolabel.preconditions` (shared with the worker's preflight); here we
-only stream the manifest, add the operator's own rules (the flavor must exist; the storage policy for
-jobs without their own credentials, :func:`storage_policy`), turn storage errors into CamelCase reasons and
-retry unreachable storage with backoff. Storage calls are synchronous boto3, so
-they run in a thread (:func:`asyncio.to_thread`), never on the event loop.
+only stream the manifest, add the operator's own rules (the spec's URIs are s3://, :func:`local_paths`; the
+flavor must exist; the storage policy for jobs without their own credentials, :func:`storage_policy`), turn
+storage errors into CamelCase reasons and retry unreachable storage with backoff. The operator's Storage
+(:func:`storage_config`) refuses local paths too: it never opens its own filesystem for a job. Storage
+calls are synchronous boto3, so they run in a thread (:func:`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from functools import lru_cache
 from autolabel.api import AutoLabelJob, Mode
 from autolabel.contract import CREDENTIAL_KEYS, storage_region
 from autolabel.preconditions import PreconditionFailure, check_manifest, check_model
-from autolabel.storage import Storage, StorageConfig, is_s3, split_s3
+from autolabel.storage import Storage, StorageConfig, is_s3, split_s3, uri_scheme
 
 from .config import Settings, job_endpoint, same_endpoint, uses_operator_credentials
 
@@ -43,6 +44,8 @@ def storage_config(job: AutoLabelJob, settings: Settings, credentials: Credentia
         connect_retries=2,
         connect_timeout=5.0,
         read_timeout=30.0,
+        # A job's objects are in object storage; a local path would be the operator's own filesystem.
+        local_paths=False,
     )
 
 
@@ -71,6 +74,49 @@ async def _retrying(
 
 def _listed(values: tuple[str, ...]) -> str:
     return ", ".join(values) if values else "none"
+
+
+def spec_uris(job: AutoLabelJob) -> list[tuple[str, str]]:
+    """``(field, URI)`` of every object the spec names: the manifest, ``spec.output`` (when set) and the
+    PreLabeling model."""
+    uris = [("spec.dataset.manifest", job.spec.dataset.manifest)]
+    if job.spec.output:  # unset or empty: beside the manifest
+        uris.append(("spec.output", job.spec.output))
+    if job.spec.pre_labeling is not None:
+        uris.append(("spec.preLabeling.model.uri", job.spec.pre_labeling.model.uri))
+    return uris
+
+
+def local_paths(job: AutoLabelJob) -> list[PreconditionFailure]:
+    """``SpecInvalid`` for each URI of the spec that is not ``s3://bucket/...``: a local path (the CRD's
+    patterns refuse them, but an object may reach the operator without that validation: an older or
+    hand-edited CRD). Local paths are for ``autolabel run --local``; the operator never opens one."""
+    failures: list[PreconditionFailure] = []
+    for field_name, uri in spec_uris(job):
+        if is_s3(uri) and _bucket_of(uri):
+            continue
+        if is_s3(uri):
+            what = "has no bucket"
+        elif uri_scheme(uri) in (None, "file://"):
+            what = "is a local path"
+        else:
+            what = "is not an s3:// URI"
+        failures.append(
+            PreconditionFailure(
+                "SpecInvalid",
+                f"{field_name} {uri!r} {what}: the operator reads and writes only s3://bucket/... objects "
+                "(local paths are for `autolabel run --local`)",
+            )
+        )
+    return failures
+
+
+def _bucket_of(uri: str) -> str | None:
+    """The bucket of an s3:// URI, or None when it has none (``s3:///key``)."""
+    try:
+        return split_s3(uri)[0]
+    except ValueError:
+        return None
 
 
 def storage_policy(job: AutoLabelJob, settings: Settings) -> list[PreconditionFailure]:
@@ -109,21 +155,17 @@ def storage_policy(job: AutoLabelJob, settings: Settings) -> list[PreconditionFa
                 f"to use another endpoint, {own_secret}",
             )
         )
-    uris = [("spec.dataset.manifest", job.spec.dataset.manifest), ("spec.output", job.spec.output)]
-    if job.spec.pre_labeling is not None:
-        uris.append(("spec.preLabeling.model.uri", job.spec.pre_labeling.model.uri))
-    for field_name, uri in uris:
-        if uri and is_s3(uri):
-            bucket = split_s3(uri)[0]
-            if not settings.bucket_allowed(bucket):
-                failures.append(
-                    PreconditionFailure(
-                        "BucketNotAllowed",
-                        f"{field_name} {uri}: bucket {bucket!r} is not allowed with the operator's storage "
-                        f"credentials (AUTOLABEL_ALLOWED_BUCKETS: {_listed(settings.allowed_buckets)}); "
-                        f"to use it, {own_secret}",
-                    )
+    for field_name, uri in spec_uris(job):
+        bucket = _bucket_of(uri) if is_s3(uri) else None
+        if bucket is not None and not settings.bucket_allowed(bucket):
+            failures.append(
+                PreconditionFailure(
+                    "BucketNotAllowed",
+                    f"{field_name} {uri}: bucket {bucket!r} is not allowed with the operator's storage "
+                    f"credentials (AUTOLABEL_ALLOWED_BUCKETS: {_listed(settings.allowed_buckets)}); "
+                    f"to use it, {own_secret}",
                 )
+            )
     return failures
 
 
@@ -138,9 +180,11 @@ def _bucket_hint(failures: list[PreconditionFailure], settings: Settings) -> lis
 
 async def check(job: AutoLabelJob, settings: Settings, storage: Storage) -> list[PreconditionFailure]:
     """Every failed precondition (empty: all met). Unreachable storage is retried with backoff, then
-    reported as ``StorageUnreachable`` naming the object. A job that breaks the storage policy
-    (:func:`storage_policy`) gets no storage request at all."""
-    policy = storage_policy(job, settings)  # first: its reason is the one the status shows
+    reported as ``StorageUnreachable`` naming the object. A job that names a local path
+    (:func:`local_paths`) or breaks the storage policy (:func:`storage_policy`) gets no storage request at
+    all."""
+    # First: their reasons are the ones the status shows.
+    policy = [*local_paths(job), *storage_policy(job, settings)]
     failures: list[PreconditionFailure] = list(policy)
     flavor = job.spec.resources.flavor
     if settings.flavors.get(flavor) is None:

@@ -16,6 +16,7 @@ import copy
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 
 from autolabel.api import AutoLabelJob, AutoLabelJobStatus, Phase, Result
 from autolabel.contract import CREDENTIAL_KEYS, STOPPED_REASONS, ProgressDoc, format_time, parse_time, shard_count
-from autolabel.storage import Storage
+from autolabel.storage import Storage, StorageConfig
 
 from . import lock, metrics
 from .config import Settings
@@ -32,7 +33,7 @@ from .jobs import build_configmap, build_credentials_secret, build_job
 from .kube import Kube
 from .lock import Candidate
 from .names import DATASET_LABEL, child_name, dataset_key, lease_name
-from .preconditions import Credentials, storage_config, storage_for, storage_policy
+from .preconditions import Credentials, local_paths, storage_config, storage_for, storage_policy
 from .preconditions import check as check_preconditions
 from .results import read_progress, read_result
 from .status import (
@@ -167,9 +168,14 @@ class Pass:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, kube: Kube) -> None:
+    def __init__(
+        self, settings: Settings, kube: Kube, storage_factory: Callable[[StorageConfig], Storage] = storage_for
+    ) -> None:
+        """``storage_factory`` turns a job's :func:`~.preconditions.storage_config` (s3:// only) into the
+        Storage every read for the job goes through (tests serve s3:// URIs from a folder)."""
         self.settings = settings
         self.kube = kube
+        self.storage_factory = storage_factory
         self._lease_checked: set[str] = set()  # jobs whose Lease this process has read at least once
         self._results_tries: dict[str, tuple[int, float]] = {}  # uid -> (tries, monotonic time of the next)
 
@@ -194,7 +200,7 @@ class Reconciler:
         return creds
 
     async def storage(self, job: AutoLabelJob) -> Storage:
-        return storage_for(storage_config(job, self.settings, await self.credentials(job)))
+        return self.storage_factory(storage_config(job, self.settings, await self.credentials(job)))
 
     # ------------------------------------------------------------------------------------ main
     async def reconcile(self, raw: dict[str, Any], children: Children) -> Outcome:
@@ -318,8 +324,8 @@ class Reconciler:
             flavor = self.settings.flavors.get(job.spec.resources.flavor)
             if flavor is None:  # the catalogue changed since the preconditions passed
                 return b.fail("UnknownFlavor", f"spec.resources.flavor {job.spec.resources.flavor!r} is unknown")
-            policy = storage_policy(job, self.settings)
-            if policy:  # the storage settings changed since the preconditions passed: copy no keys
+            policy = [*local_paths(job), *storage_policy(job, self.settings)]
+            if policy:  # the spec or the storage settings changed since the preconditions passed: copy no keys
                 return b.fail(policy[0].reason, "; ".join(f.message for f in policy))
             secret = build_credentials_secret(run.raw, job, self.settings)
             if secret is not None:

@@ -1,5 +1,6 @@
 """The operator <-> worker contract (autolabel.contract): both sides, and the fake worker, read and merge
-the workers' documents through it, so they cannot disagree."""
+the workers' documents through it, so they cannot disagree. Jobs name s3:// URIs (the only ones the
+operator reads), served from a temporary folder by ``fakes.LocalS3Storage``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 from autolabel_operator.jobs import build_job
 from autolabel_operator.results import read_progress, read_result
 from autolabel_worker.outputs import ResultWriter, merge_shards
+from fakes import LocalS3Storage
 
+from autolabel import storage as storage_module
 from autolabel.api import AutoLabelJob, results_prefix
 from autolabel.contract import (
     EXIT_CODES,
@@ -31,20 +34,21 @@ from autolabel.contract import (
     shard_prefix,
     summary_to_result,
 )
-from autolabel.storage import ScopedWriter, Storage
+from autolabel.storage import ScopedWriter, Storage, StorageConfig
 
 REPO = Path(__file__).resolve().parents[2]
+MANIFEST = "s3://datasets/ds/data.manifest"
 
 
-def prelabeling_job(output: Path, shards: int, name: str = "pre") -> AutoLabelJob:
+def prelabeling_job(shards: int, name: str = "pre") -> AutoLabelJob:
     return AutoLabelJob.model_validate(
         {
             "metadata": {"name": name, "namespace": "ns", "uid": "0123abcd-0000-0000-0000-000000000000"},
             "spec": {
                 "task": "ImageClassification",
                 "mode": "PreLabeling",
-                "dataset": {"manifest": str(output / "data.manifest")},
-                "output": str(output / "results"),
+                "dataset": {"manifest": MANIFEST},
+                "output": "s3://datasets/ds/results",
                 "preLabeling": {"model": {"uri": "s3://models/m/"}},
                 "resources": {"computeNodes": shards},
             },
@@ -52,8 +56,8 @@ def prelabeling_job(output: Path, shards: int, name: str = "pre") -> AutoLabelJo
     )
 
 
-def write_shard(prefix: str, index: int, count: int, summary: dict[str, Any]) -> None:
-    writer = ScopedWriter(Storage(), run_prefix(prefix, index, count))
+def write_shard(storage: Storage, prefix: str, index: int, count: int, summary: dict[str, Any]) -> None:
+    writer = ScopedWriter(storage, run_prefix(prefix, index, count))
     with ResultWriter(writer) as results:
         for i in range(summary["total"]):
             hard = i >= summary["autoLabeled"]
@@ -71,16 +75,18 @@ SHARD_SUMMARIES = [
 
 
 def test_the_worker_and_the_operator_merge_shards_to_the_same_result(tmp_path: Path) -> None:
-    job = prelabeling_job(tmp_path, shards=2)
+    store = LocalS3Storage(tmp_path)
+    operator = store.for_config(StorageConfig(local_paths=False))  # as the operator's own
+    job = prelabeling_job(shards=2)
     prefix = results_prefix(job)
     for index, summary in enumerate(SHARD_SUMMARIES):
-        write_shard(prefix, index, 2, summary)
+        write_shard(store, prefix, index, 2, summary)
     # The operator, before any shard has merged: it merges the shards' summaries itself.
-    from_shards = asyncio.run(read_result(Storage(), job)).result
+    from_shards = asyncio.run(read_result(operator, job)).result
     # The worker's merge (the last shard to finish), then the operator reads the top-level summary.
-    merged = merge_shards(Storage(), ScopedWriter(Storage(), prefix), 2)
+    merged = merge_shards(store, ScopedWriter(store, prefix), 2)
     assert merged is not None
-    from_top = asyncio.run(read_result(Storage(), job)).result
+    from_top = asyncio.run(read_result(operator, job)).result
     assert from_shards == from_top
     assert from_top.total == 7 and from_top.auto_labeled == 4 and from_top.hard_examples == 3
     assert from_top.target_verifiable is False  # one shard could not certify the target: neither can the job
@@ -94,8 +100,11 @@ def test_the_fake_worker_writes_and_merges_shards_through_the_same_contract(
 ) -> None:
     lines = [{"source": f"l{i}.png", "annotation": [{"type": "modelarts/image_classification", "name": "a"}]}
              for i in range(3)] + [{"source": f"u{i}.png"} for i in range(7)]  # fmt: skip
-    (tmp_path / "data.manifest").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    job = prelabeling_job(tmp_path, shards=3)
+    store = LocalS3Storage(tmp_path)
+    store.write_text(MANIFEST, "\n".join(json.dumps(x) for x in lines) + "\n")
+    # The fake worker's Storage(StorageConfig.from_env()) is served from the same folder.
+    monkeypatch.setattr(storage_module, "Storage", lambda config=None: store.for_config(config or StorageConfig()))
+    job = prelabeling_job(shards=3)
     prefix = results_prefix(job)
     doc = {"metadata": job.metadata.model_dump(), "spec": job.spec.to_wire()}
     doc["metadata"]["annotations"] = {"fakeworker.autolabel.dev/seconds": "0"}
@@ -107,12 +116,12 @@ def test_the_fake_worker_writes_and_merges_shards_through_the_same_contract(
         with pytest.raises(SystemExit) as exit_info:
             runpy.run_path(str(REPO / "tests" / "fakeworker.py"), run_name="__main__")
         assert exit_info.value.code == ExitCode.OK
-    shard_docs = [json.loads(Path(run_prefix(prefix, i, 3), "summary.json").read_text()) for i in range(3)]
-    top = json.loads(Path(prefix, "summary.json").read_text())
+    shard_docs = [json.loads(store.path(run_prefix(prefix, i, 3) + "summary.json").read_text()) for i in range(3)]
+    top = json.loads(store.path(prefix + "summary.json").read_text())
     assert top == json.loads(json.dumps(merge_summaries(shard_docs)))
-    sources = [json.loads(x)["source"] for x in Path(prefix, "result.manifest").read_text().splitlines()]
+    sources = [json.loads(x)["source"] for x in store.path(prefix + "result.manifest").read_text().splitlines()]
     assert top["total"] == 7 and sorted(Path(s).name for s in sources) == [f"u{i}.png" for i in range(7)]
-    progress = asyncio.run(read_progress(Storage(), job))
+    progress = asyncio.run(read_progress(store.for_config(StorageConfig(local_paths=False)), job))
     assert progress is not None and (progress.stage, progress.processed, progress.percent) == ("done", 7, 100)
 
 
@@ -167,12 +176,12 @@ def test_a_shard_that_auto_labeled_nothing_does_not_hide_the_estimate() -> None:
     assert merged["estimatedPrecision"] == 0.97 and merged["targetVerifiable"] is True
 
 
-def test_the_jobs_failure_policy_follows_the_exit_code_table(tmp_path: Path) -> None:
+def test_the_jobs_failure_policy_follows_the_exit_code_table() -> None:
     from autolabel_operator.config import Flavor, Settings
 
     assert non_retryable_exit_codes() == [2, 3, 5]
     assert {code for code, info in EXIT_CODES.items() if info.retryable} == {ExitCode.INTERNAL, 4}
-    job = prelabeling_job(tmp_path, shards=2)
+    job = prelabeling_job(shards=2)
     meta = {"name": "pre", "namespace": "ns", "uid": job.metadata.uid}
     body = {"apiVersion": "autolabel.dev/v1alpha1", "kind": "AutoLabelJob", "metadata": meta,
             "spec": job.spec.to_wire()}  # fmt: skip
@@ -193,7 +202,7 @@ def test_shard_folders_and_timestamps() -> None:
     assert parse_time(format_time(moment, micro=True)) == moment and parse_time("") is None
 
 
-def test_long_job_names_give_one_run_name_for_results_and_the_worker_job(tmp_path: Path) -> None:
-    job = prelabeling_job(tmp_path, shards=1, name="n" * 80)
+def test_long_job_names_give_one_run_name_for_results_and_the_worker_job() -> None:
+    job = prelabeling_job(shards=1, name="n" * 80)
     assert len(job.run_name) == 63 and job.run_name.endswith("-0123abcd")
     assert results_prefix(job).endswith(f"/{job.run_name}/")

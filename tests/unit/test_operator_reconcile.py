@@ -1,5 +1,6 @@
 """The reconciler's state machine against an in-memory API (the lock's fake Leases + Jobs, ConfigMaps,
-Secrets) and real storage on the local filesystem (``autolabel.storage`` handles plain paths)."""
+Secrets) and s3:// URIs served from a temporary folder (``fakes.LocalS3Storage``, through the Reconciler's
+``storage_factory``): the operator reads object storage only, never a local path."""
 
 from __future__ import annotations
 
@@ -14,21 +15,23 @@ from autolabel_operator.kube import Kube
 from autolabel_operator.lock import Candidate
 from autolabel_operator.names import lease_name
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
-from fakes import FakeKube
+from fakes import FakeKube, LocalS3Storage
 
+from autolabel import storage as storage_module
 from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.storage import LocalPathRefused
+
+MANIFEST = "s3://datasets/ds/data.manifest"
 
 
-def write_manifest(folder: Path, labels: dict[str, int], unlabeled: int) -> str:
+def write_manifest(store: LocalS3Storage, labels: dict[str, int], unlabeled: int) -> str:
     lines = []
     for label, n in labels.items():
         for i in range(n):
             annotation = [{"type": "modelarts/image_classification", "name": label}]
             lines.append(json.dumps({"source": f"{label}{i}.png", "annotation": annotation}))
     lines += [json.dumps({"source": f"u{i}.png"}) for i in range(unlabeled)]
-    path = folder / "data.manifest"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return store.write_text(MANIFEST, "\n".join(lines) + "\n")
 
 
 def body(name: str, manifest: str, created: str = "2026-11-27T10:00:00Z", **spec: Any) -> dict[str, Any]:
@@ -53,10 +56,16 @@ def kube() -> FakeKube:
 
 
 @pytest.fixture
-def reconciler(kube: FakeKube) -> Reconciler:
+def store(tmp_path: Path) -> LocalS3Storage:
+    return LocalS3Storage(tmp_path / "s3")
+
+
+@pytest.fixture
+def reconciler(kube: FakeKube, store: LocalS3Storage) -> Reconciler:
     settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01,
-                        default_credentials_namespaces=("ns",))  # fmt: skip
-    return Reconciler(settings, cast(Kube, kube))  # duck-typed: the calls the reconciler makes
+                        default_credentials_namespaces=("ns",), allowed_buckets=("datasets",))  # fmt: skip
+    # duck-typed: the calls the reconciler makes
+    return Reconciler(settings, cast(Kube, kube), storage_factory=store.for_config)
 
 
 def run(reconciler: Reconciler, raw: dict[str, Any], children: Children | None = None) -> Any:
@@ -75,9 +84,9 @@ def conditions(raw: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_happy_path_creates_one_job_then_succeeds_and_frees_the_lock(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest)
     waiter = body("b", manifest, created="2026-11-27T10:00:05Z")
     competitors = [candidate_of(raw), candidate_of(waiter)]
@@ -99,7 +108,7 @@ def test_happy_path_creates_one_job_then_succeeds_and_frees_the_lock(
 
     # The worker ran: pods running, progress written.
     job = AutoLabelJob.model_validate(raw)
-    prefix = Path(results_prefix(job))
+    prefix = store.path(results_prefix(job))
     prefix.mkdir(parents=True)
     (prefix / "progress.json").write_text(json.dumps({"stage": "inference", "processed": 1, "total": 3}))
     child = kube.jobs["a-uida"] | {"status": {"startTime": "2026-11-27T10:00:10Z", "active": 1}}
@@ -141,8 +150,8 @@ def test_happy_path_creates_one_job_then_succeeds_and_frees_the_lock(
     assert run(reconciler, raw, Children(job=done, competitors=competitors)).status == {}
 
 
-def test_a_second_job_waits_naming_the_holder(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+def test_a_second_job_waits_naming_the_holder(store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler) -> None:
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
     competitors = [candidate_of(a), candidate_of(b)]
     run(reconciler, a, Children(competitors=competitors))
@@ -158,16 +167,16 @@ def test_a_second_job_waits_naming_the_holder(tmp_path: Path, kube: FakeKube, re
 
 
 def test_after_a_crash_between_taking_the_lease_and_recording_it_the_holder_goes_on(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
     """b took the Lease, the operator died before b's status said so, and a (older) became active
     again meanwhile: the restarted operator must not leave both waiting for each other."""
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
     run(reconciler, b, Children(competitors=[candidate_of(b)]))
     b["status"]["conditions"] = [c for c in b["status"]["conditions"] if c["type"] != "LockAcquired"]
     kube.jobs.clear()
-    restarted = Reconciler(reconciler.settings, reconciler.kube)
+    restarted = Reconciler(reconciler.settings, reconciler.kube, reconciler.storage_factory)
     both = [candidate_of(a), candidate_of(b)]
     run(restarted, a, Children(competitors=both))
     assert a["status"]["phase"] == "Waiting"  # the Lease names b, an active job
@@ -176,10 +185,10 @@ def test_after_a_crash_between_taking_the_lease_and_recording_it_the_holder_goes
 
 
 def test_an_older_job_resumed_waits_for_a_younger_holder(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
     """b took the lock while a was suspended; a resumes: b keeps it (and renews), a waits for b."""
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     a, b = body("a", manifest), body("b", manifest, created="2026-11-27T10:00:05Z")
     run(reconciler, b, Children(competitors=[candidate_of(b)]))
     assert conditions(b)["LockAcquired"] == ("True", "Acquired")
@@ -191,8 +200,10 @@ def test_an_older_job_resumed_waits_for_a_younger_holder(
     assert kube.objects[("ns", lease_name(manifest))]["spec"]["holderIdentity"] == "uid-b"
 
 
-def test_precondition_failure_fails_without_scheduling(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 2}, 3)
+def test_precondition_failure_fails_without_scheduling(
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    manifest = write_manifest(store, {"cat": 5, "dog": 2}, 3)
     raw = body("a", manifest)
     outcome = run(reconciler, raw)
     assert raw["status"]["phase"] == "Failed"
@@ -203,16 +214,18 @@ def test_precondition_failure_fails_without_scheduling(tmp_path: Path, kube: Fak
     assert [(k, r) for k, r, _ in outcome.events] == [("Warning", "Failed")]
 
 
-def test_missing_credentials_secret_fails_naming_it(tmp_path: Path, reconciler: Reconciler) -> None:
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+def test_missing_credentials_secret_fails_naming_it(store: LocalS3Storage, reconciler: Reconciler) -> None:
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest, storage={"secretRef": {"name": "s3-creds"}})
     run(reconciler, raw)
     assert conditions(raw)["PreconditionsMet"] == ("False", "SecretNotFound")
     assert "Secret 's3-creds' not found" in raw["status"]["message"]
 
 
-def test_a_rotated_credentials_secret_is_read_again(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
-    job = AutoLabelJob.model_validate(body("a", write_manifest(tmp_path, {"cat": 5}, 1),
+def test_a_rotated_credentials_secret_is_read_again(
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    job = AutoLabelJob.model_validate(body("a", write_manifest(store, {"cat": 5}, 1),
                                            storage={"secretRef": {"name": "s3-creds"}}))  # fmt: skip
     kube.secrets["s3-creds"] = {"AWS_ACCESS_KEY_ID": "old", "AWS_SECRET_ACCESS_KEY": "old-secret"}
     assert asyncio.run(reconciler.credentials(job)).access_key == "old"
@@ -221,9 +234,9 @@ def test_a_rotated_credentials_secret_is_read_again(tmp_path: Path, kube: FakeKu
 
 
 def test_suspend_stops_the_job_and_frees_the_lock_then_resume(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest)
     run(reconciler, raw)
     raw["spec"]["suspend"] = True
@@ -246,13 +259,13 @@ def test_suspend_stops_the_job_and_frees_the_lock_then_resume(
 
 
 def test_a_vanished_job_with_results_counts_as_succeeded(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
     """The Job's TTL removed it while the operator was down: the results tell the outcome."""
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest)
     run(reconciler, raw)
-    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
     prefix.mkdir(parents=True)
     (prefix / "summary.json").write_text(json.dumps({"total": 3, "autoLabeled": 3, "hardExamples": 0}))
     kube.jobs.clear()
@@ -269,12 +282,12 @@ def test_competitor_order_is_creation_time_then_name() -> None:
 
 
 def test_a_failed_worker_reports_its_own_reason_and_words(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest)
     run(reconciler, raw)
-    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
     prefix.mkdir(parents=True)
     error = {"stage": "failed", "error": "12 of 13 images unreadable", "reason": "TooManyUnreadableImages"}
     (prefix / "progress.json").write_text(json.dumps(error))
@@ -289,12 +302,12 @@ def test_a_failed_worker_reports_its_own_reason_and_words(
     assert ("Warning", "Failed") in [(k, r) for k, r, _ in outcome.events]
 
 
-def test_a_stopped_worker_leaves_the_jobs_reason(tmp_path: Path, kube: FakeKube, reconciler: Reconciler) -> None:
+def test_a_stopped_worker_leaves_the_jobs_reason(store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler) -> None:
     """SIGTERM at the Job's deadline: the worker says Terminated, the Job says why."""
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest)
     run(reconciler, raw)
-    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
     prefix.mkdir(parents=True)
     (prefix / "progress.json").write_text(json.dumps({"stage": "failed", "error": "SIGTERM", "reason": "Terminated"}))
     failed = kube.jobs["a-uida"] | {
@@ -306,16 +319,14 @@ def test_a_stopped_worker_leaves_the_jobs_reason(tmp_path: Path, kube: FakeKube,
 
 
 def test_a_completed_job_whose_results_cannot_be_read_yet_waits_for_them_holding_the_lock(
-    tmp_path: Path, kube: FakeKube, reconciler: Reconciler
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
     """A short storage outage as the Job completes: not Succeeded without counts (and never read again),
     but a visible ResultsRecorded=False, read again with backoff, then Succeeded with its counts."""
-    manifest = write_manifest(tmp_path, {"cat": 5, "dog": 5}, 3)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
     raw = body("a", manifest)
     run(reconciler, raw)
-    done = kube.jobs["a-uida"] | {
-        "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-    }
+    done = kube.jobs["a-uida"] | {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
     children = Children(job=done, competitors=[candidate_of(raw)])
     run(reconciler, raw, children)  # no summary.json yet
     assert raw["status"]["phase"] == "Running"
@@ -323,7 +334,7 @@ def test_a_completed_job_whose_results_cannot_be_read_yet_waits_for_them_holding
     assert conditions(raw)["Succeeded"] == ("Unknown", "ResultsNotRecorded")
     assert "summary.json" in raw["status"]["message"] and "result" not in raw["status"]
     assert kube.objects[("ns", lease_name(manifest))]["spec"]["holderIdentity"] == "uid-a"
-    prefix = Path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
     prefix.mkdir(parents=True)
     (prefix / "summary.json").write_text(json.dumps({"total": 3, "autoLabeled": 1, "hardExamples": 2}))
     run(reconciler, raw, children)  # within the backoff: not read yet
@@ -334,3 +345,100 @@ def test_a_completed_job_whose_results_cannot_be_read_yet_waits_for_them_holding
     assert conditions(raw)["ResultsRecorded"] == ("True", "Recorded")
     assert conditions(raw)["Succeeded"] == ("True", "JobComplete")
     assert kube.objects[("ns", lease_name(manifest))]["spec"].get("holderIdentity") is None
+
+
+# ------------------------------------------------------------- local paths are for `autolabel run --local`
+def local_files(tmp_path: Path) -> dict[str, str]:
+    """A manifest, an output folder and a model on the operator's own filesystem, each one that would
+    pass the preconditions if the operator read it."""
+    manifest = tmp_path / "local" / "data.manifest"
+    manifest.parent.mkdir()
+    lines = [json.dumps({"source": f"{c}{i}.png", "annotation": [
+        {"type": "modelarts/image_classification", "name": c}]}) for c in ("cat", "dog") for i in range(5)]  # fmt: skip
+    manifest.write_text("\n".join([*lines, json.dumps({"source": "u.png"})]) + "\n")
+    model = tmp_path / "local" / "model"
+    model.mkdir()
+    (model / "model.pt").write_bytes(b"torchscript")
+    (model / "labels.json").write_text(json.dumps({"labels": ["cat", "dog"], "task": "ImageClassification"}))
+    return {"manifest": str(manifest), "output": str(tmp_path / "local" / "out"), "model": f"{model}/"}
+
+
+LOCAL_SPECS = {
+    "spec.dataset.manifest": lambda files: {"dataset": {"manifest": files["manifest"]}},
+    "spec.output": lambda files: {"output": files["output"]},
+    "spec.preLabeling.model.uri": lambda files: {
+        "mode": "PreLabeling",
+        "preLabeling": {"model": {"uri": files["model"]}},
+        "resources": {"computeNodes": 1},
+    },
+}
+
+
+@pytest.mark.parametrize("field", list(LOCAL_SPECS))
+def test_a_local_path_in_the_spec_fails_spec_invalid_naming_the_field_and_nothing_is_read(
+    field: str, tmp_path: Path, store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    """An object that reached the operator without the CRD's patterns (an older or hand-edited CRD)."""
+    files = local_files(tmp_path)
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    raw["spec"] |= LOCAL_SPECS[field](files)
+    outcome = run(reconciler, raw)
+    assert raw["status"]["phase"] == "Failed"
+    assert conditions(raw)["PreconditionsMet"] == ("False", "SpecInvalid")
+    assert conditions(raw)["Failed"] == ("True", "SpecInvalid")
+    message = raw["status"]["message"]
+    assert message.startswith(f"{field} ") and "is a local path" in message
+    assert "autolabel run --local" in message
+    assert store.asked == []  # no storage request at all: neither the local file nor the s3:// manifest
+    assert all(not config.local_paths for config in store.configs)  # and its Storage refuses local paths
+    assert kube.jobs == {} and kube.objects == {} and kube.created == {"configmaps": [], "secrets": []}
+    assert [(k, r) for k, r, _ in outcome.events] == [("Warning", "Failed")]
+
+
+def test_the_operators_own_storage_never_opens_a_local_file(
+    tmp_path: Path, kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default storage (``preconditions.storage_for``), with no fake: a local manifest that exists is
+    refused by the precondition check, and by the Storage itself were it asked."""
+    files = local_files(tmp_path)
+    opened: list[str] = []
+
+    def spy(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(path))
+        raise AssertionError(f"the operator opened {path}")
+
+    monkeypatch.setattr(storage_module, "open", spy, raising=False)
+    settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01,
+                        default_credentials_namespaces=("ns",), allowed_buckets=("*",))  # fmt: skip
+    reconciler = Reconciler(settings, cast(Kube, kube))
+    raw = body("a", files["manifest"])
+    run(reconciler, raw)
+    assert conditions(raw)["Failed"] == ("True", "SpecInvalid")
+    assert raw["status"]["message"].startswith(f"spec.dataset.manifest {files['manifest']!r} is a local path")
+    assert "cat" not in raw["status"]["message"]  # nothing of the file's content
+    job = AutoLabelJob.model_validate(raw)
+    storage = asyncio.run(reconciler.storage(job))
+    assert storage.config.local_paths is False
+    for read in (storage.read_bytes, lambda uri: list(storage.iter_lines(uri)), storage.exists):
+        with pytest.raises(LocalPathRefused, match="serves s3:// URIs only"):
+            read(files["manifest"])
+    with pytest.raises(LocalPathRefused):
+        storage.write_bytes(files["output"] + "/x.json", b"{}")
+    assert opened == [] and not Path(files["output"]).exists()
+
+
+def test_a_local_output_set_after_the_preconditions_passed_gets_no_worker_job(
+    tmp_path: Path, store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
+) -> None:
+    """The preconditions are checked once; the spec is checked again before the Job (and its keys) exist."""
+    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
+    raw = body("a", manifest)
+    raw["spec"]["suspend"] = True
+    run(reconciler, raw)
+    assert conditions(raw)["PreconditionsMet"] == ("True", "Checked") and kube.jobs == {}
+    raw["spec"] |= {"suspend": False, "output": local_files(tmp_path)["output"]}
+    run(reconciler, raw)
+    assert conditions(raw)["Failed"] == ("True", "SpecInvalid")
+    assert "spec.output" in raw["status"]["message"] and "autolabel run --local" in raw["status"]["message"]
+    assert kube.jobs == {} and kube.created == {"configmaps": [], "secrets": []}

@@ -17,7 +17,7 @@ from autolabel_operator.jobs import build_credentials_secret, build_job, credent
 from autolabel_operator.kube import Kube
 from autolabel_operator.preconditions import Credentials, storage_config
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
-from fakes import FakeKube
+from fakes import FakeKube, LocalS3Storage
 
 from autolabel.api import AutoLabelJob
 from autolabel.preconditions import PreconditionFailure, check_manifest
@@ -165,10 +165,12 @@ def test_a_job_in_a_namespace_not_allowed_fails_and_no_secret_with_the_operators
 def test_settings_narrowed_after_the_preconditions_passed_copy_no_keys_at_job_creation(tmp_path: Path) -> None:
     """The operator restarted with fewer allowed namespaces between the check and the Job."""
     kube = FakeKube()
-    manifest = tmp_path / "data.manifest"
-    manifest.write_text("\n".join([*LABELED, json.dumps({"source": "img/u.png"})]) + "\n")
-    raw = body("team-a", manifest=str(manifest))
-    first = Reconciler(settings(default_credentials_namespaces=("team-a",)), cast(Kube, kube))
+    store = LocalS3Storage(tmp_path)
+    manifest = store.write_text("s3://datasets/ds/data.manifest",
+                                "\n".join([*LABELED, json.dumps({"source": "img/u.png"})]) + "\n")  # fmt: skip
+    raw = body("team-a", manifest=manifest)
+    first = Reconciler(settings(default_credentials_namespaces=("team-a",), allowed_buckets=("datasets",)),
+                       cast(Kube, kube), storage_factory=store.for_config)  # fmt: skip
     children = Children(competitors=[candidate_of(raw)])
     # The preconditions pass; the Lease is taken; a crash before the Job (simulated: nothing created yet).
     outcome = asyncio.run(first.reconcile(raw, children))
@@ -177,7 +179,8 @@ def test_settings_narrowed_after_the_preconditions_passed_copy_no_keys_at_job_cr
     kube.created = {"configmaps": [], "secrets": []}
     raw["status"] = {k: v for k, v in outcome.status.items() if v is not None}
     raw["status"].pop("jobName", None)
-    narrowed = Reconciler(settings(default_credentials_namespaces=("team-z",)), cast(Kube, kube))
+    narrowed = Reconciler(settings(default_credentials_namespaces=("team-z",), allowed_buckets=("datasets",)),
+                          cast(Kube, kube), storage_factory=store.for_config)  # fmt: skip
     outcome = asyncio.run(narrowed.reconcile(raw, children))
     assert outcome.status["phase"] == "Failed", outcome.status
     assert {c["type"]: c["reason"] for c in outcome.status["conditions"]}["Failed"] == "CredentialsRequired"
