@@ -46,20 +46,20 @@ def storage_with(client: BusyClient, delays: list[float]) -> Storage:
 
 def test_a_store_that_answers_503_while_it_starts_is_read_after_backing_off() -> None:
     busy = answer("XMinioServerNotInitialized", 503)
-    client, delays = BusyClient(busy, busy, busy), []
+    client, delays = BusyClient(busy, busy, busy), list[float]()
     assert storage_with(client, delays).read_bytes("s3://b/img/1.png") == b"png bytes"
     assert client.calls == 4 and len(delays) == 3 and delays[0] < delays[2]  # exponential, with jitter
 
 
 def test_a_store_that_keeps_answering_5xx_is_unreachable_once_the_retries_are_spent() -> None:
-    client, delays = BusyClient(*[answer("InternalError", 500)] * 10), []
+    client, delays = BusyClient(*[answer("InternalError", 500)] * 10), list[float]()
     with pytest.raises(StorageUnreachable, match=r"s3://b/img/1\.png.*keeps failing") as err:
         storage_with(client, delays).read_bytes("s3://b/img/1.png")
     assert client.calls == 4 and len(delays) == 3 and "500 InternalError" in str(err.value)
 
 
 def test_a_missing_object_is_not_retried() -> None:
-    client, delays = BusyClient(answer("NoSuchKey", 404)), []
+    client, delays = BusyClient(answer("NoSuchKey", 404)), list[float]()
     with pytest.raises(ObjectNotFound):
         storage_with(client, delays).read_bytes("s3://b/img/1.png")
     assert client.calls == 1 and delays == []

@@ -115,7 +115,7 @@ def test_an_unreachable_store_stops_the_inference_batches() -> None:
             for uri in uris:
                 yield uri, (unreachable(uri) if uri == "s3://b/2.png" else png_bytes())
 
-    batches = iter_batches(Stub(), ["s3://b/1.png", "s3://b/2.png", "s3://b/3.png"], decode, (8, 8), batch_size=2)  # type: ignore[arg-type]
+    batches = iter_batches(Stub(), ["s3://b/1.png", "s3://b/2.png", "s3://b/3.png"], decode, (8, 8), batch_size=2)
     with pytest.raises(StorageUnreachable, match=r"s3://b/2\.png"):
         list(batches)
 
@@ -131,7 +131,7 @@ def test_an_unreachable_store_stops_the_loading_of_labeled_images() -> None:
     entries = [SimpleNamespace(source=f"s3://b/{i}.png") for i in (1, 2, 3)]
     unreadable: list[dict[str, str]] = []
     with pytest.raises(StorageUnreachable, match=r"s3://b/2\.png"):
-        pipeline.load_images(ctx, entries, (8, 8), unreadable)  # type: ignore[arg-type]
+        pipeline.load_images(ctx, entries, (8, 8), unreadable)
     assert unreadable == []
 
 
@@ -141,7 +141,7 @@ def test_a_missing_image_is_a_data_problem_listed_with_its_cause() -> None:
             for uri in uris:
                 yield uri, (not_found(uri) if uri == "s3://b/2.png" else png_bytes())
 
-    batches = list(iter_batches(Stub(), ["s3://b/1.png", "s3://b/2.png"], decode, (8, 8)))  # type: ignore[arg-type]
+    batches = list(iter_batches(Stub(), ["s3://b/1.png", "s3://b/2.png"], decode, (8, 8)))
     assert [b.sources for b in batches] == [["s3://b/1.png"]]
     assert batches[0].failures == [("s3://b/2.png", "cannot read: no such object")]
 
@@ -250,7 +250,9 @@ def test_a_shard_merge_refuses_a_shard_whose_result_file_has_fewer_lines_than_it
 
 def test_a_shard_merge_refuses_when_an_unlabeled_image_of_the_manifest_is_in_no_shard(tmp_path: Path) -> None:
     manifest = tmp_path / "data.manifest"
-    lines = [{"source": "l0.png", "annotation": [{"type": "modelarts/image_classification", "name": "a"}]}]
+    lines: list[dict[str, Any]] = [
+        {"source": "l0.png", "annotation": [{"type": "modelarts/image_classification", "name": "a"}]}
+    ]
     lines += [{"source": f"u{i}.png"} for i in range(5)] + [{"source": "u4.png"}]  # a repeated source
     manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     st = Storage()
