@@ -31,14 +31,12 @@ class Lookup(nn.Module):
         self.register_buffer("mapping", torch.tensor(mapping, dtype=torch.long))
         self.logit = logit
 
-    protos: torch.Tensor
-    labels: torch.Tensor
-    mapping: torch.Tensor
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Registered buffers are Tensors, but mypy sees them as `Tensor | Module`; TorchScript accepts neither
+        # class-level annotations nor `type:` comments here, so pyproject.toml relaxes mypy for this module.
         nearest = torch.cdist(x.flatten(1).float(), self.protos).argmin(dim=1)
         cls = self.mapping[self.labels[nearest]]
-        out = torch.zeros(x.shape[0], int(self.mapping.shape[0]), device=x.device)
+        out = torch.zeros(x.shape[0], self.mapping.shape[0], device=x.device)
         return out.scatter(1, cls.unsqueeze(1), self.logit)
 
 
