@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from autolabel_worker import pipeline
 from autolabel_worker.data import DigitsDataset
 from autolabel_worker.entrypoint import classify_error, execute
@@ -34,13 +33,7 @@ from autolabel.api import results_prefix
 from autolabel.contract import ExitCode, shard_prefix
 from autolabel.storage import ObjectNotFound, ScopedWriter, Storage, StorageError, StorageUnreachable
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -9,27 +9,19 @@ class for each true class with the same confidence (about 0.978) whether it is r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from autolabel_worker.pipeline import run_job
 from worker_fixtures import UNLABELED, digits, lookup_model, prelabeling_job
 
 from autolabel.api import results_prefix
 from autolabel.storage import Storage
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/unit/conftest.py
+
 OURS = {"createdBy": "autolabel/active-learning"}
 HALF_WRONG = [0, 1, 2, 3, 4, 5, 7, 8, 9, 0]  # right on 0-5, wrong on 6-9: 30 of 50 labeled images right
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_a_model_that_claims_to_be_ours_gets_the_precision_measured_on_the_labeled_images(tmp_path: Path) -> None:
