@@ -80,3 +80,14 @@ def prelabeling_job(
             },
         }
     )
+
+
+def upload_digits(storage: Any, bucket: str, folder: Path, seed: int, unlabeled: int) -> tuple[str, DigitsDataset]:
+    """The digits (5 labeled per class, ``unlabeled`` more) written to ``folder`` and uploaded under
+    ``s3://<bucket>/digits/``; returns (that prefix, the dataset as written)."""
+    ds = write_digits_dataset(folder, labeled_per_class=5, seed=seed, max_unlabeled=unlabeled)
+    base = f"s3://{bucket}/digits/"
+    for path in sorted((folder / "images").iterdir()):
+        storage.upload_file(str(path), f"{base}images/{path.name}")
+    storage.upload_file(str(ds.manifest), f"{base}digits.manifest")
+    return base, ds

@@ -12,6 +12,7 @@ import pytest
 from autolabel_worker.data import write_digits_dataset
 from autolabel_worker.models import load_model
 from autolabel_worker.pipeline import PipelineError, run_job
+from worker_fixtures import upload_digits
 
 from autolabel.api import AutoLabelJob, results_prefix
 from autolabel.storage import Storage
@@ -26,11 +27,7 @@ def dataset(s3_server: Any, storage: Storage, tmp_path: Path) -> tuple[str, dict
     """The digits with 5 labels per class and 240 unlabeled images, uploaded; returns (manifest URI, truth)."""
     bucket = f"wml-{uuid.uuid4().hex[:10]}"
     s3_server.make_bucket(bucket)
-    ds = write_digits_dataset(tmp_path / "digits", labeled_per_class=5, seed=3, max_unlabeled=UNLABELED)
-    base = f"s3://{bucket}/digits/"
-    for path in sorted((tmp_path / "digits" / "images").iterdir()):
-        storage.upload_file(str(path), f"{base}images/{path.name}")
-    storage.upload_file(str(ds.manifest), f"{base}digits.manifest")
+    base, ds = upload_digits(storage, bucket, tmp_path / "digits", seed=3, unlabeled=UNLABELED)
     truth = {f"{base}{src}": label for src, label in json.loads(ds.ground_truth.read_text()).items()}
     return f"{base}digits.manifest", truth
 

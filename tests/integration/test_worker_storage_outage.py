@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import torch
-from autolabel_worker.data import write_digits_dataset
 from autolabel_worker.entrypoint import execute
 from autolabel_worker.models import SmallCNN
 from autolabel_worker.pipeline import run_job
+from worker_fixtures import upload_digits
 
 from autolabel.api import AutoLabelJob, results_prefix
 from autolabel.contract import ExitCode
@@ -46,11 +46,7 @@ def dataset(s3: Any, storage: Storage, tmp_path: Path) -> tuple[str, str, set[st
     (manifest URI, model URI, the unlabeled images' URIs)."""
     bucket = f"outage-{uuid.uuid4().hex[:10]}"
     s3.make_bucket(bucket)
-    ds = write_digits_dataset(tmp_path / "digits", labeled_per_class=5, seed=0, max_unlabeled=UNLABELED)
-    base = f"s3://{bucket}/digits/"
-    for path in sorted((tmp_path / "digits" / "images").iterdir()):
-        storage.upload_file(str(path), f"{base}images/{path.name}")
-    storage.upload_file(str(ds.manifest), f"{base}digits.manifest")
+    base, ds = upload_digits(storage, bucket, tmp_path / "digits", seed=0, unlabeled=UNLABELED)
     torch.manual_seed(0)
     model = tmp_path / "model.pt"
     torch.jit.script(SmallCNN(10, (8, 8), 8).eval()).save(str(model))

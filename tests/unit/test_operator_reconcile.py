@@ -258,15 +258,20 @@ def test_suspend_stops_the_job_and_frees_the_lock_then_resume(
     assert len(kube.jobs) == 1
 
 
+def started_job(store: LocalS3Storage, reconciler: Reconciler) -> tuple[dict[str, Any], Path]:
+    """Job "a" on a fresh dataset, its worker Job created; and the folder its results go to."""
+    raw = body("a", write_manifest(store, {"cat": 5, "dog": 5}, 3))
+    run(reconciler, raw)
+    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
+    prefix.mkdir(parents=True)
+    return raw, prefix
+
+
 def test_a_vanished_job_with_results_counts_as_succeeded(
     store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
     """The Job's TTL removed it while the operator was down: the results tell the outcome."""
-    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
-    raw = body("a", manifest)
-    run(reconciler, raw)
-    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
-    prefix.mkdir(parents=True)
+    raw, prefix = started_job(store, reconciler)
     (prefix / "summary.json").write_text(json.dumps({"total": 3, "autoLabeled": 3, "hardExamples": 0}))
     kube.jobs.clear()
     run(reconciler, raw)
@@ -284,11 +289,7 @@ def test_competitor_order_is_creation_time_then_name() -> None:
 def test_a_failed_worker_reports_its_own_reason_and_words(
     store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler
 ) -> None:
-    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
-    raw = body("a", manifest)
-    run(reconciler, raw)
-    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
-    prefix.mkdir(parents=True)
+    raw, prefix = started_job(store, reconciler)
     error = {"stage": "failed", "error": "12 of 13 images unreadable", "reason": "TooManyUnreadableImages"}
     (prefix / "progress.json").write_text(json.dumps(error))
     failed = kube.jobs["a-uida"] | {
@@ -304,11 +305,7 @@ def test_a_failed_worker_reports_its_own_reason_and_words(
 
 def test_a_stopped_worker_leaves_the_jobs_reason(store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler) -> None:
     """SIGTERM at the Job's deadline: the worker says Terminated, the Job says why."""
-    manifest = write_manifest(store, {"cat": 5, "dog": 5}, 3)
-    raw = body("a", manifest)
-    run(reconciler, raw)
-    prefix = store.path(results_prefix(AutoLabelJob.model_validate(raw)))
-    prefix.mkdir(parents=True)
+    raw, prefix = started_job(store, reconciler)
     (prefix / "progress.json").write_text(json.dumps({"stage": "failed", "error": "SIGTERM", "reason": "Terminated"}))
     failed = kube.jobs["a-uida"] | {
         "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devenv.procs import ProcessGroup, StartError, ensure_binaries, free_port, http_ok
+from devenv.procs import LocalService, ProcessGroup, StartError, ensure_binaries, free_port, http_ok
 
 NODE_NAME = "local-node"
 NODE_GPUS = 2
@@ -34,7 +34,7 @@ SERVICE_CIDR = "10.0.0.0/24"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
-class LocalCluster:
+class LocalCluster(LocalService):
     def __init__(self, state_dir: str | Path = ".cluster", extra_args: Mapping[str, Sequence[str]] | None = None):
         """``extra_args``: more command-line flags for a component (keys from :data:`COMPONENTS`)."""
         self.state_dir = Path(state_dir).resolve()
@@ -147,18 +147,6 @@ class LocalCluster:
 
     def _run(self, component: str, argv: list[str]) -> None:
         self.procs.start(component, [*argv, *self.extra_args.get(component, [])])
-
-    def stop(self) -> list[str]:
-        stopped = self.procs.stop_all()
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir, ignore_errors=True)
-        return stopped
-
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ helpers
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,3 +215,26 @@ def stop_pid(pid: int, timeout: float = 15) -> bool:
                 return True
             time.sleep(0.1)
     return True
+
+
+class LocalService:
+    """Processes started into a state folder (a control plane, an S3 server): ``stop`` ends them all and
+    removes the folder; usable as a context manager."""
+
+    state_dir: Path
+    procs: ProcessGroup
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> list[str]:
+        """Stop every process started (also after a start that failed half-way); the names stopped."""
+        stopped = self.procs.stop_all()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return stopped
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

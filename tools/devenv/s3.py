@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from devenv.procs import ProcessGroup, StartError, ensure_binaries, free_port, http_ok
+from devenv.procs import LocalService, ProcessGroup, StartError, ensure_binaries, free_port, http_ok
 
 
-class MinioServer:
+class MinioServer(LocalService):
     def __init__(self, state_dir: str | Path = ".s3"):
         self.state_dir = Path(state_dir).resolve()
         self.procs = ProcessGroup(self.state_dir)
@@ -128,16 +128,6 @@ class MinioServer:
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
 
-    def stop(self) -> list[str]:
-        stopped = self.procs.stop_all()
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        return stopped
-
-    def __enter__(self) -> MinioServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
