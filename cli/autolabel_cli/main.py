@@ -10,26 +10,38 @@ Sample datasets: a job carrying the annotation ``autolabel.dev/sample-dataset: d
 manifest does not exist yet gets the bundled digits dataset written there first (what
 ``examples/digits-local.yaml`` relies on).
 
-Only ``run`` exists for now; ``status``, ``results``, ``confirm`` and ``export`` (talking to a cluster) are
-planned as further sub-commands of the same parser. Torch is imported only when ``run`` runs.
+``autolabel status [JOB] [-o json|yaml] [--watch]`` and ``autolabel results JOB [-o json|yaml] [--top N]``
+talk to a cluster (kubectl's ``--kubeconfig``, ``--context``, ``-n``, ``-A``; see :mod:`autolabel_cli.kube`)
+and, for ``results``, to the object store (:mod:`autolabel_cli.results`). docs/cli.md describes them all.
+
+Built with typer (click underneath) and rich. Torch is imported only when ``run`` runs, the ``kubernetes``
+client only when a cluster command runs.
 """
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
+import typer
 import yaml
 from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
 
 from autolabel.api import KIND, AutoLabelJob, results_prefix
 from autolabel.contract import ExitCode
 from autolabel.storage import is_absolute_uri
+
+from . import kube, results, view
+from .kube import CliError, KubeOptions
 
 log = logging.getLogger("autolabel_cli")
 
@@ -151,57 +163,265 @@ def ensure_sample_dataset(job: AutoLabelJob) -> None:
     ensure_digits_dataset(os.path.dirname(manifest))
 
 
-# ------------------------------------------------------------------------------------------ commands
+# ------------------------------------------------------------------------------------------ the app
+
+HELP = "Auto labeling for image datasets: run AutoLabelJobs locally, follow them and read their results on a cluster."
+WATCH_INTERVAL = 2.0
+WATCH_TIMEOUT = 3600.0
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="autolabel",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    if not args.local:
-        print(
-            "autolabel run: only --local is supported; on a cluster, `kubectl apply -f` the job instead",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+class Output(StrEnum):
+    json = "json"
+    yaml = "yaml"
+
+
+KubeconfigOpt = Annotated[
+    str | None,
+    typer.Option("--kubeconfig", metavar="PATH", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)"),
+]
+ContextOpt = Annotated[str | None, typer.Option("--context", metavar="NAME", help="kubeconfig context to use")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("-n", "--namespace", metavar="NS", help="namespace (default: the context's, else default)")
+]
+AllNamespacesOpt = Annotated[bool, typer.Option("-A", "--all-namespaces", help="jobs of every namespace")]
+OutputOpt = Annotated[
+    Output | None, typer.Option("-o", "--output", help="print a document for scripts instead of tables")
+]
+
+
+def _stdout() -> Console:
+    """rich output; when piped (not a terminal) wide enough that tables do not wrap, unless $COLUMNS says."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200)
+    return console
+
+
+def _fail(command: str, message: str, code: int = 1) -> typer.Exit:
+    print(f"autolabel {command}: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _options(
+    ctx: typer.Context, kubeconfig: str | None, context: str | None, namespace: str | None, all_ns: bool
+) -> KubeOptions:
+    base = ctx.obj if isinstance(ctx.obj, KubeOptions) else KubeOptions()
+    return base.merged(KubeOptions(kubeconfig, context, namespace, all_ns))
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+    all_namespaces: AllNamespacesOpt = False,
+) -> None:
+    """Auto labeling for image datasets (AutoLabelJob tools); also `kubectl autolabel` as a kubectl plugin.
+
+    The cluster options work before or after the command, like kubectl's.
+    """
+    ctx.obj = KubeOptions(kubeconfig, context, namespace, all_namespaces)
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+@app.command(no_args_is_help=True)
+def run(
+    job_file: Annotated[str, typer.Argument(metavar="JOB.yaml", help="the AutoLabelJob manifest", show_default=False)],
+    local: Annotated[bool, typer.Option("--local", help="run here, without a cluster (required for now)")] = False,
+    output: Annotated[
+        str | None, typer.Option("--output", metavar="URI", help="results prefix (overrides spec.output)")
+    ] = None,
+    time_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--time-budget",
+            metavar="S",
+            help="training time budget in seconds (overrides spec.activeLearning.timeBudgetSeconds; >= 10)",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="debug logging")] = False,
+) -> None:
+    """Run an AutoLabelJob manifest on this machine (--local), with local paths or s3:// URIs."""
+    if not local:
+        raise _fail("run", "only --local is supported; on a cluster, `kubectl apply -f` the job instead", EXIT_USAGE)
     from autolabel_worker.entrypoint import configure_logging, execute, storage_for, with_time_budget
 
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(logging.DEBUG if verbose else logging.INFO)
     try:
-        job = localize(load_job_file(args.job_file), args.job_file, args.output)
-        job = with_time_budget(job, args.time_budget)
+        job = localize(load_job_file(job_file), job_file, output)
+        job = with_time_budget(job, time_budget)
         ensure_sample_dataset(job)
     except (JobFileError, ValidationError) as exc:
-        print(f"autolabel run: {exc}", file=sys.stderr)
-        return ExitCode.BAD_JOB
+        raise _fail("run", str(exc), ExitCode.BAD_JOB) from None
     storage = storage_for(job)
-    return execute(job, storage, results_prefix(job))
+    raise typer.Exit(int(execute(job, storage, results_prefix(job))))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="autolabel", description="Auto labeling for image datasets (AutoLabelJob tools)."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = sub.add_parser(
-        "run",
-        help="run an AutoLabelJob manifest",
-        description="Run an AutoLabelJob manifest on this machine (--local), with local paths or s3:// URIs.",
-    )
-    run.add_argument("job_file", metavar="JOB.yaml", help="the AutoLabelJob manifest")
-    run.add_argument("--local", action="store_true", help="run here, without a cluster (required for now)")
-    run.add_argument("--output", metavar="URI", help="results prefix (overrides spec.output)")
-    run.add_argument(
-        "--time-budget",
-        metavar="S",
-        type=int,
-        help="training time budget in seconds (overrides spec.activeLearning.timeBudgetSeconds; >= 10)",
-    )
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    run.set_defaults(func=cmd_run)
-    return parser
+# ----------------------------------------------------------------------------------------- status
+
+
+def _fetch(api: kube.JobsApi, namespace: str, name: str | None, all_namespaces: bool) -> list[dict[str, Any]]:
+    if name:
+        return [api.get(namespace, name)]
+    return api.list(None if all_namespaces else namespace)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    job: Annotated[
+        str | None, typer.Argument(metavar="JOB", help="one job (default: every job)", show_default=False)
+    ] = None,
+    output: OutputOpt = None,
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="refresh until every shown job has finished")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="S", min=0.2, help="seconds between refreshes")
+    ] = WATCH_INTERVAL,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="S", min=1, help="give up watching after this long")
+    ] = WATCH_TIMEOUT,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+    all_namespaces: AllNamespacesOpt = False,
+) -> None:
+    """Show AutoLabelJobs: phase, progress, results so far, age."""
+    opts = _options(ctx, kubeconfig, context, namespace, all_namespaces)
+    if watch and output is not None:
+        raise _fail("status", "--watch shows a live table; leave out -o/--output", EXIT_USAGE)
+    if job and opts.all_namespaces:
+        raise _fail(
+            "status", "a job name and -A/--all-namespaces do not go together; name the namespace with -n", EXIT_USAGE
+        )
+    try:
+        api, ns = kube.connect(opts)
+        jobs = _fetch(api, ns, job, opts.all_namespaces)
+        if output is not None:
+            docs = [view.status_document(j) for j in jobs]
+            sys.stdout.write(view.dump(docs[0] if job else docs, output.value))
+            return
+        where = "in any namespace" if opts.all_namespaces else f'in namespace "{ns}"'
+        console = _stdout()
+        if not watch:
+            console.print(view.status_view(jobs, opts.all_namespaces, where))
+            return
+        _watch(
+            console,
+            lambda: _fetch(api, ns, job, opts.all_namespaces),
+            jobs,
+            opts.all_namespaces,
+            where,
+            interval,
+            timeout,
+        )
+    except CliError as exc:
+        raise _fail("status", str(exc), exc.code) from None
+
+
+def _watch(
+    console: Console, fetch: Any, jobs: list[dict[str, Any]], all_ns: bool, where: str, interval: float, timeout: float
+) -> None:
+    """Redraw the table every ``interval`` s until every shown job is Succeeded/Failed, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    try:
+        with Live(view.status_view(jobs, all_ns, where), console=console, auto_refresh=False) as live:
+            while not all(view.is_finished(j) for j in jobs):
+                if time.monotonic() >= deadline:
+                    live.stop()
+                    raise CliError(f"jobs still unfinished after watching for {timeout:g} s")
+                time.sleep(interval)
+                jobs = fetch()
+                live.update(view.status_view(jobs, all_ns, where, dt.datetime.now(dt.UTC)), refresh=True)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+# ---------------------------------------------------------------------------------------- results
+
+
+@app.command("results")
+def results_command(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="a finished job", show_default=False)],
+    output: OutputOpt = None,
+    top: Annotated[
+        int, typer.Option("--top", metavar="N", min=0, help="how many of the hardest examples to list")
+    ] = 10,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Summarize a finished job's results: counts, labels, hard-example reasons, the hardest examples."""
+    opts = _options(ctx, kubeconfig, context, namespace, False)
+    try:
+        api, ns = kube.connect(opts)
+        obj = api.get(ns, job)
+        uri = _results_uri(obj, ns, job)
+        report = results.read_report(results.storage_for(obj), uri, top)
+    except CliError as exc:
+        raise _fail("results", str(exc), exc.code) from None
+    if output is not None:
+        sys.stdout.write(view.dump(results.report_document(obj, report), output.value))
+        return
+    results.render_report(_stdout(), obj, report)
+
+
+def _results_uri(obj: dict[str, Any], namespace: str, name: str) -> str:
+    status_ = view.status_of(obj)
+    phase = view.phase_of(obj)
+    uri = (status_.get("result") or {}).get("uri")
+    where = f'AutoLabelJob "{name}" in namespace "{namespace}"'
+    if phase == "Failed":
+        raise CliError(f"{where} failed, it has no results: {status_.get('message') or 'no message'}")
+    if phase != "Succeeded":
+        percent = view.percent_of(obj)
+        done = f", {percent}% done" if percent is not None else ""
+        raise CliError(f"{where} has not finished (phase {phase}{done}); results are there once it has Succeeded")
+    if not uri:
+        raise CliError(f"{where} succeeded but has no status.result.uri yet (results not recorded)")
+    return str(uri)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def prog_name(argv0: str | None = None) -> str:
+    """``kubectl autolabel`` when run as the kubectl plugin, else ``autolabel``."""
+    base = os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "autolabel"))
+    return "kubectl autolabel" if base.startswith("kubectl-autolabel") else "autolabel"
+
+
+def build_parser() -> Any:
+    """The command line as a click command (typer's vendored click; what :func:`main` runs)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    try:
+        build_parser().main(args=list(argv) if argv is not None else None, prog_name=prog_name(), standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
