@@ -1,0 +1,105 @@
+"""``autolabel status`` / ``results`` (and ``kubectl autolabel`` as a kubectl plugin) against the real local
+control plane and MinIO, with the operator running the fake worker (tests/fakeworker.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from devenv.cluster import LocalCluster
+from devenv.s3 import MinioServer
+
+from .operator_fixtures import REPO, apply, dataset, job_manifest, wait_phase
+
+pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3, pytest.mark.usefixtures("autolabel_operator")]
+
+BIN = Path(sys.executable).parent
+
+
+def cli_env(s3: MinioServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return {
+        **env,
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "COLUMNS": "200",
+    }
+
+
+def autolabel(cluster: LocalCluster, s3: MinioServer, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(BIN / "autolabel"), "--kubeconfig", str(cluster.kubeconfig), *args]
+    return subprocess.run(argv, env=cli_env(s3), capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_status_and_results_of_a_finished_job(cluster: LocalCluster, s3_server: MinioServer, namespace: str) -> None:
+    manifest = dataset(s3_server, {"cat": 5, "dog": 6}, unlabeled=8)
+    apply(cluster, namespace, job_manifest("done", manifest, {"fakeworker.autolabel.dev/seconds": "0.5"}))
+    wait_phase(cluster, namespace, "done", "Succeeded", timeout=90)
+
+    table = autolabel(cluster, s3_server, "status", "-n", namespace)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "PROGRESS", "PROCESSED", "AUTO-LABELED", "HARD", "PRECISION", "AGE"]
+    assert row.split()[:2] == ["done", "Succeeded"] and "100%" in row and "8/8" in row
+
+    doc = autolabel(cluster, s3_server, "status", "done", "-n", namespace, "-o", "json")
+    assert doc.returncode == 0, doc.stderr
+    status = json.loads(doc.stdout)
+    assert status["name"] == "done" and status["namespace"] == namespace
+    assert status["status"]["phase"] == "Succeeded" and status["status"]["result"]["total"] == 8
+
+    shown = autolabel(cluster, s3_server, "results", "done", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert status["status"]["result"]["uri"] in out
+    assert "hard examples" in out and "low confidence" in out and "Hardest examples" in out
+    report = json.loads(
+        autolabel(cluster, s3_server, "results", "done", "-n", namespace, "-o", "json", "--top", "3").stdout
+    )
+    assert report["summary"]["total"] == 8 and report["summary"]["hardExamples"] == 8
+    assert report["labels"] == {"dog": {"total": 8, "autoLabeled": 0, "hard": 8}}  # the fake worker: most frequent
+    assert report["hardReasons"] == [{"reason": 1, "name": "low confidence", "count": 8, "share": 1.0}]
+    assert len(report["hardest"]) == 3
+
+    # -A: the namespace column, this namespace's job among the cluster's.
+    everywhere = autolabel(cluster, s3_server, "status", "-A")
+    assert everywhere.returncode == 0, everywhere.stderr
+    assert everywhere.stdout.split()[:2] == ["NAME", "NAMESPACE"]
+    assert any(line.split()[:3] == ["done", namespace, "Succeeded"] for line in everywhere.stdout.splitlines())
+
+    # kubectl's plugin mechanism: kubectl finds kubectl-autolabel on PATH (kubectl refuses flags before a
+    # plugin's name, so the kubeconfig comes from $KUBECONFIG, which the plugin honours).
+    kubectl = REPO / ".cache" / "bin" / "kubectl"
+    env = {**cli_env(s3_server), "KUBECONFIG": str(cluster.kubeconfig)}
+    argv = [str(kubectl), "autolabel", "status", "-n", namespace]
+    plugin = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert plugin.returncode == 0, plugin.stderr
+    assert plugin.stdout.splitlines()[1].split()[:2] == ["done", "Succeeded"]
+
+
+def test_unknown_and_unfinished_jobs_are_errors(cluster: LocalCluster, s3_server: MinioServer, namespace: str) -> None:
+    unknown = autolabel(cluster, s3_server, "status", "nope", "-n", namespace)
+    assert unknown.returncode == 1
+    assert f'AutoLabelJob "nope" not found in namespace "{namespace}"' in unknown.stderr
+    unknown = autolabel(cluster, s3_server, "results", "nope", "-n", namespace)
+    assert unknown.returncode == 1 and '"nope" not found' in unknown.stderr
+
+    # A slow job holds the dataset; the second waits for it, and has no results yet.
+    manifest = dataset(s3_server)
+    apply(cluster, namespace, job_manifest("slow", manifest, {"fakeworker.autolabel.dev/seconds": "60"}))
+    wait_phase(cluster, namespace, "slow", "Running", timeout=60)
+    apply(cluster, namespace, job_manifest("later", manifest))
+    wait_phase(cluster, namespace, "later", "Waiting", timeout=60)
+    waiting = autolabel(cluster, s3_server, "results", "later", "-n", namespace)
+    assert waiting.returncode == 1, waiting.stdout
+    assert f'AutoLabelJob "later" in namespace "{namespace}" has not finished (phase Waiting' in waiting.stderr
+
+    listed = autolabel(cluster, s3_server, "status", "-n", namespace)
+    rows = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:] if line.strip()}
+    assert rows == {"later": "Waiting", "slow": "Running"}
