@@ -37,11 +37,17 @@ from rich.console import Console
 from rich.live import Live
 
 from autolabel.api import KIND, AutoLabelJob, results_prefix
-from autolabel.contract import ExitCode
-from autolabel.storage import is_absolute_uri
+from autolabel.contract import RESULT_FILE, ExitCode
+from autolabel.storage import Storage, StorageConfig, StorageError, is_absolute_uri
 
 from . import kube, results, view
 from .kube import CliError, KubeOptions
+from .review.confirm import confirm as review_confirm
+from .review.confirm import load_corrections, load_image_list
+from .review.dataset_import import import_dataset
+from .review.errors import ReviewError
+from .review.export import FORMATS as EXPORT_FORMATS
+from .review.export import export as review_export
 
 log = logging.getLogger("autolabel_cli")
 
@@ -393,6 +399,127 @@ def _results_uri(obj: dict[str, Any], namespace: str, name: str) -> str:
     if not uri:
         raise CliError(f"{where} succeeded but has no status.result.uri yet (results not recorded)")
     return str(uri)
+
+
+# ------------------------------------------------------------------- the review loop: confirm, export
+
+
+def _finished_job(
+    ctx: typer.Context, job: str, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> tuple[dict[str, Any], str]:
+    """The Succeeded AutoLabelJob ``job`` and its results prefix (CliError otherwise)."""
+    opts = _options(ctx, kubeconfig, context, namespace, False)
+    api, ns = kube.connect(opts)
+    obj = api.get(ns, job)
+    return obj, _results_uri(obj, ns, job)
+
+
+def _read_local(command: str, option: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise _fail(command, f"{option} {path}: cannot read: {exc.strerror or exc}", EXIT_USAGE) from None
+
+
+@app.command()
+def confirm(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="a finished job", show_default=False)],
+    min_confidence: Annotated[
+        float | None, typer.Option("--min-confidence", metavar="X", min=0, max=1, help="only proposals this sure")
+    ] = None,
+    include_hard: Annotated[bool, typer.Option("--include-hard", help="also the proposals flagged hard")] = False,
+    labels: Annotated[
+        str | None, typer.Option("--labels", metavar="A,B", help="only proposals of these labels")
+    ] = None,
+    exclude: Annotated[
+        str | None, typer.Option("--exclude", metavar="FILE", help="images to leave unlabeled, one per line")
+    ] = None,
+    corrections: Annotated[
+        str | None, typer.Option("--corrections", metavar="FILE", help="a person's fixes: CSV image,label or JSON")
+    ] = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Accept a finished job's proposals (ModelArts' "OK") into a new manifest version beside the original.
+
+    The accepted proposals become labeled lines with their provenance; the original is never modified.
+    """
+    try:
+        excluded = load_image_list(_read_local("confirm", "--exclude", exclude), exclude) if exclude else set()
+        fixes = None
+        if corrections:
+            fixes = load_corrections(_read_local("confirm", "--corrections", corrections), corrections)
+        obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
+        report = review_confirm(
+            results.storage_for(obj),
+            obj["spec"]["dataset"]["manifest"],
+            uri.rstrip("/") + "/" + RESULT_FILE,
+            job_name=job,
+            min_confidence=min_confidence,
+            include_hard=include_hard,
+            labels={x.strip() for x in labels.split(",") if x.strip()} if labels else None,
+            exclude=excluded,
+            corrections=fixes,
+        )
+    except (CliError, ReviewError, StorageError) as exc:
+        raise _fail("confirm", str(exc), getattr(exc, "code", 1)) from None
+    counts = f"{report.confirmed} confirmed, {report.corrected} corrected, {report.left} left unlabeled"
+    if report.written:
+        print(f"wrote {report.uri}: {counts}")
+    elif report.confirmed or report.corrected:
+        print(f"unchanged: {report.uri} already holds this ({counts})")
+    else:
+        print(f"nothing to confirm, no new version written ({counts}); try --include-hard or --min-confidence")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="a finished job", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", metavar="|".join(EXPORT_FORMATS), help="the format to write")],
+    to: Annotated[
+        str | None, typer.Option("--to", metavar="URI", help="where (default: <results>/export/<format>/)")
+    ] = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Write a finished job's proposals, with their confidences, for the tools people review or train with."""
+    if fmt not in EXPORT_FORMATS:
+        raise _fail("export", f"--format {fmt!r}: unknown, use one of {', '.join(EXPORT_FORMATS)}", EXIT_USAGE)
+    try:
+        obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
+        prefix = uri.rstrip("/") + "/"
+        written = review_export(
+            results.storage_for(obj), obj["spec"]["dataset"]["manifest"], prefix + RESULT_FILE, fmt,
+            to or f"{prefix}export/{fmt}/",
+        )  # fmt: skip
+    except (CliError, ReviewError, StorageError) as exc:
+        raise _fail("export", str(exc), getattr(exc, "code", 1)) from None
+    print(f"wrote {len(written)} file(s): {', '.join(written[:3])}{' …' if len(written) > 3 else ''}")
+
+
+dataset_app = typer.Typer(help="Datasets: bring one in from the format you have.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("import")
+def dataset_import(
+    src: Annotated[str, typer.Argument(metavar="SRC", help="an ImageFolder tree, a COCO JSON or a VOC folder")],
+    to: Annotated[str, typer.Option("--to", metavar="URI", help="where to upload (s3://bucket/prefix/ or a folder)")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", metavar="imagefolder|coco|voc", help="default: detected")
+    ] = None,
+) -> None:
+    """Build a ModelArts manifest from SRC and upload it with the images (store from the AWS_* variables)."""
+    try:
+        manifest = import_dataset(Storage(StorageConfig.from_env()), src, to, fmt)
+    except (ReviewError, StorageError) as exc:
+        raise _fail("dataset import", str(exc)) from None
+    print(f"wrote {manifest}")
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -3,6 +3,7 @@ control plane and MinIO, with the operator running the fake worker (tests/fakewo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
+from PIL import Image
 
-from .operator_fixtures import REPO, apply, dataset, job_manifest, wait_phase
+from .operator_fixtures import BUCKET, REPO, apply, dataset, job_manifest, put, wait_phase
 
 pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3, pytest.mark.usefixtures("autolabel_operator")]
 
@@ -30,6 +32,10 @@ def cli_env(s3: MinioServer) -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "COLUMNS": "200",
     }
+
+
+def get_bytes(s3: MinioServer, key: str) -> bytes:
+    return bytes(s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
 def autolabel(cluster: LocalCluster, s3: MinioServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +109,47 @@ def test_unknown_and_unfinished_jobs_are_errors(cluster: LocalCluster, s3_server
     listed = autolabel(cluster, s3_server, "status", "-n", namespace)
     rows = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:] if line.strip()}
     assert rows == {"later": "Waiting", "slow": "Running"}
+
+
+def test_confirm_and_export_a_finished_job_and_refuse_bad_input(
+    cluster: LocalCluster, s3_server: MinioServer, namespace: str, tmp_path: Path
+) -> None:
+    manifest = dataset(s3_server, {"cat": 5, "dog": 6}, unlabeled=4)
+    key = manifest.removeprefix(f"s3://{BUCKET}/")
+    folder = key.rsplit("/", 1)[0]
+    png = io.BytesIO()
+    Image.new("RGB", (6, 4), "white").save(png, format="PNG")
+    for n in range(12, 16):  # the unlabeled images (exports read their sizes)
+        put(s3_server, f"{folder}/img/{n:05d}.png", png.getvalue())
+    original = get_bytes(s3_server, key)
+    apply(cluster, namespace, job_manifest("done", manifest, {"fakeworker.autolabel.dev/seconds": "0.3"}))
+    wait_phase(cluster, namespace, "done", "Succeeded", timeout=90)
+
+    # The fake worker flags every proposal hard: by default nothing is confirmed, --include-hard takes them.
+    nothing = autolabel(cluster, s3_server, "confirm", "done", "-n", namespace)
+    assert nothing.returncode == 0 and "nothing to confirm" in nothing.stdout, nothing.stderr
+    fixes = tmp_path / "fixes.csv"
+    first = f"{manifest.rsplit('/', 1)[0]}/img/00012.png"
+    fixes.write_text(f"{first},cat\n")
+    confirm = ["confirm", "done", "-n", namespace, "--include-hard", "--corrections", str(fixes)]
+    taken = autolabel(cluster, s3_server, *confirm)
+    assert taken.returncode == 0, taken.stderr
+    assert "3 confirmed, 1 corrected, 0 left unlabeled" in taken.stdout
+    version = taken.stdout.split()[1].rstrip(":")
+    assert version.endswith(".v1.manifest")
+    lines = [json.loads(x) for x in get_bytes(s3_server, version.removeprefix(f"s3://{BUCKET}/")).splitlines()]
+    assert len(lines) == 15 and all(line.get("annotation") for line in lines)  # every image labeled now
+    again = autolabel(cluster, s3_server, *confirm)
+    assert again.returncode == 0 and f"unchanged: {version}" in again.stdout  # idempotent: no v2
+    assert get_bytes(s3_server, key) == original  # the original manifest is never modified
+
+    exported = autolabel(cluster, s3_server, "export", "done", "-n", namespace, "--format", "coco")
+    assert exported.returncode == 0 and "coco.json" in exported.stdout, exported.stderr
+
+    bad_format = autolabel(cluster, s3_server, "export", "done", "-n", namespace, "--format", "pascal")
+    assert bad_format.returncode == 2 and "--format 'pascal'" in bad_format.stderr
+    unknown = autolabel(cluster, s3_server, "confirm", "nope", "-n", namespace)
+    assert unknown.returncode != 0 and '"nope"' in unknown.stderr
+    fixes.write_text("img/not-there.png,cat\n")
+    bad_fix = autolabel(cluster, s3_server, *confirm)
+    assert bad_fix.returncode != 0 and "not-there.png" in bad_fix.stderr

@@ -48,6 +48,9 @@ class ConfirmReport:
     """Images labeled from corrections."""
     left: int
     """Images still unlabeled in that version."""
+    written: bool = True
+    """False when nothing new was written: the latest version already holds this content (or there was
+    nothing to confirm and no version yet, and ``uri`` is the original manifest)."""
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -246,7 +249,7 @@ def confirm(
     base, versions = _versions(storage, manifest_uri)
     latest_uri = versions[-1][1] if versions else manifest_uri
     if storage.read_bytes(latest_uri) == content or (not versions and not accepted):
-        return ConfirmReport(latest_uri, confirmed, corrected, left)
+        return ConfirmReport(latest_uri, confirmed, corrected, left, written=False)
     new_uri = f"{base}.v{versions[-1][0] + 1 if versions else 1}.manifest"
     storage.write_bytes(new_uri, content)
     return ConfirmReport(new_uri, confirmed, corrected, left)
