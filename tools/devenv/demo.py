@@ -3,12 +3,16 @@
 Starts the dev environment (control plane, MinIO, local node runner, operator), writes the bundled
 digits sample dataset (scikit-learn's 1,797 8x8 images; 5 labeled per class) and uploads it to
 ``s3://datasets/digits/``, applies ``examples/digits-al.yaml``, follows the AutoLabelJob to completion and
-shows what a person reviewing the results would look at. ``make dev-down`` stops everything afterwards.
+shows what a person reviewing the results would look at: ``autolabel results``, then ``autolabel confirm``
+writes the accepted proposals into a new manifest version beside the original. Then it stops everything it
+started, unless ``KEEP=1`` (then ``make dev-down`` stops it).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,20 +98,42 @@ def show_results(env: DevEnv, obj: dict[str, Any]) -> None:
                   f"({right / accepted:.3f})")
 
 
+def review(env: DevEnv) -> int:
+    """What a reviewer runs next: the results, then confirm (the CLI, as a person would run it)."""
+    cli_env = {**os.environ, "KUBECONFIG": str(env.cluster.kubeconfig), **env.s3.env()}
+    code = 0
+    for args in (["results", "digits-al", "--top", "5"], ["confirm", "digits-al"]):
+        print(f"\n$ autolabel {' '.join(args)} -n {NAMESPACE}", flush=True)
+        argv = [str(Path(sys.executable).parent / "autolabel"), *args, "-n", NAMESPACE]
+        code = code or subprocess.run(argv, env=cli_env, check=False).returncode
+    return code
+
+
 def main() -> int:
     env = DevEnv(REPO_ROOT / ".dev")
+    keep = os.environ.get("KEEP", "") not in ("", "0")
     if env.up() != 0:
         print("demo: the dev environment is incomplete (see above)", file=sys.stderr)
+        env.down()
         return 1
-    manifest_uri = upload_dataset(env, REPO_ROOT / ".dev" / "demo-data")
-    env.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    env.cluster.kubectl("delete", "alj", "digits-al", "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
-    print(f"applying {JOB_FILE.relative_to(REPO_ROOT)} (dataset {manifest_uri})")
-    env.cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(JOB_FILE))
-    final = follow(env, "digits-al")
-    show_results(env, final)
-    print(f"\nexplore: source .dev/env; kubectl get alj -n {NAMESPACE} -o yaml; stop: make dev-down")
-    return 0 if final["status"]["phase"] == "Succeeded" else 1
+    try:
+        manifest_uri = upload_dataset(env, REPO_ROOT / ".dev" / "demo-data")
+        env.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+        env.cluster.kubectl("delete", "alj", "digits-al", "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        print(f"applying {JOB_FILE.relative_to(REPO_ROOT)} (dataset {manifest_uri})")
+        env.cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(JOB_FILE))
+        final = follow(env, "digits-al")
+        show_results(env, final)
+        succeeded = final["status"]["phase"] == "Succeeded"
+        reviewed = review(env) if succeeded else 1
+    finally:
+        if keep:
+            print(f"\nKEEP=1: still running. Explore: source .dev/env; kubectl get alj -n {NAMESPACE} -o yaml; "
+                  "autolabel status -n autolabel-demo. Stop: make dev-down")
+        else:
+            print("\nstopping what the demo started (KEEP=1 keeps it up)")
+            env.down()
+    return 0 if succeeded and reviewed == 0 else 1
 
 
 if __name__ == "__main__":
