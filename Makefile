@@ -10,7 +10,7 @@ DEVENV := PYTHONPATH=tools $(PY) -m devenv
 PYTEST_ARGS ?=
 
 .PHONY: help venv bins crds lint chart-lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
-	dev-up dev-down demo bench bench-operator clean kind-up kind-down
+	dev-up dev-down demo bench bench-operator clean kind-up kind-down kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ kind-up: ## A kind cluster for people with Docker (kind-config.yaml)
 
 kind-down:
 	kind delete cluster --name autolabel
+
+kind-demo: ## make demo on kind: builds and loads the images, chart + MinIO, runs examples/digits-al.yaml
+	bash tools/kind-demo.sh
 
 clean: cluster-down s3-down ## Stop local services and remove caches (keeps .cache/bin)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
