@@ -287,6 +287,38 @@ def _voc_number(obj: ET.Element, path: str, source: str, where: str) -> float:
     return value
 
 
+def voc_xml(
+    filename: str,
+    size: tuple[int, int, int],
+    boxes: Iterable[VocBox],
+    annotated_by: str | None = None,
+    path: str | None = None,
+) -> bytes:
+    """A PASCAL VOC annotation (the inverse of :func:`parse_voc`), with ``<annotated-by>`` and a
+    ``<confidence>`` (0..1) per object where known."""
+    width, height, depth = size
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = filename
+    if path is not None:
+        ET.SubElement(root, "path").text = path
+    size_el = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", depth)):
+        ET.SubElement(size_el, tag).text = str(value)
+    for box in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = box.name
+        if annotated_by:
+            ET.SubElement(obj, "annotated-by").text = annotated_by
+        if box.confidence is not None:
+            if not 0.0 <= box.confidence <= 1.0:
+                raise ValueError(f"confidence {box.confidence} of {box.name!r} in {filename} is outside 0..1")
+            ET.SubElement(obj, "confidence").text = f"{box.confidence:.6g}"
+        bnd = ET.SubElement(obj, "bndbox")
+        for tag, coord in (("xmin", box.xmin), ("ymin", box.ymin), ("xmax", box.xmax), ("ymax", box.ymax)):
+            ET.SubElement(bnd, tag).text = f"{coord:g}"
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 def parse_voc(xml_bytes: bytes, source: str = "<voc>") -> list[VocBox]:
     """The rectangles of a PASCAL VOC annotation: ``[VocBox(name, xmin, ymin, xmax, ymax, confidence)]``.
 

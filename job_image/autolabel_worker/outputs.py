@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import tempfile
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import IO, Any
@@ -36,7 +35,7 @@ from autolabel.contract import (
     merge_summaries,
     shard_prefix,
 )
-from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox, read_manifest
+from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox, read_manifest, voc_xml
 from autolabel.storage import ScopedWriter, Storage, StorageError
 
 from .errors import PipelineError
@@ -66,31 +65,6 @@ def _unit(value: float, what: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{what} {value} is outside 0..1")
     return value
-
-
-def voc_xml(
-    filename: str,
-    size: tuple[int, int, int],
-    boxes: Sequence[VocBox],
-    annotated_by: str = ACTIVE_LEARNING_BY,
-) -> bytes:
-    """A PASCAL VOC annotation with a ``<confidence>`` per object (readable by :func:`parse_voc`)."""
-    width, height, depth = size
-    root = ET.Element("annotation")
-    ET.SubElement(root, "filename").text = filename
-    size_el = ET.SubElement(root, "size")
-    for tag, value in (("width", width), ("height", height), ("depth", depth)):
-        ET.SubElement(size_el, tag).text = str(value)
-    for box in boxes:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = box.name
-        ET.SubElement(obj, "annotated-by").text = annotated_by
-        if box.confidence is not None:
-            ET.SubElement(obj, "confidence").text = f"{_unit(box.confidence, 'confidence'):.6g}"
-        bnd = ET.SubElement(obj, "bndbox")
-        for tag, coord in (("xmin", box.xmin), ("ymin", box.ymin), ("xmax", box.xmax), ("ymax", box.ymax)):
-            ET.SubElement(bnd, tag).text = f"{coord:g}"
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 class ResultWriter:

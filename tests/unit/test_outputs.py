@@ -13,13 +13,12 @@ from autolabel_worker.outputs import (
     ResultWriter,
     format_reasons,
     merge_shards,
-    voc_xml,
     write_json,
 )
 from autolabel_worker.progress import ProgressReporter
 
 from autolabel.contract import shard_prefix
-from autolabel.manifest import CLASSIFICATION_TYPE, VocBox, parse_manifest, parse_voc
+from autolabel.manifest import CLASSIFICATION_TYPE, VocBox, parse_manifest, parse_voc, voc_xml
 from autolabel.storage import ScopedWriter, Storage
 
 

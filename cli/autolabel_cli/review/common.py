@@ -6,11 +6,10 @@ import io
 import json
 import os
 import posixpath
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from autolabel.manifest import CLASSIFICATION_TYPE, ManifestEntry, ManifestError, VocBox, parse_manifest
+from autolabel.manifest import CLASSIFICATION_TYPE, ManifestEntry, ManifestError, parse_manifest
 from autolabel.storage import ObjectNotFound, Storage, is_s3, local_path
 
 from .errors import ReviewError
@@ -123,31 +122,3 @@ def unique_stems(uris: Sequence[str]) -> list[str]:
         stems.append(candidate)
     return stems
 
-
-def voc_xml(
-    filename: str,
-    size: tuple[int, int, int],
-    boxes: Sequence[VocBox],
-    annotated_by: str | None,
-    path: str | None = None,
-) -> bytes:
-    """A PASCAL VOC annotation, ``<confidence>`` per object when known (readable by ``parse_voc``)."""
-    width, height, depth = size
-    root = ET.Element("annotation")
-    ET.SubElement(root, "filename").text = filename
-    if path is not None:
-        ET.SubElement(root, "path").text = path
-    size_el = ET.SubElement(root, "size")
-    for tag, value in (("width", width), ("height", height), ("depth", depth)):
-        ET.SubElement(size_el, tag).text = str(value)
-    for box in boxes:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = box.name
-        if annotated_by:
-            ET.SubElement(obj, "annotated-by").text = annotated_by
-        if box.confidence is not None:
-            ET.SubElement(obj, "confidence").text = f"{box.confidence:.6g}"
-        bnd = ET.SubElement(obj, "bndbox")
-        for tag, coord in (("xmin", box.xmin), ("ymin", box.ymin), ("xmax", box.xmax), ("ymax", box.ymax)):
-            ET.SubElement(bnd, tag).text = f"{coord:g}"
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -23,10 +23,10 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox, VocError, parse_voc
+from autolabel.manifest import CLASSIFICATION_TYPE, DETECTION_TYPE, VOC_FORMAT, VocBox, VocError, parse_voc, voc_xml
 from autolabel.storage import ObjectNotFound, ScopedWriter, Storage, join_uri
 
-from .common import IMAGE_EXTENSIONS, basename, unique_stems, voc_xml
+from .common import IMAGE_EXTENSIONS, basename, unique_stems
 from .errors import ReviewError
 
 IMPORT_FORMATS = ("imagefolder", "coco", "voc")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from autolabel.manifest import VocBox
+from autolabel.manifest import VocBox, voc_xml
 from autolabel.storage import ScopedWriter, Storage
 
 from .common import (
@@ -38,7 +38,6 @@ from .common import (
     read_proposals,
     run_name,
     unique_stems,
-    voc_xml,
 )
 from .errors import ReviewError
 
