@@ -23,7 +23,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 
 # fixture -> the marker a test using it must carry
-NEEDS = {"cluster": "needs_cluster", "s3_server": "needs_s3"}
+NEEDS = {"cluster": "needs_cluster", "s3_server": "needs_s3", "label_studio": "needs_label_studio"}
 
 
 def missing_markers(item: pytest.Item) -> list[str]:

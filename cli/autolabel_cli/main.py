@@ -42,12 +42,16 @@ from autolabel.storage import Storage, StorageConfig, StorageError, is_absolute_
 
 from . import kube, results, view
 from .kube import CliError, KubeOptions
+from .review.common import run_name
 from .review.confirm import confirm as review_confirm
 from .review.confirm import load_corrections, load_image_list
 from .review.dataset_import import import_dataset
 from .review.errors import ReviewError
 from .review.export import FORMATS as EXPORT_FORMATS
 from .review.export import export as review_export
+from .review.labelstudio import LabelStudio, project_title
+from .review.labelstudio import pull as ls_pull
+from .review.labelstudio import push as ls_push
 
 log = logging.getLogger("autolabel_cli")
 
@@ -520,6 +524,88 @@ def dataset_import(
     except (ReviewError, StorageError) as exc:
         raise _fail("dataset import", str(exc)) from None
     print(f"wrote {manifest}")
+
+
+review_app = typer.Typer(
+    help="Review a finished job's proposals in Label Studio (token from $LABEL_STUDIO_TOKEN).", no_args_is_help=True
+)
+app.add_typer(review_app, name="review")
+
+LabelStudioOpt = Annotated[
+    str,
+    typer.Option(
+        "--label-studio", metavar="URL", envvar="LABEL_STUDIO_URL", help="the Label Studio server ($LABEL_STUDIO_URL)"
+    ),
+]
+TOKEN_VARIABLE = "LABEL_STUDIO_TOKEN"
+
+
+def _label_studio(command: str, url: str) -> LabelStudio:
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise _fail(command, f"set ${TOKEN_VARIABLE} to a Label Studio API token (Account & Settings)", EXIT_USAGE)
+    return LabelStudio(url, token)
+
+
+@review_app.command("push")
+def review_push(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="a finished job", show_default=False)],
+    label_studio: LabelStudioOpt,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Send a finished job's proposals to Label Studio as tasks with predictions (hard examples first).
+
+    One project per job, `autolabel: <namespace>/<job>`; pushing again adds only what is not there yet.
+    """
+    ls = _label_studio("review push", label_studio)
+    try:
+        obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
+        result_uri = uri.rstrip("/") + "/" + RESULT_FILE
+        report = ls_push(
+            results.storage_for(obj), ls, obj["spec"]["dataset"]["manifest"], result_uri,
+            title=project_title(obj["metadata"]["namespace"], job), run=run_name(result_uri),
+        )  # fmt: skip
+    except (CliError, ReviewError, StorageError) as exc:
+        raise _fail("review push", str(exc), getattr(exc, "code", 1)) from None
+    what = "created" if report.created else "found"
+    print(f"{what} project {report.project_id}: {report.project_url}")
+    print(f"imported {report.imported} task(s) ({report.hard} hard, first); {report.already} already there")
+
+
+@review_app.command("pull")
+def review_pull(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="a finished job", show_default=False)],
+    label_studio: LabelStudioOpt,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Write the next manifest version with the images reviewed in Label Studio labeled, and only those.
+
+    Each submitted annotation counts, whether it kept the proposal or changed it (annotated-by: human).
+    """
+    ls = _label_studio("review pull", label_studio)
+    try:
+        obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
+        report = ls_pull(
+            results.storage_for(obj), ls, obj["spec"]["dataset"]["manifest"], uri.rstrip("/") + "/" + RESULT_FILE,
+            title=project_title(obj["metadata"]["namespace"], job), job_name=job,
+        )  # fmt: skip
+    except (CliError, ReviewError, StorageError) as exc:
+        raise _fail("review pull", str(exc), getattr(exc, "code", 1)) from None
+    done = report.confirm
+    counts = f"{report.reviewed} reviewed ({report.accepted} accepted, {report.changed} changed)"
+    counts += f", {done.left} left unlabeled"
+    if done.written:
+        print(f"wrote {done.uri}: {counts}")
+    elif report.reviewed:
+        print(f"unchanged: {done.uri} already holds this ({counts})")
+    else:
+        print(f"nothing reviewed in project {report.project_id} yet, no new version written")
 
 
 # ------------------------------------------------------------------------------------------- main

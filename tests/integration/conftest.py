@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from devenv.cluster import LocalCluster
+from devenv.labelstudio import LabelStudioServer
 from devenv.s3 import MinioServer
 
 from autolabel.storage import Storage, StorageConfig
@@ -44,6 +45,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
     server = MinioServer(tmp_path_factory.mktemp("s3"))
+    server.start()  # the same
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio server (installed on first use into .cache/label-studio-venv), with one user and
+    its API token (``label_studio.token``, ``label_studio.headers()``)."""
+    server = LabelStudioServer(tmp_path_factory.mktemp("labelstudio"))
     server.start()  # the same
     try:
         yield server
