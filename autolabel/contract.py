@@ -52,6 +52,8 @@ class Env(StrEnum):
     REGION = "AWS_REGION"
     ACCESS_KEY = "AWS_ACCESS_KEY_ID"
     SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+    SESSION_TOKEN = "AWS_SESSION_TOKEN"
+    """Only with temporary credentials (the operator's scoped ones, or a user's Secret that has one)."""
 
 
 CREDENTIAL_KEYS = (Env.ACCESS_KEY.value, Env.SECRET_KEY.value)

@@ -88,6 +88,8 @@ class StorageConfig:
     region: str | None = None
     access_key: str | None = None
     secret_key: str | None = None
+    session_token: str | None = None
+    """With temporary credentials (STS): the session token that goes with the keys."""
     max_attempts: int = 5
     """botocore standard-mode attempts per request (throttling, 5xx)."""
     connect_retries: int = 6
@@ -107,6 +109,7 @@ class StorageConfig:
             region=_env("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
             access_key=_env("AWS_ACCESS_KEY_ID"),
             secret_key=_env("AWS_SECRET_ACCESS_KEY"),
+            session_token=_env("AWS_SESSION_TOKEN"),
         )
 
     def resolved(self) -> StorageConfig:
@@ -117,6 +120,8 @@ class StorageConfig:
             region=self.region or env.region,
             access_key=self.access_key or env.access_key,
             secret_key=self.secret_key or env.secret_key,
+            # The environment's token only goes with the environment's keys.
+            session_token=self.session_token or (None if self.access_key else env.session_token),
             max_attempts=self.max_attempts,
             connect_retries=self.connect_retries,
             backoff_base=self.backoff_base,
@@ -283,6 +288,7 @@ class Storage:
             region_name=cfg.region,
             aws_access_key_id=cfg.access_key,
             aws_secret_access_key=cfg.secret_key,
+            aws_session_token=cfg.session_token,
             config=botocfg,
         )
 

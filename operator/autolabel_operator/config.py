@@ -153,6 +153,10 @@ class Settings:
     storage_backoff: float = 1.0  # seconds, doubled per attempt
     results_backoff: float = 2.0  # seconds before reading an unreadable summary.json again, doubled per try
     results_backoff_max: float = 300.0
+    job_credentials_seconds: int = 43200
+    """Upper bound on the lifetime of a job's scoped credentials (credentials.py); AWS allows 12 h."""
+    sts_role_arn: str | None = None
+    """The role AssumeRole names (AWS needs a real one; MinIO ignores it)."""
     time_budget_seconds: int | None = None
 
     @classmethod
@@ -187,6 +191,10 @@ class Settings:
             storage_retries=int(_float_env(env, "AUTOLABEL_STORAGE_RETRIES", cls.storage_retries)),
             storage_backoff=_float_env(env, "AUTOLABEL_STORAGE_BACKOFF", cls.storage_backoff),
             results_backoff=_float_env(env, "AUTOLABEL_RESULTS_BACKOFF", cls.results_backoff),
+            job_credentials_seconds=int(
+                _float_env(env, "AUTOLABEL_JOB_CREDENTIALS_SECONDS", cls.job_credentials_seconds)
+            ),
+            sts_role_arn=env.get("AUTOLABEL_STS_ROLE_ARN") or None,
             time_budget_seconds=int(budget) if budget else None,
         )
 

@@ -22,6 +22,7 @@ from autolabel.contract import (
 )
 
 from .config import Flavor, Settings, job_endpoint, uses_operator_credentials
+from .credentials import JobCredentials
 from .names import (
     KOPF_PREFIX,
     KUEUE_QUEUE_LABEL,
@@ -73,10 +74,10 @@ def build_configmap(body: dict[str, Any], job: AutoLabelJob) -> dict[str, Any]:
     }
 
 
-def _copies_operator_credentials(job: AutoLabelJob, settings: Settings) -> bool:
-    """The operator's keys go into the job's namespace only for a job without its own Secret, in a
-    namespace the cluster admin allowed (AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES): whoever can read
-    Secrets or create pods there can read them."""
+def issues_job_credentials(job: AutoLabelJob, settings: Settings) -> bool:
+    """A job without its own Secret, in a namespace the cluster admin allowed
+    (AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES), gets scoped temporary credentials issued with the
+    operator's account (credentials.py) in a per-job Secret; never the operator's keys."""
     return (
         uses_operator_credentials(job)
         and settings.default_credentials_allowed(job.metadata.namespace or "default")
@@ -88,16 +89,14 @@ def credentials_secret_name(job: AutoLabelJob, settings: Settings) -> str | None
     """The Secret whose keys AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY the pods read, if any."""
     if job.spec.storage is not None and job.spec.storage.secret_ref is not None:
         return job.spec.storage.secret_ref.name
-    if _copies_operator_credentials(job, settings):
+    if issues_job_credentials(job, settings):
         return secret_name(job)
     return None
 
 
-def build_credentials_secret(body: dict[str, Any], job: AutoLabelJob, settings: Settings) -> dict | None:
-    """A copy of the operator's credentials owned by the AutoLabelJob, when the spec names no Secret and
-    the namespace is allowed to use them: credentials reach pods only by reference, and go away with the job."""
-    if not _copies_operator_credentials(job, settings):
-        return None
+def build_credentials_secret(body: dict[str, Any], job: AutoLabelJob, credentials: JobCredentials) -> dict[str, Any]:
+    """The job's scoped credentials in a Secret owned by the AutoLabelJob: they reach pods only by
+    reference, and go away with the job."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -108,7 +107,11 @@ def build_credentials_secret(body: dict[str, Any], job: AutoLabelJob, settings: 
             "labels": child_labels(job, "storage-credentials"),
             "ownerReferences": [owner_reference(body)],
         },
-        "stringData": dict(zip(CREDENTIAL_KEYS, (settings.access_key, settings.secret_key), strict=True)),
+        "stringData": {
+            Env.ACCESS_KEY.value: credentials.access_key,
+            Env.SECRET_KEY.value: credentials.secret_key,
+            Env.SESSION_TOKEN.value: credentials.session_token,
+        },
     }
 
 
@@ -135,6 +138,9 @@ def _env(job: AutoLabelJob, settings: Settings) -> list[dict[str, Any]]:
     if secret:
         for key in CREDENTIAL_KEYS:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        # Temporary credentials (ours, or a user's Secret that has one) come with a session token.
+        token = Env.SESSION_TOKEN.value
+        env.append({"name": token, "valueFrom": {"secretKeyRef": {"name": secret, "key": token, "optional": True}}})
     budget = time_budget(job, settings.time_budget_seconds)
     if budget:
         env.append({"name": Env.TIME_BUDGET, "value": str(budget)})

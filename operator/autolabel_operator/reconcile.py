@@ -12,6 +12,7 @@ dataset lock, create or adopt the worker Job, observe it, and finish. Each step 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import re
@@ -28,8 +29,9 @@ from autolabel.storage import Storage, StorageConfig
 
 from . import lock, metrics
 from .config import Settings
+from .credentials import CredentialsNotIssued, JobCredentials, issue_job_credentials
 from .errors import Conflict
-from .jobs import build_configmap, build_credentials_secret, build_job
+from .jobs import build_configmap, build_credentials_secret, build_job, issues_job_credentials
 from .kube import Kube
 from .lock import Candidate
 from .names import DATASET_LABEL, child_name, dataset_key, lease_name
@@ -169,13 +171,19 @@ class Pass:
 
 class Reconciler:
     def __init__(
-        self, settings: Settings, kube: Kube, storage_factory: Callable[[StorageConfig], Storage] = storage_for
+        self,
+        settings: Settings,
+        kube: Kube,
+        storage_factory: Callable[[StorageConfig], Storage] = storage_for,
+        credentials_issuer: Callable[[AutoLabelJob, Settings], JobCredentials] = issue_job_credentials,
     ) -> None:
         """``storage_factory`` turns a job's :func:`~.preconditions.storage_config` (s3:// only) into the
-        Storage every read for the job goes through (tests serve s3:// URIs from a folder)."""
+        Storage every read for the job goes through (tests serve s3:// URIs from a folder);
+        ``credentials_issuer`` asks the store's STS for a job's scoped credentials (credentials.py)."""
         self.settings = settings
         self.kube = kube
         self.storage_factory = storage_factory
+        self.credentials_issuer = credentials_issuer
         self._lease_checked: set[str] = set()  # jobs whose Lease this process has read at least once
         self._results_tries: dict[str, tuple[int, float]] = {}  # uid -> (tries, monotonic time of the next)
 
@@ -327,9 +335,13 @@ class Reconciler:
             policy = [*local_paths(job), *storage_policy(job, self.settings)]
             if policy:  # the spec or the storage settings changed since the preconditions passed: copy no keys
                 return b.fail(policy[0].reason, "; ".join(f.message for f in policy))
-            secret = build_credentials_secret(run.raw, job, self.settings)
-            if secret is not None:
-                await self.kube.ensure("secrets", namespace, secret)
+            if issues_job_credentials(job, self.settings):
+                # Issued anew for every Job created: a Job created again never runs on expired ones.
+                try:
+                    issued = await asyncio.to_thread(self.credentials_issuer, job, self.settings)
+                except CredentialsNotIssued as exc:
+                    return b.fail("CredentialsNotIssued", str(exc))
+                await self.kube.ensure("secrets", namespace, build_credentials_secret(run.raw, job, issued))
             await self.kube.ensure("configmaps", namespace, build_configmap(run.raw, job))
             try:
                 job_obj = await self.kube.create_job(namespace, build_job(run.raw, job, self.settings, flavor))

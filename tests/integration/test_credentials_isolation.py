@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.exceptions
 import pytest
 import yaml
 from devenv.cluster import LocalCluster
@@ -227,8 +229,9 @@ def test_a_user_where_the_operators_keys_are_not_allowed_cannot_get_them_and_no_
             obj = wait_phase(cluster, allowed_ns, name, {"Failed", "Succeeded"}, timeout=60)
             assert condition(obj, "PreconditionsMet")["reason"] == reason, obj["status"]
             assert words in obj["status"]["message"], obj["status"]["message"]
-        # There the worker gets the keys, by reference to a Secret owned by the job (the documented cost of
-        # allowing a namespace), and runs under the namespace's default account without a token.
+        # There the worker gets scoped temporary credentials issued by the store's STS (never the operator's
+        # keys), by reference to a Secret owned by the job, and runs under the namespace's default account
+        # without a token.
         (job,) = get(cluster, allowed_ns, "jobs")["items"]
         pod = job["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False and pod.get("serviceAccountName", "default") == "default"
@@ -237,6 +240,19 @@ def test_a_user_where_the_operators_keys_are_not_allowed_cannot_get_them_and_no_
         (copy_name,) = refs
         copy = get(cluster, allowed_ns, "secret", copy_name)
         assert copy["metadata"]["ownerReferences"][0]["name"] == "runs"
+        issued = {k: base64.b64decode(v).decode() for k, v in copy["data"].items()}
+        assert set(issued) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+        assert not set(issued.values()) & set(keys), "the operator's keys were copied into the job's namespace"
+        assert not set(_secret_values(cluster, allowed_ns)) & set(keys)  # no Secret there holds them
+        # The scoped credentials read the dataset but cannot write outside the job's results.
+        scoped = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+                              aws_access_key_id=issued["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=issued["AWS_SECRET_ACCESS_KEY"],
+                              aws_session_token=issued["AWS_SESSION_TOKEN"])  # fmt: skip
+        bucket, key = manifest.removeprefix("s3://").split("/", 1)
+        assert scoped.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+            scoped.put_object(Bucket=bucket, Key=key, Body=b"overwritten")
         statuses = json.dumps([o.get("status") for ns in (user_ns, allowed_ns)
                                for o in get(cluster, ns, "autolabeljobs")["items"]])  # fmt: skip
     finally:

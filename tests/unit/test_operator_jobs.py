@@ -6,12 +6,14 @@ import json
 from typing import Any
 
 from autolabel_operator.config import Flavor, Settings, parse_flavors
+from autolabel_operator.credentials import JobCredentials
 from autolabel_operator.jobs import (
     JOB_CONFIG_KEY,
     build_configmap,
     build_credentials_secret,
     build_job,
     credentials_secret_name,
+    issues_job_credentials,
 )
 from autolabel_operator.names import (
     DATASET_LABEL,
@@ -142,21 +144,29 @@ def test_env_contract_credentials_only_by_reference() -> None:
     assert "op-secret" not in text and "op-key" not in text
 
 
-def test_credentials_secret_copied_only_without_secret_ref() -> None:
+def test_the_per_job_secret_holds_the_scoped_credentials_only_for_jobs_without_a_secret_ref() -> None:
     raw = body()
     job = model(raw)
-    secret = build_credentials_secret(raw, job, SETTINGS)
-    assert secret is not None
-    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "op-key", "AWS_SECRET_ACCESS_KEY": "op-secret"}
+    assert issues_job_credentials(job, SETTINGS)
+    secret = build_credentials_secret(raw, job, JobCredentials("tmp-key", "tmp-secret", "tmp-token", "later"))
+    assert secret["stringData"] == {
+        "AWS_ACCESS_KEY_ID": "tmp-key",
+        "AWS_SECRET_ACCESS_KEY": "tmp-secret",
+        "AWS_SESSION_TOKEN": "tmp-token",
+    }
     assert secret["metadata"]["ownerReferences"][0]["uid"] == UID
+    env = env_of(build_job(raw, job, SETTINGS, FLAVORS.flavors["cpu"]))
+    assert env["AWS_SESSION_TOKEN"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"], "key": "AWS_SESSION_TOKEN", "optional": True
+    }
     own = body(storage={"endpoint": "https://s3.example", "secretRef": {"name": "mine"}})
     own_job = model(own)
-    assert build_credentials_secret(own, own_job, SETTINGS) is None
+    assert not issues_job_credentials(own_job, SETTINGS)
     env = env_of(build_job(own, own_job, SETTINGS, FLAVORS.flavors["cpu"]))
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "mine"
     assert env["AWS_ENDPOINT_URL"] == "https://s3.example"
-    anonymous = Settings(flavors=FLAVORS)
-    assert build_credentials_secret(raw, job, anonymous) is None
+    anonymous = Settings(flavors=FLAVORS, default_credentials_namespaces=("*",))
+    assert not issues_job_credentials(job, anonymous)
     assert "AWS_ACCESS_KEY_ID" not in env_of(build_job(raw, job, anonymous, FLAVORS.flavors["cpu"]))
 
 

@@ -15,7 +15,7 @@ from autolabel_operator.kube import Kube
 from autolabel_operator.lock import Candidate
 from autolabel_operator.names import lease_name
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
-from fakes import FakeKube, LocalS3Storage
+from fakes import FakeKube, LocalS3Storage, issue_fake_credentials
 
 from autolabel import storage as storage_module
 from autolabel.api import AutoLabelJob, results_prefix
@@ -65,7 +65,7 @@ def reconciler(kube: FakeKube, store: LocalS3Storage) -> Reconciler:
     settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01,
                         default_credentials_namespaces=("ns",), allowed_buckets=("datasets",))  # fmt: skip
     # duck-typed: the calls the reconciler makes
-    return Reconciler(settings, cast(Kube, kube), storage_factory=store.for_config)
+    return Reconciler(settings, cast(Kube, kube), store.for_config, issue_fake_credentials)
 
 
 def run(reconciler: Reconciler, raw: dict[str, Any], children: Children | None = None) -> Any:
@@ -98,6 +98,9 @@ def test_happy_path_creates_one_job_then_succeeds_and_frees_the_lock(
     assert list(kube.jobs) == ["a-uida"] and raw["status"]["jobName"] == "a-uida"
     assert [c["metadata"]["name"] for c in kube.created["configmaps"]] == ["a-uida"]
     assert [s["metadata"]["name"] for s in kube.created["secrets"]] == ["a-uida-s3"]
+    issued = kube.created["secrets"][0]["stringData"]  # scoped temporary credentials, not the operator's keys
+    assert issued["AWS_SESSION_TOKEN"] == "tmp-token"
+    assert {issued["AWS_ACCESS_KEY_ID"], issued["AWS_SECRET_ACCESS_KEY"]}.isdisjoint({"k", "s"})
     assert ("Normal", "JobCreated") in [(k, r) for k, r, _ in first.events]
     assert first.labels == {"autolabel.dev/dataset": lease_name(manifest).rsplit("-", 1)[1]}
     assert kube.objects[("ns", lease_name(manifest))]["spec"]["holderIdentity"] == "uid-a"
@@ -176,7 +179,7 @@ def test_after_a_crash_between_taking_the_lease_and_recording_it_the_holder_goes
     run(reconciler, b, Children(competitors=[candidate_of(b)]))
     b["status"]["conditions"] = [c for c in b["status"]["conditions"] if c["type"] != "LockAcquired"]
     kube.jobs.clear()
-    restarted = Reconciler(reconciler.settings, reconciler.kube, reconciler.storage_factory)
+    restarted = Reconciler(reconciler.settings, reconciler.kube, reconciler.storage_factory, issue_fake_credentials)
     both = [candidate_of(a), candidate_of(b)]
     run(restarted, a, Children(competitors=both))
     assert a["status"]["phase"] == "Waiting"  # the Lease names b, an active job

@@ -13,13 +13,14 @@ from typing import Any, cast
 import pytest
 from autolabel_operator import preconditions
 from autolabel_operator.config import ConfigError, Settings, same_endpoint
-from autolabel_operator.jobs import build_credentials_secret, build_job, credentials_secret_name
+from autolabel_operator.credentials import JobCredentials, duration_seconds, session_policy
+from autolabel_operator.jobs import build_credentials_secret, build_job, credentials_secret_name, issues_job_credentials
 from autolabel_operator.kube import Kube
 from autolabel_operator.preconditions import Credentials, storage_config
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
-from fakes import FakeKube, LocalS3Storage
+from fakes import FakeKube, LocalS3Storage, issue_fake_credentials
 
-from autolabel.api import AutoLabelJob
+from autolabel.api import AutoLabelJob, results_prefix
 from autolabel.preconditions import PreconditionFailure, check_manifest
 from autolabel.storage import ObjectNotFound, Storage
 
@@ -121,18 +122,33 @@ def test_a_bad_namespace_or_bucket_setting_is_named(variable: str, value: str, i
 
 
 # ---------------------------------------------------------------------- item 6: whose credentials, where
-def test_the_operators_keys_are_copied_only_into_an_allowed_namespace() -> None:
+def test_only_an_allowed_namespace_gets_credentials_and_never_the_operators_keys() -> None:
     config = settings(default_credentials_namespaces=("team-a",), allowed_buckets=("datasets",))
     flavor = config.flavors.flavors["cpu"]
     allowed, other = body("team-a"), body("team-b")
-    secret = build_credentials_secret(allowed, job(allowed), config)
-    assert secret is not None and secret["stringData"]["AWS_ACCESS_KEY_ID"] == "op-key"
-    assert build_credentials_secret(other, job(other), config) is None
+    assert issues_job_credentials(job(allowed), config) and not issues_job_credentials(job(other), config)
+    issued = JobCredentials("tmp-key", "tmp-secret", "tmp-token", "later")
+    text = json.dumps([build_credentials_secret(allowed, job(allowed), issued),
+                       build_job(allowed, job(allowed), config, flavor)])  # fmt: skip
+    assert "op-key" not in text and "op-secret" not in text and "tmp-key" in text
     assert credentials_secret_name(job(other), config) is None
     text = json.dumps(build_job(other, job(other), config, flavor))
     assert "AWS_ACCESS_KEY_ID" not in text and "op-key" not in text and "op-secret" not in text
     everywhere = settings(default_credentials_namespaces=("*",))
-    assert build_credentials_secret(other, job(other), everywhere) is not None
+    assert issues_job_credentials(job(other), everywhere)
+
+
+def test_the_scoped_credentials_read_the_allowed_buckets_and_write_only_the_jobs_results() -> None:
+    config = settings(default_credentials_namespaces=("team-a",), allowed_buckets=("datasets", "shared"))
+    the_job = job(body("team-a"))
+    policy = session_policy(the_job, config)
+    read, write = policy["Statement"]
+    assert set(read["Resource"]) == {"arn:aws:s3:::datasets", "arn:aws:s3:::datasets/*",
+                                     "arn:aws:s3:::shared", "arn:aws:s3:::shared/*"}  # fmt: skip
+    assert "s3:PutObject" not in read["Action"] and "s3:DeleteObject" not in write["Action"]
+    bucket, key = results_prefix(the_job).removeprefix("s3://").split("/", 1)
+    assert write["Resource"] == [f"arn:aws:s3:::{bucket}/{key}*"] and key.endswith("/")
+    assert duration_seconds(the_job, config) == min(86400 + 900, config.job_credentials_seconds)
 
 
 def test_a_job_without_a_secret_ref_in_a_namespace_not_allowed_fails_before_any_storage_request() -> None:
@@ -170,7 +186,7 @@ def test_settings_narrowed_after_the_preconditions_passed_copy_no_keys_at_job_cr
                                 "\n".join([*LABELED, json.dumps({"source": "img/u.png"})]) + "\n")  # fmt: skip
     raw = body("team-a", manifest=manifest)
     first = Reconciler(settings(default_credentials_namespaces=("team-a",), allowed_buckets=("datasets",)),
-                       cast(Kube, kube), storage_factory=store.for_config)  # fmt: skip
+                       cast(Kube, kube), store.for_config, issue_fake_credentials)  # fmt: skip
     children = Children(competitors=[candidate_of(raw)])
     # The preconditions pass; the Lease is taken; a crash before the Job (simulated: nothing created yet).
     outcome = asyncio.run(first.reconcile(raw, children))
@@ -180,7 +196,7 @@ def test_settings_narrowed_after_the_preconditions_passed_copy_no_keys_at_job_cr
     raw["status"] = {k: v for k, v in outcome.status.items() if v is not None}
     raw["status"].pop("jobName", None)
     narrowed = Reconciler(settings(default_credentials_namespaces=("team-z",), allowed_buckets=("datasets",)),
-                          cast(Kube, kube), storage_factory=store.for_config)  # fmt: skip
+                          cast(Kube, kube), store.for_config, issue_fake_credentials)  # fmt: skip
     outcome = asyncio.run(narrowed.reconcile(raw, children))
     assert outcome.status["phase"] == "Failed", outcome.status
     assert {c["type"]: c["reason"] for c in outcome.status["conditions"]}["Failed"] == "CredentialsRequired"
