@@ -27,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -547,6 +548,28 @@ def _label_studio(command: str, url: str) -> LabelStudio:
     return LabelStudio(url, token)
 
 
+@dataclass(frozen=True)
+class ReviewTarget:
+    """A finished job as the review commands need it."""
+
+    storage: Storage
+    manifest: str
+    result_manifest: str
+    title: str
+
+
+def _review_target(
+    ctx: typer.Context, job: str, kubeconfig: str | None, context: str | None, namespace: str | None
+) -> ReviewTarget:
+    obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
+    return ReviewTarget(
+        results.storage_for(obj),
+        obj["spec"]["dataset"]["manifest"],
+        uri.rstrip("/") + "/" + RESULT_FILE,
+        project_title(obj["metadata"]["namespace"], job),
+    )
+
+
 @review_app.command("push")
 def review_push(
     ctx: typer.Context,
@@ -562,12 +585,10 @@ def review_push(
     """
     ls = _label_studio("review push", label_studio)
     try:
-        obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
-        result_uri = uri.rstrip("/") + "/" + RESULT_FILE
+        t = _review_target(ctx, job, kubeconfig, context, namespace)
         report = ls_push(
-            results.storage_for(obj), ls, obj["spec"]["dataset"]["manifest"], result_uri,
-            title=project_title(obj["metadata"]["namespace"], job), run=run_name(result_uri),
-        )  # fmt: skip
+            t.storage, ls, t.manifest, t.result_manifest, title=t.title, run=run_name(t.result_manifest)
+        )
     except (CliError, ReviewError, StorageError) as exc:
         raise _fail("review push", str(exc), getattr(exc, "code", 1)) from None
     what = "created" if report.created else "found"
@@ -590,11 +611,8 @@ def review_pull(
     """
     ls = _label_studio("review pull", label_studio)
     try:
-        obj, uri = _finished_job(ctx, job, kubeconfig, context, namespace)
-        report = ls_pull(
-            results.storage_for(obj), ls, obj["spec"]["dataset"]["manifest"], uri.rstrip("/") + "/" + RESULT_FILE,
-            title=project_title(obj["metadata"]["namespace"], job), job_name=job,
-        )  # fmt: skip
+        t = _review_target(ctx, job, kubeconfig, context, namespace)
+        report = ls_pull(t.storage, ls, t.manifest, t.result_manifest, title=t.title, job_name=job)
     except (CliError, ReviewError, StorageError) as exc:
         raise _fail("review pull", str(exc), getattr(exc, "code", 1)) from None
     done = report.confirm

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -47,32 +46,17 @@ class LocalCluster(LocalService):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 120) -> LocalCluster:
-        """Starts etcd, the API server, the controller manager and the scheduler, and returns once each of
-        them answers its health endpoint (etcd /health, the API server /readyz, the other two /healthz)
-        and the Node is registered. ``timeout``: how long each of the three stages may take.
+    name = "the local control plane"
+    start_timeout = 120.0
 
-        If anything fails (a component exits, is not healthy in time, or an error or interrupt comes
-        half-way), the processes started so far are stopped before the error propagates: a failed start
-        leaves nothing running (its logs stay in ``<state_dir>/logs``). A component that fails is named
-        (:class:`devenv.procs.StartError`), with the last lines of its log."""
-        if self.procs.alive():
-            raise RuntimeError(f"a cluster is already running from {self.state_dir} (stop it first)")
-        bins = ensure_binaries("kube", "etcd")
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
-        try:
-            self._start(bins, timeout)
-        except BaseException as exc:
-            stopped = self.procs.stop_all()
-            exc.add_note(
-                f"the local control plane did not start; stopped what had started: {', '.join(stopped) or 'nothing'}"
-                f" (logs in {self.procs.log_dir})"
-            )
-            raise
-        return self
+    def _prepare(self) -> Path:
+        return ensure_binaries("kube", "etcd")
 
     def _start(self, bins: Path, timeout: float) -> None:
+        """etcd, the API server, the controller manager and the scheduler, each waited for on its health
+        endpoint (etcd /health, the API server /readyz, the other two /healthz), then the Node registered;
+        ``timeout`` for each of the three stages. A component that fails is named
+        (:class:`devenv.procs.StartError`) with the last lines of its log."""
         certs = self.state_dir / "certs"
         certs.mkdir(parents=True)
         self._write_service_account_key(certs)

@@ -72,22 +72,11 @@ class LabelStudioServer(LocalService):
         if self.info_file.exists() and self.procs.alive():
             self.__dict__.update(json.loads(self.info_file.read_text()))
 
-    def start(self, timeout: float = 240) -> LabelStudioServer:
-        """Installs Label Studio if needed, starts it and returns once ``/health`` answers. If it exits, is
-        not healthy within ``timeout`` seconds, or anything else fails half-way, it is stopped before the
-        error propagates (:class:`devenv.procs.StartError` with the last lines of its log)."""
-        if self.procs.alive():
-            raise RuntimeError(f"a Label Studio server is already running from {self.state_dir} (stop it first)")
-        exe = ensure_label_studio()
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
-        try:
-            self._start(exe, timeout)
-        except BaseException as exc:
-            stopped = self.procs.stop_all()
-            exc.add_note(f"Label Studio did not start; stopped: {', '.join(stopped) or 'nothing'}")
-            raise
-        return self
+    name = "Label Studio"
+    start_timeout = 240.0
+
+    def _prepare(self) -> Path:
+        return ensure_label_studio()
 
     def _start(self, exe: Path, timeout: float) -> None:
         data = self.state_dir / "data"

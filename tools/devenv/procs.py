@@ -218,14 +218,40 @@ def stop_pid(pid: int, timeout: float = 15) -> bool:
 
 
 class LocalService:
-    """Processes started into a state folder (a control plane, an S3 server): ``stop`` ends them all and
-    removes the folder; usable as a context manager."""
+    """Processes started into a state folder (a control plane, an S3 server, Label Studio): ``start`` gets
+    what they need, clears the folder and starts them; a failed start stops what it had started before the
+    error propagates; ``stop`` ends them all and removes the folder; usable as a context manager."""
 
     state_dir: Path
     procs: ProcessGroup
+    name = "the service"
+    """For messages: "<name> is already running", "<name> did not start"."""
+    start_timeout = 60.0
 
-    def start(self) -> Self:
+    def _prepare(self) -> Path:
+        """What the processes need, built or installed (before the old state folder goes)."""
         raise NotImplementedError
+
+    def _start(self, prepared: Path, timeout: float) -> None:
+        """Start the processes and return once they answer (``timeout`` seconds per wait)."""
+        raise NotImplementedError
+
+    def start(self, timeout: float | None = None) -> Self:
+        if self.procs.alive():
+            raise RuntimeError(f"{self.name} is already running from {self.state_dir} (stop it first)")
+        prepared = self._prepare()
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        try:
+            self._start(prepared, self.start_timeout if timeout is None else timeout)
+        except BaseException as exc:
+            stopped = self.procs.stop_all()
+            exc.add_note(
+                f"{self.name} did not start; stopped what had started: {', '.join(stopped) or 'nothing'}"
+                f" (logs in {self.procs.log_dir})"
+            )
+            raise
+        return self
 
     def stop(self) -> list[str]:
         """Stop every process started (also after a start that failed half-way); the names stopped."""

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import secrets
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,22 +32,11 @@ class MinioServer(LocalService):
         if self.info_file.exists() and self.procs.alive():
             self.__dict__.update(json.loads(self.info_file.read_text()))
 
-    def start(self, timeout: float = 60) -> MinioServer:
-        """Starts MinIO and returns once it answers its liveness endpoint. If it exits, is not live within
-        ``timeout`` seconds, or anything else fails half-way, it is stopped before the error propagates
-        (:class:`devenv.procs.StartError` with the last lines of its log)."""
-        if self.procs.alive():
-            raise RuntimeError(f"an S3 server is already running from {self.state_dir} (stop it first)")
-        bins = ensure_binaries("minio")
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
-        try:
-            self._start(bins, timeout)
-        except BaseException as exc:
-            stopped = self.procs.stop_all()
-            exc.add_note(f"the S3 server did not start; stopped: {', '.join(stopped) or 'nothing'}")
-            raise
-        return self
+    name = "the S3 server"
+    start_timeout = 60.0
+
+    def _prepare(self) -> Path:
+        return ensure_binaries("minio")
 
     def _start(self, bins: Path, timeout: float) -> None:
         (self.state_dir / "data").mkdir(parents=True)
