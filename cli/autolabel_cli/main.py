@@ -162,16 +162,23 @@ def ensure_sample_dataset(job: AutoLabelJob) -> None:
     manifest = job.spec.dataset.manifest
     if not sample or manifest.startswith("s3://") or os.path.exists(manifest):
         return
-    if sample != "digits":
-        raise JobFileError(f'annotation {SAMPLE_DATASET_ANNOTATION}: unknown sample dataset "{sample}" (known: digits)')
-    from autolabel_worker.data import MANIFEST_NAME, ensure_digits_dataset
-
-    if os.path.basename(manifest) != MANIFEST_NAME:
+    samples = ("digits", "digit-boxes")
+    if sample not in samples:
         raise JobFileError(
-            f"spec.dataset.manifest {manifest} does not exist, and the digits sample is written as {MANIFEST_NAME}"
+            f'annotation {SAMPLE_DATASET_ANNOTATION}: unknown sample dataset "{sample}" (known: {", ".join(samples)})'
         )
-    log.info("writing the digits sample dataset to %s", os.path.dirname(manifest))
-    ensure_digits_dataset(os.path.dirname(manifest))
+    from autolabel_worker import data, detection_data
+
+    name = data.MANIFEST_NAME if sample == "digits" else detection_data.MANIFEST_NAME
+    if os.path.basename(manifest) != name:
+        raise JobFileError(
+            f"spec.dataset.manifest {manifest} does not exist, and the {sample} sample is written as {name}"
+        )
+    log.info("writing the %s sample dataset to %s", sample, os.path.dirname(manifest))
+    if sample == "digits":
+        data.ensure_digits_dataset(os.path.dirname(manifest))
+    else:
+        detection_data.ensure_detection_dataset(os.path.dirname(manifest))
 
 
 # ------------------------------------------------------------------------------------------ the app
