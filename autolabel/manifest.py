@@ -18,11 +18,12 @@ Reading is streamed: :func:`read_manifest` holds one line at a time.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -33,6 +34,8 @@ DETECTION_TYPE = "modelarts/object_detection"
 KNOWN_TYPES = (CLASSIFICATION_TYPE, DETECTION_TYPE)
 VOC_FORMAT = "PASCAL VOC"
 OBS_SCHEME = "obs://"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +257,13 @@ def summarize(entries: Iterable[ManifestEntry], track_duplicates: bool = True) -
 
 
 # -------------------------------------------------------------------------------------- PASCAL VOC
+#
+# Rules (docs/datasets.md): rectangles only (<bndbox>); <difficult> and <truncated> are 0 or 1 (absent: 0);
+# a box reaching outside the image (<size>, or the image's own size when the caller knows it) is clipped
+# to it, with a warning naming the file and the object; a box with zero or negative width or height, or
+# one entirely outside the image, is refused, as is a label outside ``known_labels`` when given.
+
+MAX_KNOWN_LISTED = 20  # labels named in an "unknown label" error
 
 
 class VocBox(NamedTuple):
@@ -263,6 +273,26 @@ class VocBox(NamedTuple):
     xmax: float
     ymax: float
     confidence: float | None = None
+    difficult: bool = False
+    """VOC's "hard to recognise" flag: kept for training, ignored when scoring (neither hit nor miss)."""
+    truncated: bool = False
+    """The object extends beyond the box (cut by the image border or occluded)."""
+
+
+@dataclass
+class VocAnnotation:
+    """One PASCAL VOC file as :func:`read_voc` reads it."""
+
+    boxes: list[VocBox] = field(default_factory=list)
+    width: int | None = None
+    """``<size><width>`` (None when absent or 0, as some tools write)."""
+    height: int | None = None
+    depth: int | None = None
+    filename: str | None = None
+    path: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    """``"<file>: object <i> ("<name>"): …"`` for every box clipped to the image, and for a ``<size>``
+    that differs from the image's."""
 
 
 class VocError(ValueError):
@@ -287,6 +317,38 @@ def _voc_number(obj: ET.Element, path: str, source: str, where: str) -> float:
     return value
 
 
+def _voc_flag(obj: ET.Element, tag: str, source: str, where: str) -> bool:
+    """``<difficult>`` / ``<truncated>``: absent is False, ``0``/``1`` (``1.0`` too), anything else an error."""
+    el = obj.find(tag)
+    if el is None:
+        return False
+    text = (el.text or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value not in (0.0, 1.0):
+        raise VocError(source, f"{where}: <{tag}> must be 0 or 1, got {text!r}")
+    return value == 1.0
+
+
+def _voc_size(root: ET.Element, tag: str, source: str) -> int | None:
+    text = root.findtext(f"size/{tag}")
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise VocError(source, f"<size><{tag}> is not a number: {text.strip()!r}") from exc
+    if not math.isfinite(value) or value < 0 or not value.is_integer():
+        raise VocError(source, f"<size><{tag}> must be a whole number of pixels, got {text.strip()!r}")
+    return int(value) or None  # 0: unknown (some tools write it so)
+
+
+def _dims(width: int | None, height: int | None) -> str:
+    return f"{'?' if width is None else width}x{'?' if height is None else height}"
+
+
 def voc_xml(
     filename: str,
     size: tuple[int, int, int],
@@ -294,8 +356,8 @@ def voc_xml(
     annotated_by: str | None = None,
     path: str | None = None,
 ) -> bytes:
-    """A PASCAL VOC annotation (the inverse of :func:`parse_voc`), with ``<annotated-by>`` and a
-    ``<confidence>`` (0..1) per object where known."""
+    """A PASCAL VOC annotation (the inverse of :func:`read_voc`), with ``<annotated-by>``, a
+    ``<confidence>`` (0..1) per object where known, and each object's ``<truncated>`` and ``<difficult>``."""
     width, height, depth = size
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = filename
@@ -313,17 +375,31 @@ def voc_xml(
             if not 0.0 <= box.confidence <= 1.0:
                 raise ValueError(f"confidence {box.confidence} of {box.name!r} in {filename} is outside 0..1")
             ET.SubElement(obj, "confidence").text = f"{box.confidence:.6g}"
+        ET.SubElement(obj, "truncated").text = "1" if box.truncated else "0"
+        ET.SubElement(obj, "difficult").text = "1" if box.difficult else "0"
         bnd = ET.SubElement(obj, "bndbox")
         for tag, coord in (("xmin", box.xmin), ("ymin", box.ymin), ("xmax", box.xmax), ("ymax", box.ymax)):
             ET.SubElement(bnd, tag).text = f"{coord:g}"
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
-def parse_voc(xml_bytes: bytes, source: str = "<voc>") -> list[VocBox]:
-    """The rectangles of a PASCAL VOC annotation: ``[VocBox(name, xmin, ymin, xmax, ymax, confidence)]``.
+def read_voc(
+    xml_bytes: bytes,
+    source: str = "<voc>",
+    known_labels: Collection[str] | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+) -> VocAnnotation:
+    """A PASCAL VOC annotation: its boxes, ``<size>``, ``<filename>``, ``<path>`` and warnings.
 
-    ``confidence`` comes from an object's ``<confidence>`` element (written for predictions), else None.
-    Raises :class:`VocError` naming ``source`` and the object (1-based) at fault.
+    Coordinates are pixels; a box is clipped to ``0 .. width`` and ``0 .. height`` (``image_size``
+    ``(width, height)``, the decoded image's, when the caller knows it; else ``<size>``; negative
+    coordinates are clipped to 0 even without a size), with a warning in ``warnings``. ``known_labels``:
+    an object of any other name is an error. Raises :class:`VocError` naming ``source`` and the object
+    (1-based, with its name) at fault: invalid XML, a root other than ``<annotation>``, a missing
+    ``<name>`` or ``<bndbox>``, a missing or non-numeric coordinate, ``<difficult>``/``<truncated>``
+    other than 0/1, ``<confidence>`` outside 0..1, a box with zero or negative width or height, a box
+    entirely outside the image, an unknown label.
     """
     try:
         root = ET.fromstring(xml_bytes)
@@ -331,23 +407,71 @@ def parse_voc(xml_bytes: bytes, source: str = "<voc>") -> list[VocBox]:
         raise VocError(source, f"not valid XML: {exc}") from exc
     if root.tag != "annotation":
         raise VocError(source, f"root element is <{root.tag}>, expected <annotation>")
-    boxes = []
+    ann = VocAnnotation(
+        width=_voc_size(root, "width", source),
+        height=_voc_size(root, "height", source),
+        depth=_voc_size(root, "depth", source),
+        filename=(root.findtext("filename") or "").strip() or None,
+        path=(root.findtext("path") or "").strip() or None,
+    )
+    width, height = ann.width, ann.height
+    if image_size is not None:
+        if (width is not None and width != image_size[0]) or (height is not None and height != image_size[1]):
+            ann.warnings.append(
+                f"{source}: <size> says {_dims(width, height)}, the image is {_dims(*image_size)};"
+                " boxes are clipped to the image"
+            )
+        width, height = image_size
+    known = None if known_labels is None else frozenset(known_labels)
     for i, obj in enumerate(root.findall("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         where = f"object {i}"
         if not name:
             raise VocError(source, f"{where}: missing <name>")
         where = f'object {i} ("{name}")'
+        if known is not None and name not in known:
+            listed = sorted(known)
+            more = f", … {len(listed) - MAX_KNOWN_LISTED} more" if len(listed) > MAX_KNOWN_LISTED else ""
+            raise VocError(
+                source, f'{where}: unknown label "{name}" (known: {", ".join(listed[:MAX_KNOWN_LISTED])}{more})'
+            )
         if obj.find("bndbox") is None:
             raise VocError(source, f"{where}: no <bndbox> (only rectangles are supported)")
         xmin, ymin, xmax, ymax = (_voc_number(obj, f"bndbox/{k}", source, where) for k in
                                   ("xmin", "ymin", "xmax", "ymax"))  # fmt: skip
+        given = f"({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"
         if xmax <= xmin or ymax <= ymin:
-            raise VocError(source, f"{where}: empty box ({xmin}, {ymin}, {xmax}, {ymax})")
+            raise VocError(source, f"{where}: empty box {given}: xmax must exceed xmin and ymax ymin")
         confidence = None
         if obj.findtext("confidence") is not None:
             confidence = _voc_number(obj, "confidence", source, where)
             if not 0.0 <= confidence <= 1.0:
                 raise VocError(source, f"{where}: <confidence> {confidence} is outside 0..1")
-        boxes.append(VocBox(name, xmin, ymin, xmax, ymax, confidence))
-    return boxes
+        difficult = _voc_flag(obj, "difficult", source, where)
+        truncated = _voc_flag(obj, "truncated", source, where)
+        cx0, cy0 = max(xmin, 0.0), max(ymin, 0.0)
+        cx1 = xmax if width is None else min(xmax, float(width))
+        cy1 = ymax if height is None else min(ymax, float(height))
+        if (cx0, cy0, cx1, cy1) != (xmin, ymin, xmax, ymax):
+            image = _dims(width, height)
+            if cx1 <= cx0 or cy1 <= cy0:
+                raise VocError(source, f"{where}: box {given} is entirely outside the {image} image")
+            clipped = f"({cx0:g}, {cy0:g}, {cx1:g}, {cy1:g})"
+            ann.warnings.append(
+                f"{source}: {where}: box {given} reaches outside the {image} image, clipped to {clipped}"
+            )
+        ann.boxes.append(VocBox(name, cx0, cy0, cx1, cy1, confidence, difficult, truncated))
+    return ann
+
+
+def parse_voc(xml_bytes: bytes, source: str = "<voc>") -> list[VocBox]:
+    """The rectangles of a PASCAL VOC annotation (:func:`read_voc`'s boxes; its warnings are logged).
+
+    ``[VocBox(name, xmin, ymin, xmax, ymax, confidence, difficult, truncated)]``; ``confidence`` comes from
+    an object's ``<confidence>`` element (written for predictions), else None. Raises :class:`VocError`
+    naming ``source`` and the object (1-based) at fault.
+    """
+    ann = read_voc(xml_bytes, source)
+    for warning in ann.warnings:
+        log.warning("%s", warning)
+    return ann.boxes

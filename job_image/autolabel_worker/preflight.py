@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from autolabel.api import AlphaPolicy, AutoLabelJobSpec, Task
-from autolabel.manifest import DETECTION_TYPE, ManifestEntry, ManifestSummary, VocBox, VocError, parse_voc
+from autolabel.manifest import DETECTION_TYPE, ManifestEntry, ManifestSummary, VocBox, VocError, read_voc
 from autolabel.preconditions import PreconditionFailure, check_dataset
 from autolabel.storage import Storage, StorageError, StorageUnreachable
 from autolabel_worker.images import ImageError, probe_image
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_LISTED = 20  # sources named in an error message
 MAX_DUPLICATES_KEPT = 1000  # repeated sources listed in summary.json (all are counted)
+MAX_VOC_WARNINGS_KEPT = 1000  # annotation warnings listed in summary.json (all are counted)
 
 
 class PreflightError(Exception):
@@ -58,7 +59,15 @@ class PreflightResult:
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     """(width, height) -> number of readable images."""
     boxes: dict[str, list[VocBox]] = field(default_factory=dict)
-    """Object detection: the boxes of each labeled image, by source."""
+    """Object detection: the boxes of each labeled image, by source (clipped to the image)."""
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Object detection: (width, height) of each readable labeled image, as decoded (what its boxes were
+    clipped to)."""
+    voc_warnings: list[str] = field(default_factory=list)
+    """Object detection: what was repaired in the VOC files (a box clipped to the image, a ``<size>`` that
+    is not the image's), each naming the file and the object; at most ``MAX_VOC_WARNINGS_KEPT`` of them,
+    ``voc_warning_count`` counts them all."""
+    voc_warning_count: int = 0
     total_images: int = 0
     unlabeled_sources: list[str] = field(default_factory=list)
     """Every unlabeled image (first occurrence of each source, readable or not): what the run must account
@@ -80,6 +89,8 @@ class PreflightResult:
             "convertedImages": self.converted,
             "duplicates": self.duplicates,
             "duplicateCount": self.duplicate_count,
+            "annotationWarnings": self.voc_warnings,
+            "annotationWarningCount": self.voc_warning_count,
         }
 
 
@@ -119,6 +130,7 @@ def run_preflight(
         log.warning("%d repeated sources in the manifest; only the first of each is used", result.duplicate_count)
 
     fail_on_alpha = str(spec.images.alpha) == AlphaPolicy.FAIL.value
+    is_detection = str(spec.task) == Task.OBJECT_DETECTION.value
     with_alpha: list[str] = []
     bad: set[int] = set()
     done = 0
@@ -139,6 +151,8 @@ def run_preflight(
             bad.add(index)
             continue
         result.sizes[(info.width, info.height)] += 1
+        if is_detection and unique[index].is_labeled:
+            result.image_sizes[unique[index].source] = (info.width, info.height)
         if info.has_alpha:
             if fail_on_alpha:
                 with_alpha.append(uri)
@@ -156,7 +170,6 @@ def run_preflight(
 
     readable = [e for i, e in enumerate(unique) if i not in bad]
     del unique
-    is_detection = str(spec.task) == Task.OBJECT_DETECTION.value
     if is_detection:
         readable = _read_voc_files(readable, storage, result, max_workers)
 
@@ -194,7 +207,8 @@ def run_preflight(
 def _read_voc_files(
     readable: list[ManifestEntry], storage: Storage, result: PreflightResult, max_workers: int
 ) -> list[ManifestEntry]:
-    """Parse the VOC file of each labeled detection image; an image whose file is broken is dropped."""
+    """Read the VOC file of each labeled detection image (:func:`read_voc`, boxes clipped to the decoded
+    image's size, warnings kept in ``result.voc_warnings``); an image whose file is broken is dropped."""
     labeled = [e for e in readable if _is_detection(e)]
     locs = [(e, a.annotation_loc) for e in labeled for a in e.annotations if a.annotation_loc]
     dropped: set[str] = set()
@@ -206,14 +220,26 @@ def _read_voc_files(
             reason = f"annotation file {uri}: {data.cause}"
         else:
             try:
-                result.boxes.setdefault(entry.source, []).extend(parse_voc(data, uri))
-                continue
+                voc = read_voc(data, uri, image_size=result.image_sizes.get(entry.source))
             except VocError as exc:
                 reason = f"annotation file {exc}"
+            else:
+                result.boxes.setdefault(entry.source, []).extend(voc.boxes)
+                for warning in voc.warnings:
+                    result.voc_warning_count += 1
+                    if len(result.voc_warnings) < MAX_VOC_WARNINGS_KEPT:
+                        result.voc_warnings.append(warning)
+                continue
         result.unreadable.append({"source": entry.source, "reason": reason})
         dropped.add(entry.source)
     for source in dropped:
         result.boxes.pop(source, None)
+    if result.voc_warning_count:
+        log.warning(
+            "%d warning(s) about the VOC files (listed in summary.json), first: %s",
+            result.voc_warning_count,
+            result.voc_warnings[0],
+        )
     return [e for e in readable if e.source not in dropped]
 
 
