@@ -449,7 +449,12 @@ def confirm(
         str | None, typer.Option("--exclude", metavar="FILE", help="images to leave unlabeled, one per line")
     ] = None,
     corrections: Annotated[
-        str | None, typer.Option("--corrections", metavar="FILE", help="a person's fixes: CSV image,label or JSON")
+        str | None,
+        typer.Option(
+            "--corrections",
+            metavar="FILE",
+            help="a person's fixes: CSV image,label or JSON {image: label}; detection: JSON lines of boxes",
+        ),
     ] = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,

@@ -4,6 +4,10 @@ The results prefix is the job's ``status.result.uri``; the store is reached with
 this environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, as ``.dev/env``
 sets them), else the job's ``spec.storage.endpoint``/``region``. The result manifest is streamed: memory
 grows with the number of labels and ``--top``, not with the number of lines.
+
+Object detection results (lines pointing at VOC files, ``"task": "ObjectDetection"`` in the summary): the
+per-label counts are boxes, from the summary's ``labelCounts`` (the worker counts every proposed box); the
+hardest examples' boxes are read from their VOC files (``--top`` files, no more).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autolabel.contract import RESULT_FILE, SUMMARY_FILE
+from autolabel.manifest import VocError, parse_voc
 from autolabel.storage import Storage, StorageConfig, StorageError, join_uri
 
 from .kube import CliError
@@ -87,6 +92,7 @@ class Example:
     confidence: float | None
     coefficient: float
     reasons: list[str]
+    annotation_loc: str | None = None
 
 
 @dataclass
@@ -98,6 +104,12 @@ class Report:
     lines: int = 0
     hard: int = 0
     hardest: list[Example] = field(default_factory=list)
+    detection: bool = False
+    boxes: dict[str, int] = field(default_factory=dict)
+    """Detection: proposed boxes per label (the summary's ``labelCounts``)."""
+
+
+BOXES = "(boxes)"
 
 
 def _label_of(line: dict[str, Any]) -> tuple[str, float | None]:
@@ -106,7 +118,7 @@ def _label_of(line: dict[str, Any]) -> tuple[str, float | None]:
     confidence = first.get("confidence")
     label = first.get("name")
     if label is None and first.get("annotation-loc"):
-        label = "(boxes)"
+        label = BOXES
     return str(label if label is not None else "(none)"), float(confidence) if isinstance(
         confidence, int | float
     ) else None
@@ -149,7 +161,8 @@ def read_report(storage: Storage, uri: str, top: int) -> Report:
             reasons = [r for r in str(line.get("hard-reasons") or "").split("-") if r]
             report.reasons.update(set(reasons))
             coefficient = float(line.get("hard-coefficient") or 0.0)
-            example = Example(str(line.get("source")), label, confidence, coefficient, reasons)
+            loc = ((line.get("annotation") or [{}])[0] or {}).get("annotation-loc") if label == BOXES else None
+            example = Example(str(line.get("source")), label, confidence, coefficient, reasons, loc)
             item = (coefficient, -number, example)
             if top <= 0:
                 continue
@@ -162,7 +175,31 @@ def read_report(storage: Storage, uri: str, top: int) -> Report:
     except (ValueError, TypeError) as exc:
         raise CliError(f"cannot read the results at {manifest_uri} line {number}: {exc}") from exc
     report.hardest = [item[2] for item in sorted(heap, reverse=True)]
+    report.detection = summary.get("task") == "ObjectDetection" or BOXES in report.labels
+    if report.detection:
+        box_counts = summary.get("labelCounts")
+        if isinstance(box_counts, dict):
+            report.boxes = {str(k): v for k, v in box_counts.items() if isinstance(v, int) and not isinstance(v, bool)}
+        _describe_boxes(storage, manifest_uri, report.hardest)
     return report
+
+
+def _describe_boxes(storage: Storage, manifest_uri: str, examples: list[Example]) -> None:
+    """A detection example's label becomes its boxes (``2 cat, 1 dog``), its confidence the lowest box's;
+    an unreadable VOC file leaves it as it is."""
+    located = [e for e in examples if e.annotation_loc]
+    uris = [join_uri(manifest_uri, str(e.annotation_loc)) for e in located]
+    for example, (uri, data) in zip(located, storage.fetch_many(uris, max_workers=8), strict=True):
+        if isinstance(data, StorageError):
+            continue
+        try:
+            boxes = parse_voc(data, uri)
+        except VocError:
+            continue
+        names = Counter(box.name for box in boxes)
+        example.label = ", ".join(f"{c} {n}" for n, c in sorted(names.items())) or "(no boxes)"
+        confidences = [box.confidence for box in boxes if box.confidence is not None]
+        example.confidence = min(confidences) if confidences else None
 
 
 def _number(value: Any) -> Any:
@@ -184,10 +221,12 @@ def report_document(job: dict[str, Any], report: Report) -> dict[str, Any]:
             "targetPrecision": _number(summary.get("targetPrecision")),
             "targetVerifiable": summary.get("targetVerifiable"),
         },
+        "task": summary.get("task"),
         "labels": {
             label: {"total": c.total, "autoLabeled": c.auto_labeled, "hard": c.hard}
             for label, c in sorted(report.labels.items())
         },
+        **({"boxes": dict(sorted(report.boxes.items()))} if report.detection else {}),
         "hardReasons": [
             {
                 "reason": int(r) if r.isdigit() else r,
@@ -222,6 +261,24 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _boxes_table(report: Report) -> Table:
+    """Detection: proposed boxes per label, and the images (with boxes or not) auto-labeled and hard."""
+    table = Table(title="Proposed boxes", title_justify="left", box=None, header_style="bold", pad_edge=False)
+    table.add_column("LABEL")
+    table.add_column("BOXES", justify="right")
+    table.add_column("")
+    biggest = max(report.boxes.values(), default=0)
+    for label, n in sorted(report.boxes.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(label, str(n), ProgressBar(total=biggest or 1, completed=n, width=30))
+    if not report.boxes:
+        table.add_row("(summary.json has no labelCounts)", "", "")
+    images = sum(c.total for c in report.labels.values())
+    auto = sum(c.auto_labeled for c in report.labels.values())
+    table.caption = f"in {images} image(s): {auto} auto-labeled, {images - auto} hard"
+    table.caption_justify = "left"
+    return table
+
+
 def render_report(console: Console, job: dict[str, Any], report: Report) -> None:
     summary = report.summary
     meta = job["metadata"]
@@ -253,6 +310,8 @@ def render_report(console: Console, job: dict[str, Any], report: Report) -> None
         labels.add_row(label, str(c.total), bar, str(c.auto_labeled), str(c.hard))
     if not report.labels:
         labels.add_row("(no result lines)", "", "", "", "")
+    if report.detection:
+        labels = _boxes_table(report)
 
     reasons = Table(
         title="Hard examples by reason", title_justify="left", box=None, header_style="bold", pad_edge=False

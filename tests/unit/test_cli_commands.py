@@ -12,6 +12,7 @@ import pytest
 import yaml
 from autolabel_cli import kube, main, results, view
 from autolabel_cli.kube import JobNotFound, KubeOptions
+from review_fixtures import make_detection_dataset
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -265,3 +266,50 @@ def test_prog_name_as_kubectl_plugin() -> None:
     assert main.prog_name("/venv/bin/kubectl-autolabel") == "kubectl autolabel"
     assert main.prog_name("/venv/bin/autolabel") == "autolabel"
     assert main.main(["status", "--output", "xml"]) == 2
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+
+def detection_job(tmp_path: Path) -> dict[str, Any]:
+    manifest, result = make_detection_dataset(tmp_path / "ds")
+    done = job("det", "Succeeded", result={"uri": str(Path(result).parent) + "/"})
+    done["spec"] = {"task": "ObjectDetection", "dataset": {"manifest": manifest}}
+    return done
+
+
+def test_results_of_a_detection_run(api: FakeApi, tmp_path: Path) -> None:
+    api.jobs = [detection_job(tmp_path)]
+    out = invoke("results", "det", "--top", "2")
+    assert out.exit_code == 0, out.output
+    text = out.stdout
+    assert "Proposed boxes" in text and "in 5 image(s): 3 auto-labeled, 2 hard" in text
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines() if line.split()[:1] in (["cat"], ["dog"])}
+    assert rows == {"cat": "3", "dog": "3"}
+    hardest = text[text.index("Hardest examples") :]
+    assert "(no boxes)" in hardest and "2 cat" in hardest  # d5 (coefficient 1.0) first, then d3
+    assert hardest.index("d5.png") < hardest.index("d3.png")
+    doc = json.loads(invoke("results", "det", "-o", "json", "--top", "2").stdout)
+    assert doc["task"] == "ObjectDetection" and doc["boxes"] == {"cat": 3, "dog": 3}
+    assert [(e["label"], e["confidence"]) for e in doc["hardest"]] == [("(no boxes)", None), ("2 cat", 0.42)]
+
+
+def test_confirm_and_export_a_detection_run(api: FakeApi, tmp_path: Path) -> None:
+    api.jobs = [detection_job(tmp_path)]
+    fixes = tmp_path / "fixes.jsonl"
+    fixes.write_text('{"source": "images/d3.png", "boxes": [["dog", 1, 2, 30, 40]]}\n')
+    out = invoke("confirm", "det", "--corrections", str(fixes))
+    assert out.exit_code == 0, out.output
+    version = tmp_path / "ds" / "data.v1.manifest"
+    assert out.stdout.strip() == f"wrote {version}: 3 confirmed, 1 corrected, 1 left unlabeled"
+    assert sorted(p.name for p in (tmp_path / "ds" / "data.v1.annotations").iterdir()) == [
+        "d1.xml", "d2.xml", "d3.xml", "d4.xml"]  # fmt: skip
+    again = invoke("confirm", "det", "--corrections", str(fixes))
+    assert again.stdout.startswith(f"unchanged: {version} already holds this")
+    fixes.write_text('{"source": "images/d3.png", "boxes": [["bird", 1, 2, 30, 40]]}\n')
+    bad = invoke("confirm", "det", "--corrections", str(fixes))
+    assert bad.exit_code == 1
+    assert f"{fixes} line 1: image 'images/d3.png': label 'bird' is not a label of" in bad.stderr
+    out = invoke("export", "det", "--format", "yolo", "--to", str(tmp_path / "yolo"))
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "yolo" / "labels" / "d1.txt").read_text().count("\n") == 2
