@@ -1,6 +1,7 @@
 """``autolabel review push/pull`` against a real Label Studio server (tools/devenv/labelstudio.py), the real
 local control plane and MinIO, with the operator running the fake worker (every proposal ``dog``, hard,
-confidence 0.5). The reviewer is played through Label Studio's own REST API."""
+confidence 0.5; for detection, the run's results are replaced by a detection run's, see
+:func:`test_detection_review_in_label_studio`). The reviewer is played through Label Studio's own REST API."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import json
 import subprocess
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
@@ -16,8 +18,12 @@ from devenv.cluster import LocalCluster
 from devenv.labelstudio import LabelStudioServer
 from devenv.s3 import MinioServer
 from PIL import Image
+from review_fixtures import BOX_PROPOSALS, DET, DET_SIZES, labeled_voc, write_detection_results
 
-from .operator_fixtures import BUCKET, REPO, apply, dataset, job_manifest, put, wait_phase
+from autolabel.manifest import parse_voc
+from autolabel.storage import Storage
+
+from .operator_fixtures import BUCKET, REPO, alj, apply, dataset, job_manifest, put, wait_phase
 from .test_cli_cluster import BIN, cli_env, get_bytes
 
 pytestmark = [
@@ -42,6 +48,12 @@ def review(
     env = {**cli_env(s3), "LABEL_STUDIO_TOKEN": server.token if token is None else token}
     argv = [str(BIN / "autolabel"), "--kubeconfig", str(cluster.kubeconfig), *args]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def png(size: tuple[int, int]) -> bytes:
+    data = io.BytesIO()
+    Image.new("RGB", size, "white").save(data, format="PNG")
+    return data.getvalue()
 
 
 def choice(label: str) -> list[dict[str, Any]]:
@@ -131,3 +143,135 @@ def test_review_in_label_studio(
     gone = review(cluster, s3_server, label_studio, "review", "pull", "done", "-n", namespace, "--label-studio",
                   label_studio.url, token="not-a-token")  # fmt: skip
     assert gone.returncode == 1 and "HTTP 401" in gone.stderr, gone.stderr
+
+
+def rectangle(label: str, box: tuple[float, float, float, float], size: tuple[int, int]) -> dict[str, Any]:
+    """A reviewer's rectangle as Label Studio's editor stores it (percent of the image)."""
+    (x0, y0, x1, y1), (width, height) = box, size
+    value = {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
+             "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": [label]}  # fmt: skip
+    return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": value,
+            "original_width": width, "original_height": height, "image_rotation": 0}  # fmt: skip
+
+
+def test_detection_review_in_label_studio(
+    cluster: LocalCluster,
+    s3_server: MinioServer,
+    storage: Storage,
+    label_studio: LabelStudioServer,
+    namespace: str,
+) -> None:
+    """A detection job: a Succeeded AutoLabelJob (task ObjectDetection; the fake worker runs it) whose results
+    are then those of a detection run, written on the store by the worker's own ResultWriter (BOX_PROPOSALS).
+    The reviewer accepts d1's prediction, MOVES d2's box, relabels d4's box, skips d3 and leaves d5."""
+    folder = f"s3://{BUCKET}/det-{uuid.uuid4().hex[:8]}"
+    lines = []
+    for name, labeled in {"l1": [("cat", 1, 1, 10, 7)], "l2": [("dog", 2, 2, 11, 7)]}.items():
+        for copy in range(3):  # a few labeled images per label
+            stem = f"{name}-{copy}"
+            put(s3_server, f"{folder}/images/{stem}.png".removeprefix(f"s3://{BUCKET}/"), png((12, 8)))
+            put(s3_server, f"{folder}/voc/{stem}.xml".removeprefix(f"s3://{BUCKET}/"),
+                labeled_voc(f"{stem}.png", (12, 8), labeled))  # fmt: skip
+            ann = {"type": DET, "annotation-loc": f"voc/{stem}.xml", "annotation-format": "PASCAL VOC"}
+            lines.append(json.dumps({"source": f"images/{stem}.png", "annotation": [ann]}))
+    images = {}
+    for name, size in DET_SIZES.items():
+        images[name] = put(s3_server, f"{folder}/images/{name}.png".removeprefix(f"s3://{BUCKET}/"), png(size))
+        lines.append(json.dumps({"source": f"images/{name}.png"}))
+    key = f"{folder}/data.manifest".removeprefix(f"s3://{BUCKET}/")
+    manifest = put(s3_server, key, ("\n".join(lines) + "\n").encode())
+    original = get_bytes(s3_server, key)
+    job = job_manifest("det", manifest, {"fakeworker.autolabel.dev/seconds": "0.3"}, task="ObjectDetection")
+    apply(cluster, namespace, job)
+    wait_phase(cluster, namespace, "det", "Succeeded", timeout=90)
+    results = alj(cluster, namespace, "det")["status"]["result"]["uri"]
+    run = results.rstrip("/").rsplit("/", 1)[-1]
+    write_detection_results(storage, images, results)  # the run's results are now a detection run's
+    where = ["-n", namespace, "--label-studio", label_studio.url]
+
+    pushed = review(cluster, s3_server, label_studio, "review", "push", "det", *where)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "created project" in pushed.stdout and "imported 5 task(s) (2 hard, first); 0 already there" in pushed.stdout
+    title = f"autolabel: {namespace}/det"
+    [project] = [
+        p for p in ls_api(label_studio, "GET", "/api/projects?page_size=100")["results"] if p["title"] == title
+    ]
+    pid = project["id"]
+    assert (
+        '<RectangleLabels name="label" toName="image"><Label value="cat"/><Label value="dog"/>'
+        in (project["label_config"])
+    )
+    export_url = f"/api/projects/{pid}/export?exportType=JSON&download_all_tasks=true"
+    tasks = ls_api(label_studio, "GET", export_url)
+    by_name = {t["data"]["source"].rsplit("/", 1)[-1][:-4]: t for t in tasks}
+    assert sorted(by_name) == sorted(DET_SIZES)
+    predictions = {name: ls_api(label_studio, "GET", f"/api/predictions?task={t['id']}") for name, t in by_name.items()}
+    for name, [prediction] in predictions.items():
+        boxes, hard = BOX_PROPOSALS[name]
+        width, height = DET_SIZES[name]
+        assert prediction["model_version"] == run and by_name[name]["data"]["hard"] is hard
+        assert [r["value"]["rectanglelabels"] for r in prediction["result"]] == [[b[0]] for b in boxes]
+        assert [r["score"] for r in prediction["result"]] == [b[5] for b in boxes]
+        for item, (_, x0, y0, x1, y1, _) in zip(prediction["result"], boxes, strict=True):
+            assert (item["original_width"], item["original_height"]) == (width, height)
+            value = item["value"]
+            assert (value["x"], value["y"], value["width"], value["height"]) == pytest.approx(
+                (100 * x0 / width, 100 * y0 / height, 100 * (x1 - x0) / width, 100 * (y1 - y0) / height)
+            )
+    with urllib.request.urlopen(by_name["d2"]["data"]["image"], timeout=10) as image:  # a presigned GET URL
+        assert Image.open(io.BytesIO(image.read())).size == DET_SIZES["d2"]
+
+    # The reviewer, through the REST API as the editor would submit.
+    def annotate(name: str, result: list[dict[str, Any]], cancelled: bool = False) -> None:
+        body = {"result": result, "was_cancelled": cancelled}
+        ls_api(label_studio, "POST", f"/api/tasks/{by_name[name]['id']}/annotations", body)
+
+    annotate("d1", predictions["d1"][0]["result"])  # accepted as predicted
+    annotate("d2", [rectangle("dog", (4, 6, 24.5, 26), DET_SIZES["d2"])])  # the box moved (10,10,30,30 before)
+    annotate("d4", [rectangle("cat", (1, 1, 29, 29), DET_SIZES["d4"])])  # the box relabeled dog -> cat
+    annotate("d3", [], cancelled=True)  # skipped
+
+    pulled = review(cluster, s3_server, label_studio, "review", "pull", "det", *where)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "3 reviewed (1 accepted, 2 changed), 2 left unlabeled" in pulled.stdout, pulled.stdout
+    version = pulled.stdout.split()[1].rstrip(":")
+    assert version == f"{folder}/data.v1.manifest"
+    new_lines = get_bytes(s3_server, version.removeprefix(f"s3://{BUCKET}/")).decode().splitlines()
+    old_lines = original.decode().splitlines()
+    assert len(new_lines) == len(old_lines) == 11
+    expected = {
+        "d1": [(b[0], float(b[1]), float(b[2]), float(b[3]), float(b[4])) for b in BOX_PROPOSALS["d1"][0]],
+        "d2": [("dog", 4.0, 6.0, 24.5, 26.0)],
+        "d4": [("cat", 1.0, 1.0, 29.0, 29.0)],
+    }
+    for old, new in zip(old_lines, new_lines, strict=True):
+        name = json.loads(old)["source"].rsplit("/", 1)[-1][:-4]
+        if name not in expected:
+            assert new == old  # labeled lines and unreviewed images byte for byte
+            continue
+        line = json.loads(new)
+        assert line["source"] == f"images/{name}.png"
+        [ann] = line["annotation"]
+        assert ann["annotation-loc"] == f"data.v1.annotations/{name}.xml"
+        assert (ann["type"], ann["annotation-format"], ann["annotated-by"], ann["job-name"]) == (
+            DET, "PASCAL VOC", "human", "det")  # fmt: skip
+        assert ann["proposed"]["annotation-loc"].startswith(results) and ann["proposed"]["boxes"] >= 1
+        voc = get_bytes(s3_server, f"{folder}/data.v1.annotations/{name}.xml".removeprefix(f"s3://{BUCKET}/"))
+        assert [tuple(b)[:5] for b in parse_voc(voc)] == expected[name]  # pixels, rounded to 0.01
+        assert f"<width>{DET_SIZES[name][0]}</width>" in voc.decode()
+    assert get_bytes(s3_server, key) == original  # the original manifest is untouched
+
+    again = review(cluster, s3_server, label_studio, "review", "pull", "det", *where)
+    assert again.returncode == 0 and f"unchanged: {version}" in again.stdout, again.stdout
+    repushed = review(cluster, s3_server, label_studio, "review", "push", "det", *where)
+    assert repushed.returncode == 0 and "imported 0 task(s)" in repushed.stdout and "5 already there" in repushed.stdout
+
+    # `autolabel export --format labelstudio` of the detection run imports into the real server as it is.
+    exported = review(cluster, s3_server, label_studio, "export", "det", "-n", namespace, "--format", "labelstudio")
+    assert exported.returncode == 0, exported.stderr
+    doc = json.loads(get_bytes(s3_server, exported.stdout.split()[-1].removeprefix(f"s3://{BUCKET}/")))
+    other = ls_api(
+        label_studio, "POST", "/api/projects", {"title": "det export", "label_config": project["label_config"]}
+    )
+    imported = ls_api(label_studio, "POST", f"/api/projects/{other['id']}/import", doc)
+    assert imported["task_count"] == 5 and imported["prediction_count"] == 5
