@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import urllib.request
-import uuid
 from typing import Any
 
 import pytest
@@ -18,13 +17,13 @@ from devenv.cluster import LocalCluster
 from devenv.labelstudio import LabelStudioServer
 from devenv.s3 import MinioServer
 from PIL import Image
-from review_fixtures import BOX_PROPOSALS, DET, DET_SIZES, labeled_voc, write_detection_results
+from review_fixtures import BOX_PROPOSALS, DET, DET_SIZES
 
 from autolabel.manifest import parse_voc
 from autolabel.storage import Storage
 
-from .operator_fixtures import BUCKET, REPO, alj, apply, dataset, job_manifest, put, wait_phase
-from .test_cli_cluster import BIN, cli_env, get_bytes
+from .operator_fixtures import BUCKET, REPO, apply, dataset, job_manifest, put, wait_phase
+from .test_cli_cluster import BIN, cli_env, finished_detection_job, get_bytes
 
 pytestmark = [
     pytest.mark.needs_cluster,
@@ -48,12 +47,6 @@ def review(
     env = {**cli_env(s3), "LABEL_STUDIO_TOKEN": server.token if token is None else token}
     argv = [str(BIN / "autolabel"), "--kubeconfig", str(cluster.kubeconfig), *args]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
-
-
-def png(size: tuple[int, int]) -> bytes:
-    data = io.BytesIO()
-    Image.new("RGB", size, "white").save(data, format="PNG")
-    return data.getvalue()
 
 
 def choice(label: str) -> list[dict[str, Any]]:
@@ -161,32 +154,13 @@ def test_detection_review_in_label_studio(
     label_studio: LabelStudioServer,
     namespace: str,
 ) -> None:
-    """A detection job: a Succeeded AutoLabelJob (task ObjectDetection; the fake worker runs it) whose results
-    are then those of a detection run, written on the store by the worker's own ResultWriter (BOX_PROPOSALS).
-    The reviewer accepts d1's prediction, MOVES d2's box, relabels d4's box, skips d3 and leaves d5."""
-    folder = f"s3://{BUCKET}/det-{uuid.uuid4().hex[:8]}"
-    lines = []
-    for name, labeled in {"l1": [("cat", 1, 1, 10, 7)], "l2": [("dog", 2, 2, 11, 7)]}.items():
-        for copy in range(3):  # a few labeled images per label
-            stem = f"{name}-{copy}"
-            put(s3_server, f"{folder}/images/{stem}.png".removeprefix(f"s3://{BUCKET}/"), png((12, 8)))
-            put(s3_server, f"{folder}/voc/{stem}.xml".removeprefix(f"s3://{BUCKET}/"),
-                labeled_voc(f"{stem}.png", (12, 8), labeled))  # fmt: skip
-            ann = {"type": DET, "annotation-loc": f"voc/{stem}.xml", "annotation-format": "PASCAL VOC"}
-            lines.append(json.dumps({"source": f"images/{stem}.png", "annotation": [ann]}))
-    images = {}
-    for name, size in DET_SIZES.items():
-        images[name] = put(s3_server, f"{folder}/images/{name}.png".removeprefix(f"s3://{BUCKET}/"), png(size))
-        lines.append(json.dumps({"source": f"images/{name}.png"}))
-    key = f"{folder}/data.manifest".removeprefix(f"s3://{BUCKET}/")
-    manifest = put(s3_server, key, ("\n".join(lines) + "\n").encode())
-    original = get_bytes(s3_server, key)
-    job = job_manifest("det", manifest, {"fakeworker.autolabel.dev/seconds": "0.3"}, task="ObjectDetection")
-    apply(cluster, namespace, job)
-    wait_phase(cluster, namespace, "det", "Succeeded", timeout=90)
-    results = alj(cluster, namespace, "det")["status"]["result"]["uri"]
+    """A detection job (tests/integration/test_cli_cluster.py :func:`finished_detection_job`: a Succeeded
+    ObjectDetection job whose results are a detection run's, written by the worker's own ResultWriter with
+    BOX_PROPOSALS). The reviewer accepts d1's prediction, MOVES d2's box, relabels d4's box, skips d3 and leaves d5."""
+    det = finished_detection_job(cluster, s3_server, storage, namespace, "det")
+    folder, key, results = det.folder, det.key, det.results
     run = results.rstrip("/").rsplit("/", 1)[-1]
-    write_detection_results(storage, images, results)  # the run's results are now a detection run's
+    original = get_bytes(s3_server, key)
     where = ["-n", namespace, "--label-studio", label_studio.url]
 
     pushed = review(cluster, s3_server, label_studio, "review", "push", "det", *where)
