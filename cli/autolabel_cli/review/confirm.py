@@ -180,15 +180,15 @@ def _jsonl_corrections(content: list[tuple[int, str]], source: str) -> dict[str,
             raise ReviewError(f'{where}: expected {{"source": image, "boxes": [[label, xmin, ymin, xmax, ymax], ...]}}')
         image = obj["source"].strip()
         if ("boxes" in obj) == ("voc" in obj):
-            raise ReviewError(f'{where}: image {image}: give either "boxes" or "voc"')
+            raise ReviewError(f'{where}: image {image!r}: give either "boxes" or "voc"')
         if "voc" in obj:
             boxes = _voc_file_boxes(obj["voc"], source, where)
         else:
             if not isinstance(obj["boxes"], list):
-                raise ReviewError(f'{where}: image {image}: "boxes" must be a list, got {obj["boxes"]!r}')
-            boxes = tuple(_box(raw, f"{where}: image {image}: box {i}") for i, raw in enumerate(obj["boxes"], 1))
+                raise ReviewError(f'{where}: image {image!r}: "boxes" must be a list, got {obj["boxes"]!r}')
+            boxes = tuple(_box(raw, f"{where}: image {image!r}: box {i}") for i, raw in enumerate(obj["boxes"], 1))
         if image in corrections:
-            raise ReviewError(f"{where}: image {image} corrected already on line {first_line[image]}")
+            raise ReviewError(f"{where}: image {image!r} corrected already on line {first_line[image]}")
         corrections[image] = BoxCorrection(boxes, where)
         first_line[image] = line_no
     return corrections
