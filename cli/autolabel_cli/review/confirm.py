@@ -86,7 +86,7 @@ class BoxCorrection:
     """Where they come from, for error messages: ``fixes.jsonl line 3``, ``Label Studio task 12``."""
 
 
-Corrections = Mapping[str, "str | BoxCorrection"]
+Corrections = Mapping[str, str | BoxCorrection]
 """image (as in the manifest, or its URI) → label (classification) or boxes (detection)."""
 
 

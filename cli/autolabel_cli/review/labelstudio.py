@@ -212,12 +212,12 @@ def reviewed_boxes(tasks: list[dict[str, Any]], sizes: dict[str, tuple[int, int,
 def _pixels(item: dict[str, Any], size: tuple[int, int, int] | None, where: str) -> VocBox:
     value = item.get("value") or {}
     names = value.get("rectanglelabels") or []
-    width = item.get("original_width") or (size[0] if size else None)
-    height = item.get("original_height") or (size[1] if size else None)
+    full: Any = (item.get("original_width") or (size[0] if size else None),
+                 item.get("original_height") or (size[1] if size else None))  # fmt: skip
     try:
         x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         rotation = math.radians(float(value.get("rotation") or 0))
-        width, height = float(width), float(height)  # type: ignore[arg-type]
+        width, height = float(full[0]), float(full[1])
     except (KeyError, TypeError, ValueError) as exc:
         raise ReviewError(f"{where}: not a rectangle with x, y, width, height and the image size ({exc})") from None
     if len(names) != 1:
