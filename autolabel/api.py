@@ -121,6 +121,14 @@ class ActiveLearningSpec(ApiModel):
         default=None, ge=10, description="Upper bound on training time. Default: the worker's (10 minutes)."
     )
     seed: int = Field(default=0, ge=0, description="Random seed; runs on CPU are deterministic for a seed.")
+    pretrained_weights: str | None = Field(
+        default=None,
+        description="ObjectDetection: s3:// URI of a torchvision state_dict for the worker's detector or its "
+        "backbone, to start training from. Never downloaded, never required. "
+        "`autolabel run --local` also accepts a local path.",
+        min_length=1,
+        json_schema_extra={"pattern": S3_URI_PATTERN},
+    )
 
 
 class ModelReference(ApiModel):

@@ -16,7 +16,6 @@ import os
 import platform
 import tempfile
 import time
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,44 +24,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
 from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, shard_prefix, time_budget
 from autolabel.manifest import ManifestEntry, read_manifest
 from autolabel.preconditions import check_model, model_files
-from autolabel.storage import ScopedWriter, Storage, StorageError, StorageUnreachable
+from autolabel.storage import ScopedWriter, Storage
 
 from . import calibrate as cal
 from .augment import TTA_REASONS, AugmentPolicy, tta_views
+from .detection import run as detection_run
 from .ensemble import FoldEnsemble, train_fold_ensemble
 from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
-from .images import decode_image
 from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model, median_size
 from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted, merge_shards
-from .predict import Decoder, Predictor, image_to_array, iter_batches
-from .preflight import PreflightError, PreflightResult, check_unreadable_share, run_preflight
+from .predict import Predictor, iter_batches
+from .preflight import PreflightError, PreflightResult, check_unreadable_share
 from .progress import ProgressReporter
+from .stages import RunContext, decoder, load_images, read_and_check, shard_share
 from .train import TrainConfig, to_input
 
 log = logging.getLogger(__name__)
 
 UNLABELED_MEMORY_BYTES = 512 * 2**20
 MIRROR_MIN_SIDE = 32
-PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
-
-
-@dataclass
-class RunContext:
-    job: AutoLabelJob
-    storage: Storage
-    writer: ScopedWriter
-    progress: ProgressReporter
-    started: float
-    device: torch.device
-    shard_index: int
-    shard_count: int
 
 
 def run_job(
@@ -79,11 +65,6 @@ def run_job(
     shorten training with it; the time budget still applies); None keeps ``TrainConfig``'s defaults.
     """
     spec = job.spec
-    if str(spec.task) == Task.OBJECT_DETECTION.value:
-        raise PipelineError(
-            "UnsupportedTask",
-            "task ObjectDetection is not supported yet by this worker (image classification only)",
-        )
     if str(spec.mode) == Mode.ACTIVE_LEARNING.value and shard_count != 1:
         raise PipelineError("InvalidJob", f"ActiveLearning runs as one worker, got {shard_count} shards")
     writer = ScopedWriter(storage, output_prefix)
@@ -98,10 +79,11 @@ def run_job(
     with ProgressReporter(writer, stage=Stage.PREFLIGHT) as progress:
         ctx = RunContext(job, storage, writer, progress, time.monotonic(), device, shard_index, shard_count)
         try:
+            detection = str(spec.task) == Task.OBJECT_DETECTION.value
             if str(spec.mode) == Mode.ACTIVE_LEARNING.value:
-                summary = _active_learning(ctx, train_steps)
+                summary = (detection_run.active_learning if detection else _active_learning)(ctx, train_steps)
             else:
-                summary = _pre_labeling(ctx)
+                summary = (detection_run.pre_labeling if detection else _pre_labeling)(ctx)
         except BaseException as exc:
             progress.fail(str(exc) or type(exc).__name__)
             raise
@@ -119,51 +101,6 @@ def run_job(
 
 
 # ----------------------------------------------------------------------------------------- stages
-
-
-def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[ManifestEntry]) -> PreflightResult:
-    """Stage preflight: image headers, unreadable/converted images, the seed's preconditions."""
-    ctx.progress.set_stage(Stage.PREFLIGHT)
-    pre = run_preflight(entries, ctx.storage, ctx.job.spec, on_progress=ctx.progress.update)
-    if str(ctx.job.spec.mode) == Mode.PRE_LABELING.value:
-        # The model brings the labels. A shard may hold no image at all (tiny datasets, 5 shards): the
-        # operator has checked that the dataset as a whole has unlabeled images.
-        keep = PRELABELING_KEEP - ({"NoUnlabeledImages"} if ctx.shard_count > 1 else set())
-        pre.failures = [f for f in pre.failures if f.reason in keep]
-    pre.raise_for_failures()
-    return pre
-
-
-def load_images(
-    ctx: RunContext, entries: list[ManifestEntry], input_size: tuple[int, int], unreadable: list[dict[str, str]]
-) -> tuple[torch.Tensor, list[int]]:
-    """Decode images into one uint8 tensor; images that are missing, refused or cannot be decoded are added
-    to `unreadable`, a store that cannot be reached raises StorageUnreachable. Returns (x, kept indices)."""
-    decode = _decoder(ctx)
-    arrays, kept = [], []
-    for i, (uri, data) in enumerate(ctx.storage.fetch_many(e.source for e in entries)):
-        if isinstance(data, StorageUnreachable):
-            raise data
-        if isinstance(data, StorageError):
-            unreadable.append({"source": uri, "reason": data.cause})
-            continue
-        try:
-            arrays.append(image_to_array(decode(data, uri), input_size))
-            kept.append(i)
-        except Exception as exc:
-            unreadable.append({"source": uri, "reason": getattr(exc, "reason", None) or str(exc)})
-    h, w = input_size
-    x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, h, w), dtype=torch.uint8)
-    return x, kept
-
-
-def _decoder(ctx: RunContext) -> Decoder:
-    alpha = ctx.job.spec.images.alpha
-
-    def decode(data: bytes, source: str) -> Image.Image:
-        return decode_image(data, source, alpha)
-
-    return decode
 
 
 def train_config(job: AutoLabelJob, steps: int | None = None) -> tuple[TrainConfig, float, bool]:
@@ -312,15 +249,7 @@ def _pre_labeling(ctx: RunContext) -> dict:
     except ValueError as exc:
         raise PipelineError("ModelInvalid", str(exc)) from exc
 
-    # This shard's share: unlabeled lines whose source hashes to it (a repeated source stays in one shard).
-    def mine() -> Iterator[ManifestEntry]:
-        for entry in read_manifest(ctx.storage, spec.dataset.manifest):
-            if entry.is_labeled:
-                continue
-            if zlib.crc32(entry.source.encode()) % ctx.shard_count == ctx.shard_index:
-                yield entry
-
-    pre = read_and_check(ctx, mine())
+    pre = read_and_check(ctx, shard_share(ctx))
     unreadable = list(pre.unreadable)
     views = bundle.meta.get("ttaViews", ["crop", "scale", "translate"])
     views = [v for v in views if v in TTA_REASONS]
@@ -410,7 +339,7 @@ def _labeled_evidence(
     batches = iter_batches(
         ctx.storage,
         iter(label_of),
-        _decoder(ctx),
+        decoder(ctx),
         predictor.input_size,
         batch_size=256,
         decode_workers=max(2, min(8, os.cpu_count() or 2)),
@@ -537,7 +466,7 @@ def _infer(
     batches = iter_batches(
         ctx.storage,
         (e.source for e in entries),
-        _decoder(ctx),
+        decoder(ctx),
         predictor.input_size,
         batch_size=256,
         decode_workers=max(2, min(8, os.cpu_count() or 2)),

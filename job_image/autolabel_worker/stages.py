@@ -1,0 +1,91 @@
+"""What the stages of a run share, for classification (pipeline.py) and detection (detection/run.py):
+the run's context, the preflight stage, decoding, and a PreLabeling shard's share of the images."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autolabel.api import AutoLabelJob, Mode
+from autolabel.contract import Stage
+from autolabel.manifest import ManifestEntry, read_manifest
+from autolabel.storage import ScopedWriter, Storage, StorageError, StorageUnreachable
+
+from .images import decode_image
+from .predict import Decoder, image_to_array
+from .preflight import PreflightResult, run_preflight
+from .progress import ProgressReporter
+
+PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
+
+
+@dataclass
+class RunContext:
+    job: AutoLabelJob
+    storage: Storage
+    writer: ScopedWriter
+    progress: ProgressReporter
+    started: float
+    device: torch.device
+    shard_index: int
+    shard_count: int
+
+
+def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[ManifestEntry]) -> PreflightResult:
+    """Stage preflight: image headers, unreadable/converted images, the seed's preconditions."""
+    ctx.progress.set_stage(Stage.PREFLIGHT)
+    pre = run_preflight(entries, ctx.storage, ctx.job.spec, on_progress=ctx.progress.update)
+    if str(ctx.job.spec.mode) == Mode.PRE_LABELING.value:
+        # The model brings the labels. A shard may hold no image at all (tiny datasets, 5 shards): the
+        # operator has checked that the dataset as a whole has unlabeled images.
+        keep = PRELABELING_KEEP - ({"NoUnlabeledImages"} if ctx.shard_count > 1 else set())
+        pre.failures = [f for f in pre.failures if f.reason in keep]
+    pre.raise_for_failures()
+    return pre
+
+
+def load_images(
+    ctx: RunContext, entries: list[ManifestEntry], input_size: tuple[int, int], unreadable: list[dict[str, str]]
+) -> tuple[torch.Tensor, list[int]]:
+    """Decode images into one uint8 tensor; images that are missing, refused or cannot be decoded are added
+    to `unreadable`, a store that cannot be reached raises StorageUnreachable. Returns (x, kept indices)."""
+    decode = decoder(ctx)
+    arrays, kept = [], []
+    for i, (uri, data) in enumerate(ctx.storage.fetch_many(e.source for e in entries)):
+        if isinstance(data, StorageUnreachable):
+            raise data
+        if isinstance(data, StorageError):
+            unreadable.append({"source": uri, "reason": data.cause})
+            continue
+        try:
+            arrays.append(image_to_array(decode(data, uri), input_size))
+            kept.append(i)
+        except Exception as exc:
+            unreadable.append({"source": uri, "reason": getattr(exc, "reason", None) or str(exc)})
+    h, w = input_size
+    x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, h, w), dtype=torch.uint8)
+    return x, kept
+
+
+def decoder(ctx: RunContext) -> Decoder:
+    alpha = ctx.job.spec.images.alpha
+
+    def decode(data: bytes, source: str) -> Image.Image:
+        return decode_image(data, source, alpha)
+
+    return decode
+
+
+def shard_share(ctx: RunContext) -> Iterator[ManifestEntry]:
+    """This PreLabeling shard's share: the unlabeled lines whose source hashes to it (a repeated source
+    stays in one shard)."""
+    for entry in read_manifest(ctx.storage, ctx.job.spec.dataset.manifest):
+        if entry.is_labeled:
+            continue
+        if zlib.crc32(entry.source.encode()) % ctx.shard_count == ctx.shard_index:
+            yield entry
