@@ -20,7 +20,15 @@ from functools import lru_cache
 from autolabel.api import AutoLabelJob, Mode
 from autolabel.contract import CREDENTIAL_KEYS, storage_region
 from autolabel.preconditions import PreconditionFailure, check_manifest, check_model
-from autolabel.storage import Storage, StorageConfig, is_s3, split_s3, uri_scheme
+from autolabel.storage import (
+    Storage,
+    StorageConfig,
+    StorageError,
+    StorageUnreachable,
+    is_s3,
+    split_s3,
+    uri_scheme,
+)
 
 from .config import Settings, job_endpoint, same_endpoint, uses_operator_credentials
 
@@ -77,13 +85,15 @@ def _listed(values: tuple[str, ...]) -> str:
 
 
 def spec_uris(job: AutoLabelJob) -> list[tuple[str, str]]:
-    """``(field, URI)`` of every object the spec names: the manifest, ``spec.output`` (when set) and the
-    PreLabeling model."""
+    """``(field, URI)`` of every object the spec names: the manifest, ``spec.output`` (when set), the
+    PreLabeling model and the ActiveLearning pretrained weights (when set)."""
     uris = [("spec.dataset.manifest", job.spec.dataset.manifest)]
     if job.spec.output:  # unset or empty: beside the manifest
         uris.append(("spec.output", job.spec.output))
     if job.spec.pre_labeling is not None:
         uris.append(("spec.preLabeling.model.uri", job.spec.pre_labeling.model.uri))
+    if job.spec.active_learning is not None and job.spec.active_learning.pretrained_weights:
+        uris.append(("spec.activeLearning.pretrainedWeights", job.spec.active_learning.pretrained_weights))
     return uris
 
 
@@ -126,8 +136,8 @@ def storage_policy(job: AutoLabelJob, settings: Settings) -> list[PreconditionFa
     - ``CredentialsRequired``: its namespace is not in ``AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES``;
     - ``EndpointNotAllowed``: ``spec.storage.endpoint`` is not the operator's endpoint (the operator would
       sign requests for a host the user chose);
-    - ``BucketNotAllowed``: the manifest, ``spec.output`` or the model is in a bucket not in
-      ``AUTOLABEL_ALLOWED_BUCKETS`` (lines of the manifest are checked while it is read).
+    - ``BucketNotAllowed``: the manifest, ``spec.output``, the model or the pretrained weights is in a
+      bucket not in ``AUTOLABEL_ALLOWED_BUCKETS`` (lines of the manifest are checked while it is read).
     """
     if not uses_operator_credentials(job):
         return []
@@ -213,4 +223,22 @@ async def check(job: AutoLabelJob, settings: Settings, storage: Storage) -> list
             settings.storage_backoff,
             model_uri,
         )
+    weights = job.spec.active_learning.pretrained_weights if job.spec.active_learning else None
+    if job.spec.mode == Mode.ACTIVE_LEARNING and weights:
+        failures += await _retrying(
+            lambda: check_weights(storage, weights), settings.storage_retries, settings.storage_backoff, weights
+        )
     return failures
+
+
+def check_weights(storage: Storage, uri: str) -> list[PreconditionFailure]:
+    """``spec.activeLearning.pretrainedWeights`` names an object that exists (``ModelNotFound``, before the
+    lock and the Job; whether its tensors fit the detector only the worker can tell: ``ModelInvalid``)."""
+    try:
+        if storage.exists(uri):
+            return []
+    except StorageUnreachable as exc:
+        return [PreconditionFailure("StorageUnreachable", str(exc))]
+    except (StorageError, ValueError) as exc:
+        return [PreconditionFailure("ModelNotFound", f"spec.activeLearning.pretrainedWeights {uri}: {exc}")]
+    return [PreconditionFailure("ModelNotFound", f"spec.activeLearning.pretrainedWeights {uri}: no such object")]

@@ -8,12 +8,15 @@ import itertools
 import json
 import re
 import time
+import uuid
 from typing import Any
 
 import pytest
 from autolabel_operator.names import JOB_UID_LABEL, dataset_key, lease_name
 from devenv.cluster import LocalCluster
 from devenv.s3 import MinioServer
+
+from autolabel.manifest import DETECTION_TYPE, VOC_FORMAT
 
 from .operator_fixtures import (
     BUCKET,
@@ -350,3 +353,93 @@ def test_operator_sigkilled_mid_run_and_restarted_converges(
     summary_a = get_json(s3_server, obj["status"]["result"]["uri"].removeprefix(f"s3://{BUCKET}/") + "summary.json")
     summary_b = get_json(s3_server, nxt["status"]["result"]["uri"].removeprefix(f"s3://{BUCKET}/") + "summary.json")
     assert summary_a["finishedAt"] <= summary_b["startedAt"]  # the lock held across the restart
+
+
+def detection_dataset(s3: MinioServer, unlabeled: int = 3) -> str:
+    """A detection manifest (labeled lines point at VOC files through annotation-loc) in a fresh folder."""
+    folder = f"det-{uuid.uuid4().hex[:8]}"
+    voc = "<annotation><size><width>8</width><height>8</height><depth>3</depth></size></annotation>"
+    lines = []
+    for n in range(6):
+        put(s3, f"{folder}/voc/{n}.xml", voc.encode())
+        ann = {"type": DETECTION_TYPE, "annotation-loc": f"voc/{n}.xml", "annotation-format": VOC_FORMAT}
+        lines.append(json.dumps({"source": f"img/{n}.png", "annotation": [ann]}))
+    lines += [json.dumps({"source": f"img/u{n}.png"}) for n in range(unlabeled)]
+    return put(s3, f"{folder}/data.manifest", ("\n".join(lines) + "\n").encode())
+
+
+def model_for(s3: MinioServer, task: str) -> str:
+    """A model folder: any model.pt bytes (the operator never loads it) and a labels.json for ``task``."""
+    folder = f"models/{task.lower()}-{uuid.uuid4().hex[:8]}"
+    put(s3, f"{folder}/model.pt", b"not read by the operator")
+    put(s3, f"{folder}/labels.json", json.dumps({"task": task, "labels": ["cat", "dog"]}).encode())
+    return f"s3://{BUCKET}/{folder}/"
+
+
+def test_model_for_the_other_task_fails_before_any_job_or_lock(
+    cluster: LocalCluster, namespace: str, s3_server: MinioServer
+) -> None:
+    """ModelTaskMismatch both ways: the operator reads labels.json before taking the dataset lock, so the
+    AutoLabelJob fails with no batch/v1 Job, no pod and a free Lease."""
+    boxes, classes = detection_dataset(s3_server), dataset(s3_server)
+    cases = {
+        # (manifest, job task, model task)
+        "boxes-with-classifier": (boxes, "ObjectDetection", "ImageClassification"),
+        "classes-with-detector": (classes, "ImageClassification", "ObjectDetection"),
+    }
+    docs = [
+        job_manifest(
+            name,
+            manifest,
+            FAST,
+            task=task,
+            mode="PreLabeling",
+            preLabeling={"model": {"uri": model_for(s3_server, model_task)}},
+            resources={"computeNodes": 2},
+        )
+        for name, (manifest, task, model_task) in cases.items()
+    ]
+    apply(cluster, namespace, "---\n".join(docs))
+    for name, (manifest, task, model_task) in cases.items():
+        obj = wait_phase(cluster, namespace, name, {"Failed", "Succeeded"}, timeout=90)
+        status = obj["status"]
+        assert status["phase"] == "Failed", (name, status)
+        cond = condition(obj, "PreconditionsMet")
+        assert cond["status"] == "False" and cond["reason"] == "ModelTaskMismatch", (name, cond)
+        assert condition(obj, "Failed")["reason"] == "ModelTaskMismatch"
+        assert f"is for {model_task}; the job's task is {task}" in status["message"], status["message"]
+        assert not worker_jobs(cluster, namespace, obj["metadata"]["uid"]), name
+        assert not status.get("jobName") and not status.get("startTime"), status
+        assert lease_holder(cluster, namespace, manifest) is None
+        assert "JobCreated" not in events_for(cluster, namespace, name)
+    assert not (get(cluster, namespace, "jobs.batch") or {}).get("items")  # none at all in the namespace
+    assert not (get(cluster, namespace, "pods") or {}).get("items")
+
+
+def test_pretrained_weights_are_checked_before_the_lock(
+    cluster: LocalCluster, namespace: str, s3_server: MinioServer
+) -> None:
+    """spec.activeLearning.pretrainedWeights on the operator's credentials: another bucket is BucketNotAllowed
+    (like the manifest), a missing object ModelNotFound; neither gets a Job."""
+    boxes = detection_dataset(s3_server)
+    weights = put(s3_server, f"weights/{uuid.uuid4().hex[:8]}/fcos.pt", b"a state_dict")
+    cases = {
+        "foreign-weights": ("s3://other-bucket/fcos.pt", ["BucketNotAllowed", "spec.activeLearning.pretrainedWeights"]),
+        "missing-weights": (f"s3://{BUCKET}/weights/none.pt", ["ModelNotFound", "weights/none.pt"]),
+    }
+    docs = [
+        job_manifest(name, boxes, FAST, task="ObjectDetection", activeLearning={"pretrainedWeights": uri})
+        for name, (uri, _) in cases.items()
+    ]
+    apply(cluster, namespace, "---\n".join(docs))
+    for name, (_, expected) in cases.items():
+        obj = wait_phase(cluster, namespace, name, {"Failed", "Succeeded"}, timeout=90)
+        cond = condition(obj, "PreconditionsMet")
+        assert obj["status"]["phase"] == "Failed" and cond["reason"] == expected[0], (name, cond)
+        assert expected[1] in cond["message"], cond["message"]
+        assert not worker_jobs(cluster, namespace, obj["metadata"]["uid"]), name
+    # Weights that exist in an allowed bucket pass the operator's check (the fake worker runs the job).
+    apply(cluster, namespace, job_manifest("with-weights", boxes, FAST, task="ObjectDetection",
+                                           activeLearning={"pretrainedWeights": weights}))
+    obj = wait_phase(cluster, namespace, "with-weights", {"Failed", "Succeeded"}, timeout=90)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
