@@ -10,7 +10,7 @@ DEVENV := PYTHONPATH=tools $(PY) -m devenv
 PYTEST_ARGS ?=
 
 .PHONY: help venv bins crds lint chart-lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
-	dev-up dev-down demo bench bench-operator clean kind-up kind-down kind-demo
+	dev-up dev-down demo bench bench-detection bench-operator clean kind-up kind-down kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -72,6 +72,12 @@ demo: venv bins ## The whole loop on the local control plane with the bundled sa
 
 bench: venv ## Worker benchmarks: 10 seeds, throughput, 100k scale (30-45 min on 2 cores; docs/benchmarks.md)
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_worker.py --part all --seeds 10 --scale-sizes 10000,100000
+
+bench-detection: venv ## Detection benchmarks: 10 seeds x Fast/Precise, pre-labeling on 1/2/3/5 shards, GPU if any (about 3.5 h on 2 cores)
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part quality --seeds 0,1,2,3,4,5,6,7,8,9 \
+		--algorithms Fast,Precise --budget 480
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part scaleout --shards 1,2,3,5 --pool 600
+	$(PY) benchmarks/bench_detection.py --part gpu
 
 bench-operator: venv ## Operator benchmarks: precondition check on 10k-1M lines, a queue of jobs on one dataset
 	$(PY) benchmarks/bench_operator.py
