@@ -21,6 +21,7 @@ client only when a cluster command runs.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -37,8 +38,18 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 
-from autolabel.api import KIND, AutoLabelJob, results_prefix
-from autolabel.contract import RESULT_FILE, ExitCode
+from autolabel.api import KIND, AutoLabelJob, Mode, results_prefix
+from autolabel.contract import (
+    PROGRESS_FILE,
+    RESULT_FILE,
+    SUMMARY_FILE,
+    Env,
+    ExitCode,
+    run_prefix,
+    shard_count,
+    storage_endpoint,
+    storage_region,
+)
 from autolabel.storage import Storage, StorageConfig, StorageError, is_absolute_uri
 
 from . import kube, results, view
@@ -132,8 +143,9 @@ def load_job_file(path: str) -> AutoLabelJob:
         raise JobFileError(_format_validation_error(path, exc, node)) from exc
 
 
-def localize(job: AutoLabelJob, job_file: str, output: str | None) -> AutoLabelJob:
-    """Resolve relative local paths against the job file's folder; apply ``--output``; give the run a uid.
+def localize(job: AutoLabelJob, job_file: str, output: str | None, model: str | None = None) -> AutoLabelJob:
+    """Resolve relative local paths against the job file's folder; apply ``--output`` and ``--model``
+    (relative paths given on the command line resolve against the current directory); give the run a uid.
 
     Like the API server on create, every run gets a fresh uid (unless the file names one), so each run
     writes its own ``<name>-<short uid>/`` folder and never replaces an earlier run's results.
@@ -151,9 +163,22 @@ def localize(job: AutoLabelJob, job_file: str, output: str | None) -> AutoLabelJ
         spec["output"] = output if is_absolute_uri(output) else os.path.abspath(output)
     elif spec.get("output"):
         spec["output"] = resolve(spec["output"])
-    if spec.get("preLabeling"):
+    if model is not None:
+        if not spec.get("preLabeling"):
+            raise JobFileError(f"{job_file}: --model is for PreLabeling jobs (this one is {spec['mode']})")
+        spec["preLabeling"]["model"]["uri"] = model if is_absolute_uri(model) else _local_dir_uri(model)
+    elif spec.get("preLabeling"):
         spec["preLabeling"]["model"]["uri"] = resolve(spec["preLabeling"]["model"]["uri"])
+    weights = (spec.get("activeLearning") or {}).get("pretrainedWeights")
+    if weights:
+        spec["activeLearning"]["pretrainedWeights"] = resolve(weights)
     return AutoLabelJob.model_validate(doc)
+
+
+def _local_dir_uri(path: str) -> str:
+    """An absolute path; a folder keeps its trailing slash (a model folder is named as ``.../model/``)."""
+    absolute = os.path.abspath(path)
+    return absolute + "/" if path.endswith("/") or os.path.isdir(absolute) else absolute
 
 
 def ensure_sample_dataset(job: AutoLabelJob) -> None:
@@ -270,22 +295,130 @@ def run(
             help="training time budget in seconds (overrides spec.activeLearning.timeBudgetSeconds; >= 10)",
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="URI",
+            help="PreLabeling model: a model/ folder or TorchScript file, local or s3:// "
+            "(overrides spec.preLabeling.model.uri; a relative path is resolved against the current directory)",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="debug logging")] = False,
 ) -> None:
-    """Run an AutoLabelJob manifest on this machine (--local), with local paths or s3:// URIs."""
+    """Run an AutoLabelJob manifest on this machine (--local), with local paths or s3:// URIs.
+
+    A PreLabeling job with spec.resources.computeNodes N > 1 runs as N worker processes in parallel, one
+    per shard, as the operator's Indexed Job runs N pods; the last shard to finish merges the results.
+    """
     if not local:
         raise _fail("run", "only --local is supported; on a cluster, `kubectl apply -f` the job instead", EXIT_USAGE)
     from autolabel_worker.entrypoint import configure_logging, execute, storage_for, with_time_budget
 
     configure_logging(logging.DEBUG if verbose else logging.INFO)
     try:
-        job = localize(load_job_file(job_file), job_file, output)
+        job = localize(load_job_file(job_file), job_file, output, model)
         job = with_time_budget(job, time_budget)
         ensure_sample_dataset(job)
     except (JobFileError, ValidationError) as exc:
         raise _fail("run", str(exc), ExitCode.BAD_JOB) from None
-    storage = storage_for(job)
-    raise typer.Exit(int(execute(job, storage, results_prefix(job))))
+    prefix = results_prefix(job)
+    shards = shard_count(job)
+    if shards > 1:
+        failed = run_shards(job, prefix, shards, debug=verbose)
+        if failed:
+            listed = ", ".join(f"{i} (exit code {code})" for i, code in failed)
+            where = ", ".join(run_prefix(prefix, i, shards) + PROGRESS_FILE for i, _ in failed)
+            word = "shard" if len(failed) == 1 else "shards"
+            raise _fail("run", f"{word} {listed} of {shards} failed; nothing was merged (see {where})", failed[0][1])
+        code = ExitCode.OK
+    else:
+        code = execute(job, storage_for(job), prefix)
+    if code == ExitCode.OK:
+        _print_outputs(job, prefix, shards)
+    raise typer.Exit(int(code))
+
+
+def _print_outputs(job: AutoLabelJob, prefix: str, shards: int) -> None:
+    """Where a finished run's results are (stdout; the worker's log went to stderr)."""
+    merged = f" (merged from {shards} shards)" if shards > 1 else ""
+    print(f"results: {prefix}{RESULT_FILE}{merged}")
+    print(f"summary: {prefix}{SUMMARY_FILE}")
+    if job.spec.mode == Mode.ACTIVE_LEARNING:
+        print(f"model:   {prefix}model/  (pre-label with it: autolabel run JOB.yaml --local --model {prefix}model/)")
+
+
+def shard_environment(job: AutoLabelJob, prefix: str, index: int, count: int) -> dict[str, str]:
+    """The variables the operator's Indexed Job gives shard ``index``'s pod (:class:`autolabel.contract.Env`;
+    the store's ``AWS_*`` come from this process's environment, as for a one-process run)."""
+    env = {
+        Env.JOB.value: json.dumps(job.model_dump(by_alias=True, exclude_none=True, mode="json")),
+        Env.OUTPUT.value: prefix,
+        Env.SHARDS.value: str(count),
+        Env.SHARD_INDEX.value: str(index),
+    }
+    endpoint, region = storage_endpoint(job), storage_region(job)
+    if endpoint:
+        env[Env.ENDPOINT.value] = endpoint
+    if region:
+        env[Env.REGION.value] = region
+    return env
+
+
+def worker_argv() -> list[str]:
+    """The worker pod's entry point (``autolabel-worker``), with this Python."""
+    return [sys.executable, "-m", "autolabel_worker.entrypoint"]
+
+
+def run_shards(job: AutoLabelJob, prefix: str, count: int, debug: bool = False) -> list[tuple[int, int]]:
+    """Run the job's ``count`` shards as parallel worker processes (:func:`worker_argv`, the pod's entry
+    point, each with its :func:`shard_environment`); their log lines go to stderr prefixed with
+    ``[shard i]``. Returns ``(shard, exit code)`` of each shard that failed (empty: all succeeded)."""
+    import signal
+    import subprocess
+    import threading
+
+    log.info("running %d shards as parallel worker processes; results in %s", count, prefix)
+    procs: list[subprocess.Popen[bytes]] = []
+    pumps: list[threading.Thread] = []
+    lock = threading.Lock()
+
+    def pump(index: int, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            if debug or " DEBUG " not in line:
+                with lock:
+                    print(f"[shard {index}] {line}", file=sys.stderr, flush=True)
+        stream.close()
+
+    try:
+        for index in range(count):
+            env = {**os.environ, **shard_environment(job, prefix, index, count)}
+            proc = subprocess.Popen(
+                worker_argv(),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            procs.append(proc)
+            thread = threading.Thread(target=pump, args=(index, proc.stdout), daemon=True)
+            thread.start()
+            pumps.append(thread)
+        codes = [proc.wait() for proc in procs]
+    except BaseException:  # Ctrl-C or a failed start: stop the shards already running, as SIGTERM stops pods
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    for thread in pumps:
+        thread.join(5)
+    # A shard killed by signal N reports -N; as a shell would, that is exit code 128 + N.
+    return [(index, code if code > 0 else 128 - code) for index, code in enumerate(codes) if code != 0]
 
 
 # ----------------------------------------------------------------------------------------- status

@@ -326,3 +326,100 @@ def test_the_worker_refuses_fields_it_does_not_know_naming_each() -> None:
     doc["spec"]["task"] = "Nope"
     with pytest.raises(entrypoint.JobConfigError, match=r"spec\.task"):
         entrypoint.job_from_env({"AUTOLABEL_JOB": json.dumps(doc)})
+
+
+# ------------------------------------------------------------------ --model and PreLabeling shards
+
+PRELABEL = """\
+apiVersion: autolabel.dev/v1alpha1
+kind: AutoLabelJob
+metadata:
+  name: boxes-pl
+spec:
+  task: ObjectDetection
+  mode: PreLabeling
+  dataset:
+    manifest: data/digits.manifest
+  preLabeling:
+    model: {uri: models/from-the-file/}
+  resources: {computeNodes: 3}
+"""
+
+
+def test_model_option_overrides_the_files_model_and_resolves_against_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "jobs").mkdir()
+    path = write(tmp_path / "jobs", PRELABEL)
+    pre_labeling = localize(load_job_file(path), path, None).spec.pre_labeling
+    assert pre_labeling is not None and pre_labeling.model.uri == str(tmp_path / "jobs" / "models" / "from-the-file")
+    (tmp_path / "run1" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    job = localize(load_job_file(path), path, None, "run1/model")
+    assert job.spec.pre_labeling is not None
+    assert job.spec.pre_labeling.model.uri == str(tmp_path / "run1" / "model") + "/"  # a folder stays one
+    job = localize(load_job_file(path), path, None, "s3://models/m/model.pt")
+    assert job.spec.pre_labeling is not None and job.spec.pre_labeling.model.uri == "s3://models/m/model.pt"
+    weights = write(tmp_path / "jobs", JOB + "    pretrainedWeights: w/fcos.pt\n", "w.yaml")
+    job = localize(load_job_file(weights), weights, None)
+    assert job.spec.active_learning is not None
+    assert job.spec.active_learning.pretrained_weights == str(tmp_path / "jobs" / "w" / "fcos.pt")
+    with pytest.raises(JobFileError, match="--model is for PreLabeling jobs"):
+        localize(load_job_file(weights), weights, None, "run1/model")
+
+
+def test_shard_environment_is_what_the_worker_reads_from_a_pod(tmp_path: Path) -> None:
+    from autolabel_cli.main import shard_environment
+
+    path = write(tmp_path, PRELABEL)
+    job = localize(load_job_file(path), path, None)
+    for index in range(3):
+        env = shard_environment(job, "/out/boxes-pl-1234/", index, 3)
+        assert entrypoint.job_from_env(env) == (job, "/out/boxes-pl-1234/", index, 3)
+
+
+FAKE_SHARD = """\
+import json, os, pathlib, sys
+index = os.environ["JOB_COMPLETION_INDEX"]
+out = pathlib.Path(os.environ["AUTOLABEL_OUTPUT"])
+out.mkdir(parents=True, exist_ok=True)
+seen = {k: v for k, v in os.environ.items() if k.startswith(("AUTOLABEL_", "JOB_"))}
+(out / f"shard-{index}.json").write_text(json.dumps(seen))
+print(f"shard {index} of {os.environ['AUTOLABEL_SHARDS']} here", file=sys.stderr)
+sys.exit(int(os.environ.get("FAKE_EXIT_" + index, "0")))
+"""
+
+
+def test_prelabeling_shards_run_as_parallel_processes_and_failures_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import autolabel_cli.main as cli
+
+    dataset(tmp_path)
+    fake = tmp_path / "fake_shard.py"
+    fake.write_text(FAKE_SHARD)
+    monkeypatch.setattr(cli, "worker_argv", lambda: [sys.executable, str(fake)])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    path = write(tmp_path, PRELABEL)
+    out = tmp_path / "out"
+    assert main(["run", path, "--local", "--model", "model", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    (run_dir,) = out.iterdir()
+    seen = [json.loads((run_dir / f"shard-{i}.json").read_text()) for i in range(3)]
+    assert [s["JOB_COMPLETION_INDEX"] for s in seen] == ["0", "1", "2"]
+    assert {s["AUTOLABEL_SHARDS"] for s in seen} == {"3"}
+    assert {s["AUTOLABEL_OUTPUT"] for s in seen} == {f"{run_dir}/"}
+    described = json.loads(seen[0]["AUTOLABEL_JOB"])
+    assert described["spec"]["preLabeling"]["model"]["uri"] == f"{tmp_path / 'model'}/"
+    assert len({s["AUTOLABEL_JOB"] for s in seen}) == 1  # one run: one uid, one results folder
+    assert "[shard 2] shard 2 of 3 here" in captured.err
+    assert f"results: {run_dir}/result.manifest (merged from 3 shards)" in captured.out
+
+    monkeypatch.setenv("FAKE_EXIT_1", "3")
+    monkeypatch.setenv("FAKE_EXIT_2", "4")
+    assert main(["run", path, "--local", "--model", "model", "--output", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert "shards 1 (exit code 3), 2 (exit code 4) of 3 failed; nothing was merged" in captured.err
+    assert "shards/1/progress.json" in captured.err and "shards/2/progress.json" in captured.err
+    assert "results:" not in captured.out
