@@ -1,6 +1,6 @@
 """PreLabeling with a detection model (issue 8), run through the worker's pipeline on local files: sharding
 is deterministic (the merge of 3 shards, run in any order, is the 1-shard result: the same images, hard
-flags and reasons, the same boxes up to float rounding; line for line is a known bug, marked xfail) and
+flags and reasons, line for line) and
 idempotent (a shard run again changes nothing), hard-example filtering never changes the boxes the model
 predicted, and a model for the wrong task or one that does not load fails with its reason.
 
@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from autolabel.api import AutoLabelJob, results_prefix
-from autolabel.manifest import VocError, read_voc
+from autolabel.manifest import read_voc
 from autolabel.storage import Storage, StorageConfig
 
 from .test_detection import LABELS, exported
@@ -202,13 +202,6 @@ def test_three_shards_in_any_order_merge_into_the_one_shard_result(sample: Sampl
     assert runs.three_counts == {**counts(runs.one), "shards": 3}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: the worker predicts images in batches, and a batch of one image gives other floats than a "
-    "larger batch (a confidence 0.506605 against 0.506611 here), so the merged shards differ from the "
-    "1-shard result in the last digits of a box wherever the shards batch an image differently",
-)
 def test_the_merged_shards_equal_the_one_shard_result_line_for_line(runs: Runs) -> None:
     assert runs.three_lines == runs.one_lines
 
@@ -338,12 +331,6 @@ class ZeroSize(nn.Module):
         return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=VocError,
-    reason="bug: a zero-width or zero-height box from the model is written into the result's VOC file, "
-    "which read_voc (and confirm, export, review) then refuses as an empty box",
-)
 def test_every_written_voc_file_is_readable_even_when_the_model_answers_an_empty_box(
     sample: Sample, tmp_path: Path
 ) -> None:

@@ -31,6 +31,8 @@ strokes; larger objects are downscaled."""
 CROP_PAD = 0.15
 """Context around a box, as a share of its side, for the classifier's crop."""
 CANDIDATE_THRESHOLD = 0.05
+CLASSIFY_MIN = 0.1
+"""Candidates below this P(object) are not classified (ExportedDetector.forward; a literal there)."""
 MAX_OBJECTS = 20
 
 
@@ -171,30 +173,39 @@ class ExportedDetector(nn.Module):
         found = self.detector(images)
         # scripted torchvision detectors return (losses, detections)
         detections = found[1] if torch.jit.is_scripting() else found
-        # One classifier call for the crops of every image (per-image calls cost 5x more on a CPU).
+        for i in range(len(detections)):  # FCOS can answer zero-width boxes; no reader takes them
+            b = detections[i]["boxes"]
+            sized = ((b[:, 2] - b[:, 0]) >= 0.01) & ((b[:, 3] - b[:, 1]) >= 0.01)
+            detections[i] = {"boxes": b[sized], "scores": detections[i]["scores"][sized]}
+        # Only candidates with P(object) >= CLASSIFY_MIN are classified, in one call for every image (the
+        # classifier is most of the inference time); the others keep P(object) as their score, an upper
+        # bound of P(object of that label), far below the keep threshold, with label 0.
+        objectness: list[torch.Tensor] = []
         crops: list[torch.Tensor] = []
         for i in range(len(images)):
-            crops.append(crop_boxes(images[i].unsqueeze(0), [detections[i]["boxes"]]))
+            q = self.objectness(detections[i]["scores"])
+            objectness.append(q)
+            crops.append(crop_boxes(images[i].unsqueeze(0), [detections[i]["boxes"][q >= 0.1]]))
         out: list[dict[str, torch.Tensor]] = []
         if len(crops) == 0:
             return out
         all_crops = torch.cat(crops)
+        probs = torch.zeros((0, 1))
         if all_crops.shape[0] > 0:
             probs = torch.exp(self.classifier((all_crops - self.cls_mean) / self.cls_std))  # type: ignore[operator]
-        else:
-            probs = torch.zeros((0, 1))
         start = 0
         for i in range(len(detections)):
-            det = detections[i]
+            q = objectness[i]
+            scores = q.clone()
+            labels = torch.zeros(q.shape[0], dtype=torch.int64)
             n = crops[i].shape[0]
-            if n == 0:
-                out.append(
-                    {"boxes": det["boxes"], "labels": torch.zeros(0, dtype=torch.int64), "scores": det["scores"]}
-                )
-                continue
-            best, labels = probs[start : start + n].max(dim=1)
-            start += n
-            out.append({"boxes": det["boxes"], "labels": labels, "scores": self.objectness(det["scores"]) * best})
+            if n > 0:
+                best, named = probs[start : start + n].max(dim=1)
+                classified = q >= 0.1
+                scores[classified] = q[classified] * best
+                labels[classified] = named
+                start += n
+            out.append({"boxes": detections[i]["boxes"], "labels": labels, "scores": scores})
         return out
 
 
