@@ -267,7 +267,7 @@ def merge_progress(docs: Sequence[ProgressDoc | None]) -> ProgressDoc | None:
 
 
 # The summary's counts that add up over shards, and its lists that concatenate.
-_SUMMED = ("total", "autoLabeled", "hardExamples", "convertedImages", "duplicateCount")
+_SUMMED = ("total", "autoLabeled", "hardExamples", "convertedImages", "duplicateCount", "annotationWarningCount")
 _CONCATENATED = ("unreadableImages", "duplicates")
 
 
@@ -275,10 +275,10 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One ``summary.json`` from the shards' (in shard order).
 
     Counts add up, lists concatenate, ``labelCounts`` and ``hardReasons`` add up per key, the duration is
-    the slowest shard's. ``estimatedPrecision`` is the average weighted by each shard's auto-labels (known
-    only when every shard that auto-labeled something has one); ``targetVerifiable`` is true only when every
-    shard's is. Other fields
-    (settings such as ``targetPrecision``, ``labels``, ``mode``) are the first shard's."""
+    the slowest shard's (inference too), ``acceptedShare`` is recomputed. ``estimatedPrecision`` is the
+    average weighted by each shard's auto-labels (known only when every shard that auto-labeled something
+    has one); ``targetVerifiable`` is true only when every shard's is. Other fields (settings such as
+    ``targetPrecision``, ``labels``, ``mode``) are the first shard's."""
     merged: dict[str, Any] = dict(summaries[0]) if summaries else {}
     for key in _SUMMED:
         merged[key] = sum(_count(s.get(key)) for s in summaries)
@@ -293,6 +293,12 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     duration = max((float(s.get("durationSeconds") or 0.0) for s in summaries), default=0.0)
     merged["durationSeconds"] = duration
     merged["imagesPerSecond"] = round(merged["total"] / duration, 3) if duration > 0 else None
+    if "acceptedShare" in merged:
+        merged["acceptedShare"] = round(merged["autoLabeled"] / merged["total"], 6) if merged["total"] else None
+    if "inferenceSeconds" in merged:  # the shards infer side by side: the slowest one is the wall time
+        infer = max((float(s.get("inferenceSeconds") or 0.0) for s in summaries), default=0.0)
+        merged["inferenceSeconds"] = infer
+        merged["inferenceImagesPerSecond"] = round(merged["total"] / infer, 3) if infer > 0 else None
     # Shards that auto-labeled nothing have no estimate, and need none: they weigh nothing.
     precisions = [(s.get("estimatedPrecision"), _count(s.get("autoLabeled"))) for s in summaries]
     precisions = [(p, n) for p, n in precisions if n > 0]

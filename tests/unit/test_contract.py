@@ -206,3 +206,15 @@ def test_long_job_names_give_one_run_name_for_results_and_the_worker_job() -> No
     job = prelabeling_job(shards=1, name="n" * 80)
     assert len(job.run_name) == 63 and job.run_name.endswith("-0123abcd")
     assert results_prefix(job).endswith(f"/{job.run_name}/")
+
+
+def test_merged_summary_recomputes_the_accepted_share_and_takes_the_slowest_shards_inference() -> None:
+    shards = [
+        {"total": 10, "autoLabeled": 8, "hardExamples": 2, "acceptedShare": 0.8, "inferenceSeconds": 2.0,
+         "inferenceImagesPerSecond": 5.0, "durationSeconds": 3.0},
+        {"total": 30, "autoLabeled": 6, "hardExamples": 24, "acceptedShare": 0.2, "inferenceSeconds": 5.0,
+         "inferenceImagesPerSecond": 6.0, "durationSeconds": 6.0},
+    ]  # fmt: skip
+    merged = merge_summaries(shards)
+    assert merged["acceptedShare"] == 0.35
+    assert merged["inferenceSeconds"] == 5.0 and merged["inferenceImagesPerSecond"] == 8.0
