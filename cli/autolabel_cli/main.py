@@ -324,6 +324,7 @@ def run(
         raise _fail("run", str(exc), ExitCode.BAD_JOB) from None
     prefix = results_prefix(job)
     shards = shard_count(job)
+    code: int
     if shards > 1:
         failed = run_shards(job, prefix, shards, debug=verbose)
         if failed:
