@@ -1,5 +1,7 @@
 """One labeling run, stage by stage: manifest -> preflight -> train -> calibrate -> predict -> hard
-examples -> write. Shared by the container entrypoint and ``autolabel run --local``.
+examples -> write. Shared by the container entrypoint and ``autolabel run --local``. This module holds
+image classification; ObjectDetection runs go to ``detection/run.py`` (same stages, see docs/detection.md),
+and what both share is in ``stages.py``.
 
 ActiveLearning trains a K-fold ensemble on the labeled images (Fast: supervised; Precise: FixMatch with
 the unlabeled images too), calibrates it on the out-of-fold predictions, labels every unlabeled image and

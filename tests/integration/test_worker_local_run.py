@@ -118,15 +118,20 @@ def test_active_learning_then_sharded_prelabeling(
     assert len(read_lines(storage, pre_out + "result.manifest")) == UNLABELED
 
 
-def test_object_detection_is_refused_clearly(storage: Storage, dataset: tuple[str, dict[str, str]]) -> None:
+def test_a_classification_dataset_given_to_a_detection_job_is_refused_naming_the_annotation_type(
+    storage: Storage, dataset: tuple[str, dict[str, str]]
+) -> None:
+    from autolabel_worker.preflight import PreflightError
+
     manifest, _ = dataset
     job = make_job(manifest)
     job = AutoLabelJob.model_validate(
         {**job.model_dump(by_alias=True, mode="json"), "spec": {**job.spec.to_wire(), "task": "ObjectDetection"}}
     )
-    with pytest.raises(PipelineError, match="not supported yet") as info:
+    with pytest.raises(PreflightError, match="modelarts/image_classification") as info:
         run_job(job, storage, results_prefix(job))
-    assert info.value.reason == "UnsupportedTask"
+    assert info.value.reason == "ManifestInvalid"
+    assert not storage.exists(results_prefix(job) + "result.manifest")
 
 
 def test_too_few_labels_fail_before_training(
