@@ -30,7 +30,6 @@ import torch
 from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
 from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, shard_prefix, time_budget
 from autolabel.manifest import ManifestEntry, read_manifest
-from autolabel.preconditions import check_model, model_files
 from autolabel.storage import ScopedWriter, Storage
 
 from . import calibrate as cal
@@ -44,7 +43,7 @@ from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_ac
 from .predict import Predictor, iter_batches
 from .preflight import PreflightError, PreflightResult, check_unreadable_share
 from .progress import ProgressReporter
-from .stages import RunContext, decoder, load_images, read_and_check, shard_share
+from .stages import RunContext, decoder, load_images, read_and_check, read_prelabeling_model, shard_share
 from .train import TrainConfig, to_input
 
 log = logging.getLogger(__name__)
@@ -241,13 +240,9 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
 def _pre_labeling(ctx: RunContext) -> dict:
     spec = ctx.job.spec
     assert spec.pre_labeling is not None
-    model_uri = spec.pre_labeling.model.uri
-    failures = check_model(ctx.storage, model_uri, spec.task)
-    if failures:
-        raise PipelineError(failures[0].reason, "; ".join(f.message for f in failures))
-    model_file, labels_file = model_files(ctx.storage, model_uri)
+    model_uri, model_bytes, labels_bytes = read_prelabeling_model(ctx)
     try:
-        bundle = load_model(ctx.storage.read_bytes(model_file), ctx.storage.read_bytes(labels_file), model_uri)
+        bundle = load_model(model_bytes, labels_bytes, model_uri)
     except ValueError as exc:
         raise PipelineError("ModelInvalid", str(exc)) from exc
 

@@ -4,7 +4,7 @@ the run's context, the preflight stage, decoding, and a PreLabeling shard's shar
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +14,10 @@ from PIL import Image
 from autolabel.api import AutoLabelJob, Mode
 from autolabel.contract import Stage
 from autolabel.manifest import ManifestEntry, read_manifest
+from autolabel.preconditions import check_model, model_files
 from autolabel.storage import ScopedWriter, Storage, StorageError, StorageUnreachable
 
+from .errors import PipelineError
 from .images import decode_image
 from .predict import Decoder, image_to_array
 from .preflight import PreflightResult, run_preflight
@@ -49,27 +51,51 @@ def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[Mani
     return pre
 
 
-def load_images(
-    ctx: RunContext, entries: list[ManifestEntry], input_size: tuple[int, int], unreadable: list[dict[str, str]]
-) -> tuple[torch.Tensor, list[int]]:
-    """Decode images into one uint8 tensor; images that are missing, refused or cannot be decoded are added
-    to `unreadable`, a store that cannot be reached raises StorageUnreachable. Returns (x, kept indices)."""
+def decoded_images(
+    ctx: RunContext, sources: Iterable[str], unreadable: list[dict[str, str]]
+) -> Iterator[tuple[int, str, Image.Image]]:
+    """(position in `sources`, source, decoded image) for every usable image; images that are missing,
+    refused or cannot be decoded are added to `unreadable`, a store that cannot be reached raises
+    StorageUnreachable."""
     decode = decoder(ctx)
-    arrays, kept = [], []
-    for i, (uri, data) in enumerate(ctx.storage.fetch_many(e.source for e in entries)):
+    for i, (uri, data) in enumerate(ctx.storage.fetch_many(sources)):
         if isinstance(data, StorageUnreachable):
             raise data
         if isinstance(data, StorageError):
             unreadable.append({"source": uri, "reason": data.cause})
             continue
         try:
-            arrays.append(image_to_array(decode(data, uri), input_size))
-            kept.append(i)
+            image = decode(data, uri)
         except Exception as exc:
             unreadable.append({"source": uri, "reason": getattr(exc, "reason", None) or str(exc)})
+            continue
+        yield i, uri, image
+
+
+def load_images(
+    ctx: RunContext, entries: list[ManifestEntry], input_size: tuple[int, int], unreadable: list[dict[str, str]]
+) -> tuple[torch.Tensor, list[int]]:
+    """Decode images into one uint8 tensor (see `decoded_images`). Returns (x, kept indices)."""
+    arrays, kept = [], []
+    for i, _, image in decoded_images(ctx, (e.source for e in entries), unreadable):
+        arrays.append(image_to_array(image, input_size))
+        kept.append(i)
     h, w = input_size
     x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, h, w), dtype=torch.uint8)
     return x, kept
+
+
+def read_prelabeling_model(ctx: RunContext) -> tuple[str, bytes, bytes]:
+    """(model URI, model file, labels.json) of a PreLabeling job, after the operator's model check (the
+    model exists and is for the job's task) has been made again here."""
+    spec = ctx.job.spec
+    assert spec.pre_labeling is not None
+    model_uri = spec.pre_labeling.model.uri
+    failures = check_model(ctx.storage, model_uri, spec.task)
+    if failures:
+        raise PipelineError(failures[0].reason, "; ".join(f.message for f in failures))
+    model_file, labels_file = model_files(ctx.storage, model_uri)
+    return model_uri, ctx.storage.read_bytes(model_file), ctx.storage.read_bytes(labels_file)
 
 
 def decoder(ctx: RunContext) -> Decoder:

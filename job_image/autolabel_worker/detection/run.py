@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from autolabel.api import Algorithm
 from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, time_budget
 from autolabel.manifest import ManifestEntry, VocBox, read_manifest, read_voc
-from autolabel.preconditions import check_model, model_files
 from autolabel.storage import StorageError, StorageUnreachable
 
 from .. import calibrate as cal
@@ -38,7 +37,7 @@ from ..errors import PipelineError
 from ..models import CalibratedEnsemble, ModelSpec
 from ..outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted
 from ..preflight import PreflightResult, check_unreadable_share
-from ..stages import RunContext, decoder, read_and_check, shard_share
+from ..stages import RunContext, decoded_images, read_and_check, read_prelabeling_model, shard_share
 from ..train import TrainConfig
 from . import calibrate as dcal
 from .model import CROP_SIZE, ExportedDetector, choose_detector_spec, crop_boxes, load_pretrained, script_detector
@@ -91,18 +90,8 @@ def fetch_images(
     ctx: RunContext, sources: Iterable[str], unreadable: list[dict[str, str]]
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(source, uint8 3 x H x W) at the image's own size; unusable images go to `unreadable`."""
-    decode = decoder(ctx)
-    for uri, data in ctx.storage.fetch_many(sources):
-        if isinstance(data, StorageUnreachable):
-            raise data
-        if isinstance(data, StorageError):
-            unreadable.append({"source": uri, "reason": data.cause})
-            continue
-        try:
-            array = np.asarray(decode(data, uri).convert("RGB"), dtype=np.uint8)
-        except Exception as exc:
-            unreadable.append({"source": uri, "reason": getattr(exc, "reason", None) or str(exc)})
-            continue
+    for _, uri, image in decoded_images(ctx, sources, unreadable):
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
         yield uri, torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -613,14 +602,8 @@ def _export(
 def pre_labeling(ctx: RunContext) -> dict:
     spec = ctx.job.spec
     assert spec.pre_labeling is not None
-    model_uri = spec.pre_labeling.model.uri
-    failures = check_model(ctx.storage, model_uri, spec.task)
-    if failures:
-        raise PipelineError(failures[0].reason, "; ".join(f.message for f in failures))
-    model_file, labels_file = model_files(ctx.storage, model_uri)
-    model, labels, meta = load_detection_model(
-        ctx.storage.read_bytes(model_file), ctx.storage.read_bytes(labels_file), model_uri
-    )
+    model_uri, model_bytes, labels_bytes = read_prelabeling_model(ctx)
+    model, labels, meta = load_detection_model(model_bytes, labels_bytes, model_uri)
     keep = float(meta.get("keepThreshold", dcal.KEEP))
     gamma = float(meta.get("calibration", {}).get("imageConfidenceExponent", 1.0))
     pre = read_and_check(ctx, shard_share(ctx))
