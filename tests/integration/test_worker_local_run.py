@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from autolabel_worker.data import write_digits_dataset
 from autolabel_worker.models import load_model
-from autolabel_worker.pipeline import PipelineError, run_job
+from autolabel_worker.pipeline import run_job
 from worker_fixtures import upload_digits
 
 from autolabel.api import AutoLabelJob, results_prefix
