@@ -107,5 +107,6 @@ def test_every_example_job_is_a_valid_autolabeljob() -> None:
         for document in yaml.safe_load_all(path.read_text())
         if document and document.get("kind") == "AutoLabelJob"
     ]
-    assert {name for name, _ in jobs} >= {"digits-al.yaml", "digits-local.yaml"}
-    assert all(job.spec.task == api.Task.IMAGE_CLASSIFICATION for _, job in jobs)
+    tasks = {name: job.spec.task for name, job in jobs}
+    assert tasks["digits-al.yaml"] == tasks["digits-local.yaml"] == api.Task.IMAGE_CLASSIFICATION
+    assert tasks["digit-boxes-local.yaml"] == tasks["digit-boxes-prelabel.yaml"] == api.Task.OBJECT_DETECTION
