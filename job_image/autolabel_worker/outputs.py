@@ -14,6 +14,7 @@ One line per image that was unlabeled::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,13 @@ def format_reasons(reasons: Iterable[int | str] | str) -> str:
     return "-".join(seen)
 
 
+def annotation_key(source: str) -> str:
+    """The VOC file of one image's boxes: named after the image and a hash of its URI (images with the
+    same file name in different folders get different files; a shard that runs again rewrites its own)."""
+    stem = os.path.splitext(source.rsplit("/", 1)[-1])[0] or "image"
+    return f"{ANNOTATIONS_DIR}/{stem}-{hashlib.sha256(source.encode()).hexdigest()[:12]}.xml"
+
+
 def _unit(value: float, what: str) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
@@ -80,8 +88,12 @@ class ResultWriter:
         annotated_by: str = ACTIVE_LEARNING_BY,
         task: Task | str = Task.IMAGE_CLASSIFICATION,
         result_key: str = RESULT_FILE,
+        annotations: ScopedWriter | None = None,
     ):
         self.writer = writer
+        self.annotations = annotations or writer
+        """Where detection VOC files go: the job's results folder for every shard (`annotation_key` is
+        unique per image), so a merged result.manifest is the one-shard one, line for line."""
         self.annotated_by = annotated_by
         self.task = task.value if isinstance(task, Task) else str(task)
         self.result_key = result_key
@@ -150,12 +162,12 @@ class ResultWriter:
         hard_reasons: Iterable[int | str] | str = (),
     ) -> None:
         """One image's boxes: a VOC file under ``annotations/`` plus a line pointing at it."""
-        xml_key = f"{ANNOTATIONS_DIR}/{self.total:08d}.xml"
         name = source.rsplit("/", 1)[-1]
-        self.writer.write_bytes(xml_key, voc_xml(name, image_size, boxes, self.annotated_by))
+        xml_key = annotation_key(source)
+        self.annotations.write_bytes(xml_key, voc_xml(name, image_size, boxes, self.annotated_by))
         annotation = {
             "type": DETECTION_TYPE,
-            "annotation-loc": self.writer.uri(xml_key),
+            "annotation-loc": self.annotations.uri(xml_key),
             "annotation-format": VOC_FORMAT,
             "annotated-by": self.annotated_by,
         }

@@ -68,7 +68,7 @@ def run_job(
     spec = job.spec
     if str(spec.mode) == Mode.ACTIVE_LEARNING.value and shard_count != 1:
         raise PipelineError("InvalidJob", f"ActiveLearning runs as one worker, got {shard_count} shards")
-    writer = ScopedWriter(storage, output_prefix)
+    results = writer = ScopedWriter(storage, output_prefix)
     if shard_count > 1:
         writer = writer.scoped(shard_prefix(shard_index))
     seed = spec.active_learning.seed if spec.active_learning else 0
@@ -78,7 +78,7 @@ def run_job(
         torch.set_num_threads(int(threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with ProgressReporter(writer, stage=Stage.PREFLIGHT) as progress:
-        ctx = RunContext(job, storage, writer, progress, time.monotonic(), device, shard_index, shard_count)
+        ctx = RunContext(job, storage, writer, progress, time.monotonic(), device, shard_index, shard_count, results)
         try:
             detection = str(spec.task) == Task.OBJECT_DETECTION.value
             if str(spec.mode) == Mode.ACTIVE_LEARNING.value:

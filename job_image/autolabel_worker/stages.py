@@ -36,6 +36,8 @@ class RunContext:
     device: torch.device
     shard_index: int
     shard_count: int
+    results: ScopedWriter | None = None
+    """The job's results folder (`writer` is a shard's folder in a sharded run); None: `writer`."""
 
 
 def read_and_check(ctx: RunContext, entries: Iterator[ManifestEntry] | list[ManifestEntry]) -> PreflightResult:

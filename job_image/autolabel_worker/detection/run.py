@@ -526,7 +526,7 @@ def _write(
     ctx.progress.set_stage(Stage.WRITE, total=len(judged))
     reasons_seen: Counter[str] = Counter()
     accepted_conf = []
-    with ResultWriter(ctx.writer, annotated_by, spec.task) as results:
+    with ResultWriter(ctx.writer, annotated_by, spec.task, annotations=ctx.results) as results:
         for n, j in enumerate(judged, start=1):
             hard, coefficient, reasons = _verdict(j, calibration.threshold, max_boxes)
             reasons_seen.update(str(r) for r in reasons)
