@@ -24,6 +24,7 @@ SINGULAR = "autolabeljob"
 SHORT_NAMES = ["alj"]
 
 MAX_PRELABELING_NODES = 5
+PRETRAINED_ONLY_DETECTION = "spec.activeLearning.pretrainedWeights is only used when task is ObjectDetection"
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
 S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 """A bucket, or a folder in it. Local paths are for ``autolabel run --local`` only, which never reaches an
@@ -216,6 +217,8 @@ class AutoLabelJobSpec(ApiModel):
             errors.append("spec.resources.computeNodes must be 1 when mode is ActiveLearning")
         if (self.pre_labeling is not None) != (self.mode == Mode.PRE_LABELING):
             errors.append("spec.preLabeling is required when mode is PreLabeling and not allowed otherwise")
+        if self.task != Task.OBJECT_DETECTION and self.active_learning and self.active_learning.pretrained_weights:
+            errors.append(PRETRAINED_ONLY_DETECTION)
         return errors
 
     @model_validator(mode="after")

@@ -127,6 +127,12 @@ def spec_schema() -> dict[str, Any]:
             "spec.preLabeling is only allowed when mode is PreLabeling",
             ".preLabeling",
         ),
+        _rule(
+            "self.task == 'ObjectDetection' || !has(self.activeLearning) || "
+            "!has(self.activeLearning.pretrainedWeights)",
+            api.PRETRAINED_ONLY_DETECTION,
+            ".activeLearning.pretrainedWeights",
+        ),
     ]
     return schema
 

@@ -82,6 +82,7 @@ def test_spec_defaults() -> None:
         ({"activeLearning": {"targetPrecision": 0}}, "targetPrecision"),
         ({"task": "Segmentation"}, "task"),
         ({"unknownField": 1}, "unknownField"),
+        ({"activeLearning": {"pretrainedWeights": "s3://b/w.pt"}}, "pretrainedWeights is only used when task is"),
     ],
 )
 def test_bad_specs_are_rejected_naming_the_field(overrides: dict, message: str) -> None:
