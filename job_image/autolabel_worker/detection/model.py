@@ -109,17 +109,21 @@ def build_detector(spec: DetectorSpec) -> FCOS:
 
 
 def load_pretrained(detector: FCOS, path: Path) -> str:
-    """Load a state_dict saved from this architecture (a detector's or its backbone's). Returns what was
+    """Load a state_dict saved from this architecture (a detector's, its backbone's, or an exported model's
+    detector); tensors whose names and shapes fit are loaded. Returns what was
     loaded, for the summary; raises ValueError when nothing in the file fits."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state_dict")
     target = detector.state_dict()
-    for prefix in ("", "backbone.", "detector."):
-        fitted = {
-            prefix + k: v for k, v in state.items() if prefix + k in target and target[prefix + k].shape == v.shape
-        }
-        fitted = {k[len("detector.") :] if k.startswith("detector.") else k: v for k, v in fitted.items()}
+    renamings = (  # the detector's own keys; its backbone's; an exported model's ("detector." + own)
+        lambda k: k,
+        lambda k: "backbone." + k,
+        lambda k: k.removeprefix("detector.") if k.startswith("detector.") else "",
+    )
+    for rename in renamings:
+        renamed = {rename(k): v for k, v in state.items()}
+        fitted = {k: v for k, v in renamed.items() if k in target and target[k].shape == v.shape}
         if fitted:
             detector.load_state_dict(fitted, strict=False)
             return f"{len(fitted)} of {len(target)} tensors"
