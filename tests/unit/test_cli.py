@@ -360,7 +360,8 @@ def test_model_option_overrides_the_files_model_and_resolves_against_the_current
     assert job.spec.pre_labeling.model.uri == str(tmp_path / "run1" / "model") + "/"  # a folder stays one
     job = localize(load_job_file(path), path, None, "s3://models/m/model.pt")
     assert job.spec.pre_labeling is not None and job.spec.pre_labeling.model.uri == "s3://models/m/model.pt"
-    weights = write(tmp_path / "jobs", JOB + "    pretrainedWeights: w/fcos.pt\n", "w.yaml")
+    detection = JOB.replace("ImageClassification", "ObjectDetection")
+    weights = write(tmp_path / "jobs", detection + "    pretrainedWeights: w/fcos.pt\n", "w.yaml")
     job = localize(load_job_file(weights), weights, None)
     assert job.spec.active_learning is not None
     assert job.spec.active_learning.pretrained_weights == str(tmp_path / "jobs" / "w" / "fcos.pt")
