@@ -264,15 +264,17 @@ LABELS = ["0", "1", "2"]
 
 def exported(seed: int = 0, empty_boxes: bool = False) -> ExportedDetector:
     """An untrained detector and crop classifier. The objectness map is steep (a = 40) around the
-    untrained head's raw scores, and the classifier sharp (temperature 0.02), so that some candidates
-    score above the keep threshold and some below: the contract is not tested on empty outputs.
+    untrained head's raw scores, the detector's class bias -0.5 (scores around 0.45) and the classifier sharp
+    (temperature 0.02), so that some candidates are proposed and some not: the contract is not tested on
+    empty outputs.
 
     The untrained box regression (ReLU of about 0) answers many boxes of zero width or height; unless
     `empty_boxes`, its bias is set so that every box spans about a pyramid cell each side of its centre."""
     torch.manual_seed(seed)
     detector = build_detector(choose_detector_spec([(64, 64)]))
-    if not empty_boxes:
-        with torch.no_grad():
+    with torch.no_grad():  # detector scores around 0.5 (the untrained prior is 0.01): some boxes proposed
+        detector.head.classification_head.cls_logits.bias.fill_(-0.5)
+        if not empty_boxes:
             detector.head.regression_head.bbox_reg.bias.fill_(1.0)
     classifier = CalibratedEnsemble([SmallCNN(len(LABELS), (CROP_SIZE, CROP_SIZE), 16)], 0.02)
     return ExportedDetector(detector, classifier, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 40.0, 97.0)
@@ -302,7 +304,7 @@ def test_the_exported_model_answers_one_dict_per_image_of_any_size(scripted_byte
     total = 0
     for det, image in zip(out, images, strict=True):
         _, h, w = image.shape
-        assert set(det) == {"boxes", "labels", "scores"}
+        assert set(det) == {"boxes", "labels", "scores", "detector_scores"}
         n = len(det["scores"])
         total += n
         assert det["boxes"].shape == (n, 4) and det["boxes"].is_floating_point()
@@ -314,8 +316,8 @@ def test_the_exported_model_answers_one_dict_per_image_of_any_size(scripted_byte
         assert ((det["labels"] >= 0) & (det["labels"] < len(labels))).all()
         assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
     assert total > 0  # not a vacuous check
-    kept = sum(int((d["scores"] >= dcal.KEEP).sum()) for d in out)
-    assert 0 < kept < total  # both predictions and doubtful candidates
+    kept = sum(int((d["detector_scores"] >= dcal.KEEP).sum()) for d in out)
+    assert 0 < kept < total  # both proposals and doubtful candidates
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -112,10 +112,11 @@ def load_image(source: str) -> torch.Tensor:
 
 
 def kept_boxes(model: torch.jit.ScriptModule, source: str) -> list[Box]:
-    """The model's predictions (candidates at or above the keep threshold) on one image, called alone."""
+    """The model's proposals on one image, called alone: candidates whose detector score (or, for a model
+    without one, whose score) is at or above the keep threshold."""
     with torch.inference_mode():
         out = model([load_image(source)])[0]
-    keep = out["scores"] >= dcal.KEEP
+    keep = out.get("detector_scores", out["scores"]) >= dcal.KEEP
     found: list[Box] = []
     for box, lab, score in zip(
         out["boxes"][keep].tolist(), out["labels"][keep].tolist(), out["scores"][keep].tolist(), strict=True

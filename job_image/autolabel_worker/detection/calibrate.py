@@ -2,8 +2,9 @@
 
 An image is right only when all its boxes are: every object found at IoU >= 0.5 with the right label and
 no extra box (objects marked ``difficult`` need not be found, and a box on one is not extra). Each box
-keeps its own score s = P(object) * P(label | object). The image's confidence is the probability that
-the kept boxes (s >= KEEP) are all right and the dropped candidates are all not objects,
+keeps its own score s = P(object) * P(label | object). Boxes are proposed where the detector's own score
+is >= KEEP (the model's decision); the image's confidence is the probability that those boxes are all
+right and the dropped candidates are all not objects,
 ``prod(s kept) * prod(1 - s dropped)``, raised to an exponent gamma >= 1 fitted on the held-out images
 (the boxes are not independent, and an object with no candidate at all is not in the product; gamma
 absorbs both, never making the model more confident).
@@ -86,10 +87,13 @@ def image_right(
     return all(difficult[j] or j in found for j in range(len(gt_boxes)))
 
 
-def image_confidence(scores: np.ndarray, keep: float = KEEP, gamma: float = 1.0) -> float:
-    """P(the kept boxes are right and the dropped candidates are not objects), see the module docstring."""
+def image_confidence(
+    scores: np.ndarray, keep: float = KEEP, gamma: float = 1.0, kept: np.ndarray | None = None
+) -> float:
+    """P(the kept boxes are right and the dropped candidates are not objects), see the module docstring.
+    `kept` marks the proposed boxes (default: score >= keep)."""
     s = np.clip(scores.astype(np.float64), 0.0, 1.0)
-    kept = s >= keep
+    kept = s >= keep if kept is None else kept.astype(bool)
     log_c = float(np.log(np.maximum(s[kept], 1e-12)).sum() + np.log(np.maximum(1 - s[~kept], 1e-12)).sum())
     return math.exp(gamma * log_c)
 

@@ -4,9 +4,11 @@ and the exported model that joins both.
 Exported contract (``model/model.pt``, TorchScript; docs/detection.md): called with a list of float
 images ``[3, H, W]`` in 0..1 (any size), it returns one dict per image with ``boxes`` (float ``[N, 4]``,
 x1 y1 x2 y2 in that image's pixels), ``labels`` (int64 ``[N]``, indices into labels.json ``labels``)
-and ``scores`` (float ``[N]``, the calibrated probability that the box is an object of that label).
-Candidates down to ``labels.json`` ``candidateThreshold`` are returned; those at or above
-``keepThreshold`` are the predictions, the others are evidence of doubt.
+and ``scores`` (float ``[N]``, the calibrated probability that the box is an object of that label),
+plus ``detector_scores`` (float ``[N]``, the detector's own score). Candidates down to ``labels.json``
+``candidateThreshold`` are returned; those whose detector score is at or above ``keepThreshold`` are the
+proposed boxes (a model without ``detector_scores``: score at or above it), the others are evidence of
+doubt.
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ class ExportedDetector(nn.Module):
         start = 0
         for i in range(len(detections)):
             q = objectness[i]
+            raw = detections[i]["scores"]
             scores = q.clone()
             labels = torch.zeros(q.shape[0], dtype=torch.int64)
             n = crops[i].shape[0]
@@ -209,7 +212,9 @@ class ExportedDetector(nn.Module):
                 scores[classified] = q[classified] * best
                 labels[classified] = named
                 start += n
-            out.append({"boxes": detections[i]["boxes"], "labels": labels, "scores": scores})
+            out.append(
+                {"boxes": detections[i]["boxes"], "labels": labels, "scores": scores, "detector_scores": raw}
+            )
         return out
 
 

@@ -68,10 +68,19 @@ class Prediction:
     boxes: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
+    detector_scores: np.ndarray | None = None
+    """The detector's own score per candidate, when the model gives one (ours does): what a box is
+    proposed on. Its calibrated `scores` say how far to trust it."""
+
+    def kept_mask(self, keep: float = dcal.KEEP) -> np.ndarray:
+        """The proposed boxes: detector score >= keep (the model's decision, like a classifier's argmax),
+        or, for a model without detector scores, score >= keep."""
+        return (self.detector_scores if self.detector_scores is not None else self.scores) >= keep
 
     def kept(self, keep: float = dcal.KEEP) -> Prediction:
-        k = self.scores >= keep
-        return Prediction(self.boxes[k], self.labels[k], self.scores[k])
+        k = self.kept_mask(keep)
+        raw = self.detector_scores[k] if self.detector_scores is not None else None
+        return Prediction(self.boxes[k], self.labels[k], self.scores[k], raw)
 
 
 @dataclass
@@ -129,7 +138,9 @@ def _as_prediction(out: dict[str, torch.Tensor], scale: float = 1.0, shift: floa
     labels = out["labels"].detach().cpu().numpy().astype(np.int64)
     order = np.argsort(-scores, kind="stable")
     order = order[(boxes[order, 2] - boxes[order, 0] >= MIN_SIDE) & (boxes[order, 3] - boxes[order, 1] >= MIN_SIDE)]
-    return Prediction(boxes[order], labels[order], scores[order])
+    raw = out.get("detector_scores")
+    detector = raw.detach().double().cpu().numpy()[order] if raw is not None else None
+    return Prediction(boxes[order], labels[order], scores[order], detector)
 
 
 @torch.inference_mode()
@@ -272,7 +283,16 @@ def active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         assert pred is not None
         gt = scenes[i].boxes.double().numpy()
         positives.append(dcal.match(pred.boxes, pred.scores, gt) >= 0)
-    obj_a, obj_b = dcal.fit_platt(np.concatenate(raw_scores), np.concatenate(positives))
+    held_raw, held_positive = np.concatenate(raw_scores), np.concatenate(positives)
+    obj_a, obj_b = dcal.fit_platt(held_raw, held_positive)
+    objectness_fit = {
+        "a": round(obj_a, 6),
+        "b": round(obj_b, 6),
+        "heldOutCandidates": len(held_raw),
+        "heldOutObjectsFound": int(held_positive.sum()),
+        "heldOutObjects": int(sum(len(s.boxes) for s in scenes)),
+    }
+    log.info("objectness on held-out candidates: %s", objectness_fit)
     model = ExportedDetector(final_detector, classifier, cls_spec.mean, cls_spec.std, obj_a, obj_b).eval()
     oof_log_conf, oof_right = [], []
     for i, pred in enumerate(held_out):
@@ -284,7 +304,7 @@ def active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
                 kept.boxes, kept.labels, kept.scores, scenes[i].boxes.double().numpy(), gt_labels[i], difficult[i]
             )
         )
-        oof_log_conf.append(np.log(max(dcal.image_confidence(scored.scores), 1e-300)))
+        oof_log_conf.append(np.log(max(dcal.image_confidence(scored.scores, kept=scored.kept_mask()), 1e-300)))
     right = np.array(oof_right, dtype=bool)
     gamma = dcal.fit_gamma(np.array(oof_log_conf), right)
     oof_conf = np.exp(gamma * np.array(oof_log_conf))
@@ -368,7 +388,7 @@ def active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
                     "semiSupervised": precise,
                     "pseudoLabeledImages": pseudo_labeled,
                 },
-                "heldOut": {"images": len(right), "right": int(right.sum())},
+                "heldOut": {"images": len(right), "right": int(right.sum()), "objectness": objectness_fit},
                 "inferenceSeconds": round(infer_seconds, 3),
                 "inferenceImagesPerSecond": round(len(judged) / infer_seconds, 3) if infer_seconds > 0 else None,
             },
@@ -460,7 +480,7 @@ def _held_out_scores(
             labels[n], probs[n] = int(p_oof.argmax()), float(p_oof.max())
     scores = objectness * probs
     order = np.argsort(-scores, kind="stable")
-    return Prediction(pred.boxes[order], labels[order], scores[order])
+    return Prediction(pred.boxes[order], labels[order], scores[order], pred.scores[order])
 
 
 def _infer(
@@ -485,7 +505,7 @@ def _infer(
                 VocBox(classes[int(lab)], float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(min(max(s, 0), 1)))
                 for b, lab, s in zip(kept.boxes, kept.labels, kept.scores, strict=True)
             ]
-            confidence = dcal.image_confidence(plain.scores, gamma=gamma)
+            confidence = dcal.image_confidence(plain.scores, gamma=gamma, kept=plain.kept_mask())
             judged.append(Judged(source, (int(image.shape[2]), int(image.shape[1]), 3), boxes, confidence, disagree))
         done = len(judged) + len(unreadable)
         ctx.progress.update(min(done, len(entries)))
@@ -721,7 +741,7 @@ def _labeled_evidence(
             kept = plain.kept(keep)
             gt_boxes, gt_labels, difficult = truth[source]
             right.append(dcal.image_right(kept.boxes, kept.labels, kept.scores, gt_boxes, gt_labels, difficult))
-            conf.append(dcal.image_confidence(plain.scores, keep, gamma))
+            conf.append(dcal.image_confidence(plain.scores, keep, gamma, kept=plain.kept_mask(keep)))
         ctx.progress.update(len(conf))
     notes = []
     if unknown:
