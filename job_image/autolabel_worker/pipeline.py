@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import tempfile
 import time
 from collections import Counter
@@ -43,7 +42,15 @@ from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_ac
 from .predict import Predictor, iter_batches
 from .preflight import PreflightError, PreflightResult, check_unreadable_share
 from .progress import ProgressReporter
-from .stages import RunContext, decoder, load_images, read_and_check, read_prelabeling_model, shard_share
+from .stages import (
+    RunContext,
+    decoder,
+    load_images,
+    read_and_check,
+    read_prelabeling_model,
+    run_summary,
+    shard_share,
+)
 from .train import TrainConfig, to_input
 
 log = logging.getLogger(__name__)
@@ -549,29 +556,23 @@ def _write_results(
             results.close()
             if model_dir is not None:
                 results.upload_model(model_dir)
-            duration = time.monotonic() - ctx.started
             estimated = calibration.estimated_precision
             if results.auto_labeled and calibration.trusted:
                 estimated = accepted_conf_sum / results.auto_labeled
             summary: dict[str, Any] = {
-                **results.counts(),
-                "targetPrecision": calibration.target,
-                "estimatedPrecision": round(estimated, 6) if estimated is not None else None,
-                "targetVerifiable": calibration.verifiable,
-                "labels": classes,
-                "durationSeconds": round(duration, 3),
-                "imagesPerSecond": round(results.total / duration, 3) if duration > 0 else None,
-                "mode": str(spec.mode),
-                "task": str(spec.task),
-                **pre.summary_fields(),
-                "unreadableImages": unreadable,
-                "shard": ctx.shard_index,
-                "shards": ctx.shard_count,
-                "hardReasons": dict(sorted(reasons_seen.items(), key=lambda kv: int(kv[0]))),
+                **run_summary(
+                    ctx,
+                    results,
+                    pre,
+                    unreadable,
+                    target=calibration.target,
+                    estimated=estimated,
+                    verifiable=calibration.verifiable,
+                    labels=classes,
+                    reasons=reasons_seen,
+                ),
                 "calibration": calibration.to_json(classes),
                 "notes": calibration.notes,
-                "device": str(ctx.device),
-                "host": platform.node(),
                 **extra,
             }
             if results.auto_labeled == 0:

@@ -3,9 +3,13 @@ the run's context, the preflight stage, decoding, and a PreLabeling shard's shar
 
 from __future__ import annotations
 
+import platform
+import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +23,7 @@ from autolabel.storage import ScopedWriter, Storage, StorageError, StorageUnreac
 
 from .errors import PipelineError
 from .images import decode_image
+from .outputs import ResultWriter
 from .predict import Decoder, image_to_array
 from .preflight import PreflightResult, run_preflight
 from .progress import ProgressReporter
@@ -117,3 +122,38 @@ def shard_share(ctx: RunContext) -> Iterator[ManifestEntry]:
             continue
         if zlib.crc32(entry.source.encode()) % ctx.shard_count == ctx.shard_index:
             yield entry
+
+
+def run_summary(
+    ctx: RunContext,
+    results: ResultWriter,
+    pre: PreflightResult,
+    unreadable: list[dict[str, str]],
+    *,
+    target: float,
+    estimated: float | None,
+    verifiable: bool,
+    labels: list[str],
+    reasons: Counter[str],
+) -> dict[str, Any]:
+    """The fields of summary.json that every run has (the caller adds its calibration and training)."""
+    duration = time.monotonic() - ctx.started
+    spec = ctx.job.spec
+    return {
+        **results.counts(),
+        "targetPrecision": target,
+        "estimatedPrecision": round(estimated, 6) if estimated is not None else None,
+        "targetVerifiable": verifiable,
+        "labels": labels,
+        "durationSeconds": round(duration, 3),
+        "imagesPerSecond": round(results.total / duration, 3) if duration > 0 else None,
+        "mode": str(spec.mode),
+        "task": str(spec.task),
+        **pre.summary_fields(),
+        "unreadableImages": unreadable,
+        "shard": ctx.shard_index,
+        "shards": ctx.shard_count,
+        "hardReasons": dict(sorted(reasons.items(), key=lambda kv: int(kv[0]))),
+        "device": str(ctx.device),
+        "host": platform.node(),
+    }

@@ -37,7 +37,7 @@ from ..errors import PipelineError
 from ..models import CalibratedEnsemble, ModelSpec
 from ..outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted
 from ..preflight import PreflightResult, check_unreadable_share
-from ..stages import RunContext, decoded_images, read_and_check, read_prelabeling_model, shard_share
+from ..stages import RunContext, decoded_images, read_and_check, read_prelabeling_model, run_summary, shard_share
 from ..train import TrainConfig
 from . import calibrate as dcal
 from .model import CROP_SIZE, ExportedDetector, choose_detector_spec, crop_boxes, load_pretrained, script_detector
@@ -560,28 +560,23 @@ def _write(
         results.close()
         if model_dir is not None:
             results.upload_model(model_dir)
-        duration = time.monotonic() - ctx.started
         estimated = float(np.mean(accepted_conf)) if accepted_conf else None
         notes = extra.pop("notes", calibration.notes)
         summary: dict[str, Any] = {
-            **results.counts(),
+            **run_summary(
+                ctx,
+                results,
+                pre,
+                unreadable,
+                target=calibration.target,
+                estimated=estimated,
+                verifiable=calibration.verifiable,
+                labels=classes,
+                reasons=reasons_seen,
+            ),
             "acceptedShare": round(results.auto_labeled / results.total, 6) if results.total else None,
-            "targetPrecision": calibration.target,
-            "estimatedPrecision": round(estimated, 6) if estimated is not None else None,
-            "targetVerifiable": calibration.verifiable,
-            "labels": classes,
-            "durationSeconds": round(duration, 3),
-            "imagesPerSecond": round(results.total / duration, 3) if duration > 0 else None,
-            "mode": str(spec.mode),
-            "task": str(spec.task),
-            **pre.summary_fields(),
-            "unreadableImages": unreadable,
-            "shard": ctx.shard_index,
-            "shards": ctx.shard_count,
-            "hardReasons": dict(sorted(reasons_seen.items(), key=lambda kv: int(kv[0]))),
             "calibration": calibration.to_json(),
             "notes": notes,
-            "device": str(ctx.device),
             **extra,
         }
         return results.write_summary(summary)
