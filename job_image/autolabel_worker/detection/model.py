@@ -34,7 +34,8 @@ CROP_PAD = 0.15
 """Context around a box, as a share of its side, for the classifier's crop."""
 CANDIDATE_THRESHOLD = 0.05
 CLASSIFY_MIN = 0.1
-"""Candidates below this P(object) are not classified (ExportedDetector.forward; a literal there)."""
+"""Candidates below this P(object) are not classified, unless proposed (detector score >= KEEP):
+ExportedDetector.forward, literals there."""
 MAX_OBJECTS = 20
 
 
@@ -183,15 +184,16 @@ class ExportedDetector(nn.Module):
             b = detections[i]["boxes"]
             sized = ((b[:, 2] - b[:, 0]) >= 0.01) & ((b[:, 3] - b[:, 1]) >= 0.01)
             detections[i] = {"boxes": b[sized], "scores": detections[i]["scores"][sized]}
-        # Only candidates with P(object) >= CLASSIFY_MIN are classified, in one call for every image (the
-        # classifier is most of the inference time); the others keep P(object) as their score, an upper
-        # bound of P(object of that label), far below the keep threshold, with label 0.
+        # Only proposed candidates (detector score >= KEEP) and those with P(object) >= CLASSIFY_MIN are
+        # classified, in one call for every image (the classifier is most of the inference time); the
+        # others keep P(object) as their score, an upper bound of P(object of that label), with label 0.
         objectness: list[torch.Tensor] = []
         crops: list[torch.Tensor] = []
         for i in range(len(images)):
             q = self.objectness(detections[i]["scores"])
             objectness.append(q)
-            crops.append(crop_boxes(images[i].unsqueeze(0), [detections[i]["boxes"][q >= 0.1]]))
+            named = (q >= 0.1) | (detections[i]["scores"] >= 0.5)
+            crops.append(crop_boxes(images[i].unsqueeze(0), [detections[i]["boxes"][named]]))
         out: list[dict[str, torch.Tensor]] = []
         if len(crops) == 0:
             return out
@@ -208,7 +210,7 @@ class ExportedDetector(nn.Module):
             n = crops[i].shape[0]
             if n > 0:
                 best, named = probs[start : start + n].max(dim=1)
-                classified = q >= 0.1
+                classified = (q >= 0.1) | (raw >= 0.5)
                 scores[classified] = q[classified] * best
                 labels[classified] = named
                 start += n
