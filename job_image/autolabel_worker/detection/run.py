@@ -40,7 +40,15 @@ from ..preflight import PreflightResult, check_unreadable_share
 from ..stages import RunContext, decoded_images, read_and_check, read_prelabeling_model, run_summary, shard_share
 from ..train import TrainConfig
 from . import calibrate as dcal
-from .model import CROP_SIZE, ExportedDetector, choose_detector_spec, crop_boxes, load_pretrained, script_detector
+from .model import (
+    CROP_SIZE,
+    ExportedDetector,
+    choose_detector_spec,
+    crop_boxes,
+    load_pretrained,
+    script_detector,
+    stroke_map,
+)
 from .train import DetectorTrainConfig, Scene, detect, train_detector
 
 log = logging.getLogger(__name__)
@@ -442,10 +450,10 @@ def _labeled_crops(
         keep = np.flatnonzero(~difficult[i])
         if len(keep) == 0:
             continue
-        x = crop_boxes(scene.image[None].float(), [scene.boxes[keep]])
+        x = stroke_map(crop_boxes(scene.image[None].float() / 255.0, [scene.boxes[keep]]))
         for n, b in enumerate(keep):
             crop_of[(i, int(b))] = len(labels)
-            crops.append(x[n].round().clamp(0, 255).to(torch.uint8))
+            crops.append((x[n] * 255).round().clamp(0, 255).to(torch.uint8))
             labels.append(int(gt_labels[i][b]))
     return torch.stack(crops), np.array(labels, dtype=np.int64), crop_of
 
@@ -471,7 +479,8 @@ def _held_out_scores(
     if unmatched:
         with torch.inference_mode():
             crops = crop_boxes(scene.image[None].float() / 255.0, [torch.from_numpy(pred.boxes[unmatched]).float()])
-            p = torch.exp(model.classifier((crops - model.cls_mean) / model.cls_std)).double().numpy()  # type: ignore[operator]
+            x = (stroke_map(crops) - model.cls_mean) / model.cls_std  # type: ignore[operator]
+            p = torch.exp(model.classifier(x)).double().numpy()
         for row, n in enumerate(unmatched):
             labels[n], probs[n] = int(p[row].argmax()), float(p[row].max())
     for n, j in enumerate(matched):
