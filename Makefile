@@ -75,7 +75,7 @@ bench: venv ## Worker benchmarks: 10 seeds, throughput, 100k scale (30-45 min on
 
 bench-detection: venv ## Detection benchmarks: 10 seeds x Fast/Precise, pre-labeling on 1/2/3/5 shards, GPU if any (about 3.5 h on 2 cores)
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part quality --seeds 0,1,2,3,4,5,6,7,8,9 \
-		--algorithms Fast,Precise --budget 480
+		--algorithms Fast,Precise --budget 600
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part scaleout --shards 1,2,3,5 --pool 600
 	$(PY) benchmarks/bench_detection.py --part gpu
 
