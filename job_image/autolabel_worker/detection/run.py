@@ -357,6 +357,11 @@ def active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     flagged = np.array([len(j.views_disagree) == len(VIEWS) for j in judged], dtype=bool)
     conf = np.array([j.confidence for j in judged])
     calibration = dcal.choose_threshold(conf[~flagged], oof_conf, right, al.target_precision, gamma)
+    if precise and pseudo_labeled == 0:
+        calibration.notes.append(
+            f"Precise: no unlabeled image reached image confidence {PSEUDO_MIN_CONFIDENCE} with both views "
+            "agreeing, so there was nothing to self-train on: these results are Fast's"
+        )
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
         meta = _export(
             model,
