@@ -575,7 +575,6 @@ def _write(
         if model_dir is not None:
             results.upload_model(model_dir)
         estimated = float(np.mean(accepted_conf)) if accepted_conf else None
-        notes = extra.pop("notes", calibration.notes)
         summary: dict[str, Any] = {
             **run_summary(
                 ctx,
@@ -590,7 +589,7 @@ def _write(
             ),
             "acceptedShare": round(results.auto_labeled / results.total, 6) if results.total else None,
             "calibration": calibration.to_json(),
-            "notes": notes,
+            "notes": calibration.notes,
             **extra,
         }
         return results.write_summary(summary)
