@@ -150,6 +150,22 @@ def smallest_threshold(conf: np.ndarray, correct: np.ndarray, target: float, alp
     return best
 
 
+def oracle_coverage(conf: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """The largest share of the predictions that one confidence threshold accepts at a precision >= `target`,
+    knowing which are right: the ceiling for any calibration of these confidences (benchmarks only; a
+    run never has the truth). Ties are accepted together; 0.0 when no threshold reaches the target."""
+    n = len(conf)
+    if n == 0:
+        return 0.0
+    order = np.argsort(-np.asarray(conf), kind="stable")
+    c_sorted = np.asarray(conf)[order]
+    cum_ok = np.cumsum(np.asarray(correct, dtype=np.int64)[order])
+    taken = np.arange(1, n + 1)
+    last_of_tie = np.append(c_sorted[1:] != c_sorted[:-1], True)
+    ok = last_of_tie & (cum_ok >= target * taken - 1e-9)
+    return float(taken[ok].max() / n) if ok.any() else 0.0
+
+
 def cautious_temperature(
     logits: np.ndarray, labels: np.ndarray, seed: int = 0, quantile: float = CAUTIOUS_QUANTILE, boots: int = 100
 ) -> float:

@@ -22,7 +22,7 @@ from torch import nn
 from .augment import AugmentPolicy, apply_tta
 from .models import ModelSpec
 from .semi import train_fixmatch
-from .train import ProgressFn, TrainConfig, TrainingRun, predict_logits, to_input, train_supervised
+from .train import BudgetSchedule, ProgressFn, TrainConfig, TrainingRun, predict_logits, to_input, train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,86 @@ class FoldEnsemble:
     oof_logits: np.ndarray  # (R, n_labeled, C): per repeat, each row from the model that did not see it
     labels: np.ndarray  # (n_labeled,)
     steps_done: int
-    truncated: bool  # the time budget stopped training early
+    truncated: bool  # the time budget stopped training early (a shortened schedule, or cut by the deadline)
     oof_view_preds: np.ndarray | None = None
     """(R, V, n_labeled): the held-out model's predicted class under each test-time view (calibrate.py)."""
+    steps_configured: int = 0
+    """Steps all members would have run without a time budget (configured steps x members)."""
+    steps_scheduled: int = 0
+    """Steps of the members' learning-rate schedules after fitting them to the budget."""
+    cut_by_deadline: bool = False
+    """Some member was stopped by its deadline before its (fitted) schedule ended: its learning rate never
+    decayed."""
+
+    def held_out_accuracy(self) -> float:
+        """Accuracy of the out-of-fold predictions (mean over repeats of the held-out models' logits)."""
+        if len(self.labels) == 0:
+            return float("nan")
+        return float((self.oof_logits.mean(axis=0).argmax(axis=1) == self.labels).mean())
+
+
+@dataclass
+class PreciseChoice:
+    """Which ensemble a Precise run keeps, and why (summary.json's `precise`, with a note)."""
+
+    use_precise: bool
+    reason: str
+    fast_accuracy: float
+    precise_accuracy: float
+    held_out: int
+
+    def to_json(self, fast: FoldEnsemble, precise: FoldEnsemble) -> dict:
+        return {
+            "modelsUsed": "Precise" if self.use_precise else "Fast",
+            "fellBackToFast": not self.use_precise,
+            "reason": self.reason,
+            "heldOutImages": self.held_out,
+            "heldOutAccuracyFast": round(self.fast_accuracy, 6),
+            "heldOutAccuracyPrecise": round(self.precise_accuracy, 6),
+            "preciseSteps": precise.steps_done,
+            "preciseStepsScheduled": precise.steps_scheduled,
+            "preciseStepsConfigured": precise.steps_configured,
+            "preciseCutByDeadline": precise.cut_by_deadline,
+            "fastSteps": fast.steps_done,
+        }
+
+
+def choose_precise(fast: FoldEnsemble, precise: FoldEnsemble) -> PreciseChoice:
+    """Keep the semi-supervised ensemble only when it is at least as right as the supervised one on the
+    same held-out labeled images, and its training was not cut by the deadline halfway through its
+    schedule (a model stopped at a high learning rate). A schedule shortened to fit the budget is not a
+    reason by itself: the held-out comparison judges the models it produced."""
+    n = len(precise.labels)
+    fast_acc, precise_acc = fast.held_out_accuracy(), precise.held_out_accuracy()
+    right_fast = round(fast_acc * n)
+    right_precise = round(precise_acc * n)
+    if precise.cut_by_deadline:
+        return PreciseChoice(
+            False,
+            f"the time budget stopped semi-supervised training before the end of its schedule "
+            f"({precise.steps_done} of {precise.steps_scheduled} scheduled steps, {precise.steps_configured} "
+            f"configured); held-out accuracy Precise {right_precise}/{n}, Fast {right_fast}/{n}",
+            fast_acc,
+            precise_acc,
+            n,
+        )
+    if precise_acc < fast_acc:
+        return PreciseChoice(
+            False,
+            f"semi-supervised models are less accurate on the held-out labeled images than the supervised "
+            f"ones ({right_precise}/{n} against {right_fast}/{n})",
+            fast_acc,
+            precise_acc,
+            n,
+        )
+    return PreciseChoice(
+        True,
+        f"semi-supervised models at least as accurate on the held-out labeled images as the supervised ones "
+        f"({right_precise}/{n} against {right_fast}/{n})",
+        fast_acc,
+        precise_acc,
+        n,
+    )
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
@@ -97,7 +174,7 @@ def train_fold_ensemble(
     oof_views = np.zeros((repeats, len(views), len(y_lab)), dtype=np.int64)
     members: list[nn.Module] = []
     start = time.monotonic()
-    steps_total, truncated_any = 0, False
+    steps_total, truncated_any, scheduled_total, cut_any = 0, False, 0, False
     planned = cfg.ssl_steps if x_unlab is not None else cfg.steps
     total_models = repeats * k
     for r in range(repeats):
@@ -110,15 +187,18 @@ def train_fold_ensemble(
                 if progress:
                     progress(j * planned + done, total_models * planned)
 
+            deadline = start + budget_seconds * (j + 1) / total_models
+            schedule = BudgetSchedule(planned, deadline)
             run = TrainingRun(
                 spec=spec,
                 images=x_lab[train_idx],
                 labels=y_t[train_idx],
                 policy=policy,
                 cfg=cfg,
-                deadline=start + budget_seconds * (j + 1) / total_models,
+                deadline=deadline,
                 seed=cfg.seed * 1000 + j,
                 progress=fold_progress,
+                schedule=schedule,
             )
             if x_unlab is None:
                 model, steps, truncated = train_supervised(run)
@@ -129,9 +209,27 @@ def train_fold_ensemble(
                 model, steps, truncated = train_fixmatch(run, torch.cat([x_unlab, x_lab[held]]))
             steps_total += steps
             truncated_any |= truncated
+            scheduled_total += schedule.total
+            cut_any |= schedule.cut
             oof[r, held], oof_views[r][:, held] = predict_held_out(model, x_lab[held], spec, views)
             members.append(model)
             log.info(
-                "model %d/%d: %d steps%s", j + 1, total_models, steps, " (time budget reached)" if truncated else ""
+                "model %d/%d: %d of %d scheduled steps (%d configured)%s",
+                j + 1,
+                total_models,
+                steps,
+                schedule.total,
+                planned,
+                " (cut by the deadline)" if schedule.cut else "",
             )
-    return FoldEnsemble(members, oof, y_lab.copy(), steps_total, truncated_any, oof_views if views else None)
+    return FoldEnsemble(
+        members,
+        oof,
+        y_lab.copy(),
+        steps_total,
+        truncated_any,
+        oof_views if views else None,
+        steps_configured=planned * total_models,
+        steps_scheduled=scheduled_total,
+        cut_by_deadline=cut_any,
+    )

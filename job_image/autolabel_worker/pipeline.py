@@ -34,7 +34,7 @@ from autolabel.storage import ScopedWriter, Storage
 from . import calibrate as cal
 from .augment import TTA_REASONS, AugmentPolicy, tta_views
 from .detection import run as detection_run
-from .ensemble import FoldEnsemble, train_fold_ensemble
+from .ensemble import FoldEnsemble, choose_precise, train_fold_ensemble
 from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
 from .models import CalibratedEnsemble, choose_model_spec, export_model, load_model, median_size
@@ -51,12 +51,15 @@ from .stages import (
     run_summary,
     shard_share,
 )
-from .train import TrainConfig, to_input
+from .train import ProgressFn, TrainConfig, to_input
 
 log = logging.getLogger(__name__)
 
 UNLABELED_MEMORY_BYTES = 512 * 2**20
 MIRROR_MIN_SIDE = 32
+FAST_SHARE_OF_PRECISE = 0.3
+"""Share of a Precise run's time budget that its Fast ensemble (the fallback) may use; Fast stops early
+on small images, and whatever it leaves goes to semi-supervised training."""
 
 
 def run_job(
@@ -144,6 +147,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
     _check_counts_after_decoding(y_lab, classes)
     x_unlab = None
+    precise_notes: list[str] = []
     if semi:
         # Unlabeled images for semi-supervised training are held in memory as uint8: cap them by bytes too
         # (20,000 digits are 4 MB; at 224 px the cap allows about 3,400 images).
@@ -155,17 +159,48 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         if len(x_unlab) == 0:
             raise PipelineError("NoUnlabeledImages", "no unlabeled image could be decoded for semi-supervised training")
     train_started = time.monotonic()
+    views = tta_views(policy)
+    fast_budget = budget * FAST_SHARE_OF_PRECISE if semi else budget
+
+    def report(start: float, share: float) -> ProgressFn:
+        return lambda done, total: ctx.progress.update(int(100 * (start + share * done / max(total, 1))))
+
     ensemble = train_fold_ensemble(
         model_spec,
         x_lab,
         y_lab,
         policy,
         cfg,
-        budget,
-        x_unlab=x_unlab,
-        progress=lambda done, total: ctx.progress.update(int(100 * done / max(total, 1))),
-        views=tta_views(policy),
+        fast_budget,
+        progress=report(0.0, FAST_SHARE_OF_PRECISE if semi else 1.0),
+        views=views,
     )
+    precise_info: dict[str, Any] | None = None
+    if semi:
+        # Precise also trains Fast's ensemble first (on its share of the budget) and keeps the
+        # semi-supervised one only when it does at least as well on the same held-out labeled images
+        # (`choose_precise`): a Precise run is never silently worse than Fast.
+        fast = ensemble
+        left = max(budget - (time.monotonic() - train_started), 0.0)
+        precise = train_fold_ensemble(
+            model_spec,
+            x_lab,
+            y_lab,
+            policy,
+            cfg,
+            left,
+            x_unlab=x_unlab,
+            progress=report(FAST_SHARE_OF_PRECISE, 1 - FAST_SHARE_OF_PRECISE),
+            views=views,
+        )
+        choice = choose_precise(fast, precise)
+        ensemble = precise if choice.use_precise else fast
+        precise_info = choice.to_json(fast, precise)
+        if not choice.use_precise:
+            precise_notes.append(f"Precise fell back to the Fast models: {choice.reason}")
+            log.warning("Precise fell back to the Fast models: %s", choice.reason)
+        else:
+            log.info("Precise kept: %s", choice.reason)
     train_seconds = time.monotonic() - train_started
     del x_unlab
 
@@ -200,6 +235,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         oof_flagged=check_flagged,
         likelihood_ratio=likelihood_ratio,
     )
+    calibration.notes[:0] = precise_notes + _schedule_notes(ensemble, budget)
     rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
         export_model(
@@ -231,17 +267,38 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
                     "inputSize": list(model_spec.input_size),
                     "folds": len(ensemble.members),
                     "steps": ensemble.steps_done,
+                    "stepsScheduled": ensemble.steps_scheduled,
+                    "stepsConfigured": ensemble.steps_configured,
                     "truncatedByTimeBudget": ensemble.truncated,
+                    "cutByDeadline": ensemble.cut_by_deadline,
                     "timeBudgetSeconds": budget,
                     "seconds": round(train_seconds, 3),
                     "labeledImages": len(y_lab),
                     "unlabeledImagesUsed": min(cfg.max_unlabeled, len(pre.unlabeled)) if semi else 0,
                 },
+                "precise": precise_info,
                 "inferenceSeconds": round(infer_seconds, 3),
                 "inferenceImagesPerSecond": round(scratch.count / infer_seconds, 3) if infer_seconds > 0 else None,
             },
         )
     return summary
+
+
+def _schedule_notes(ensemble: FoldEnsemble, budget: float) -> list[str]:
+    """What the time budget did to the training of the models that label the images."""
+    if ensemble.cut_by_deadline:
+        return [
+            f"the time budget ({budget:g} s) stopped training before the end of its schedule "
+            f"({ensemble.steps_done} of {ensemble.steps_scheduled} scheduled steps over all models, "
+            f"{ensemble.steps_configured} configured): the models are weaker than they could be"
+        ]
+    if ensemble.steps_scheduled < ensemble.steps_configured:
+        return [
+            f"training was fitted to the time budget ({budget:g} s): {ensemble.steps_scheduled} of "
+            f"{ensemble.steps_configured} configured steps over all models (a larger "
+            "activeLearning.timeBudgetSeconds trains longer)"
+        ]
+    return []
 
 
 def _pre_labeling(ctx: RunContext) -> dict:

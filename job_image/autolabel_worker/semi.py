@@ -7,7 +7,8 @@ fixed 0.95 but FreeMatch's (Wang et al. 2023): a global level that follows the m
 unlabeled data, scaled per class by the class's mean predicted probability, so that classes the model
 learns late are not starved of pseudo-labels early. An exponential moving average of the weights is the
 model that is returned (the "EMA model" of FixMatch). Full schedules take 2^20 steps; here training is
-truncated to the job's time budget, which the benchmark measures.
+truncated to the job's time budget (the cosine schedule is fitted to the time left, `train.BudgetSchedule`),
+which the benchmark measures.
 
 Imports the shared helpers of train.py; the K-fold ensemble (ensemble.py) calls `train_fixmatch`.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
@@ -69,11 +69,12 @@ class EMA:
 def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, int, bool]:
     """Train on the run's labeled images and the unlabeled pool `x_unlab` (uint8 N x 3 x H x W).
 
-    Returns (EMA model, steps done, whether the deadline cut training short).
+    Returns (EMA model, steps done, whether the time budget cut training short: its schedule fitted to
+    fewer steps than configured, or the deadline reached before the schedule's end).
     """
     if len(x_unlab) == 0:
         raise ValueError("semi-supervised training needs unlabeled images")
-    spec, cfg, policy, deadline, progress = run.spec, run.cfg, run.policy, run.deadline, run.progress
+    spec, cfg, policy, progress = run.spec, run.cfg, run.policy, run.progress
     y_lab = run.labels
     torch.manual_seed(run.seed)
     gen = torch.Generator().manual_seed(run.seed)
@@ -87,14 +88,15 @@ def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, 
     bl = min(cfg.batch_size // 2, 32)
     bu = bl * cfg.unlabeled_ratio
     model.train()
-    step, truncated = 0, False
+    step = 0
     used = 0.0
+    schedule = run.budget_schedule(cfg.ssl_steps)
     for step in range(1, cfg.ssl_steps + 1):
-        if time.monotonic() > deadline:
-            truncated = True
+        if step > schedule.total or schedule.expired():
+            step -= 1
             break
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(cfg.lr, step, cfg.ssl_steps)
+            group["lr"] = cosine_lr(cfg.lr, step, schedule.total)
         li = balanced_batch(y_lab, bl, gen)
         ui = torch.randint(len(x_unlab), (bu,), generator=gen)
         xu = to_input(x_unlab[ui], spec).to(device)
@@ -115,6 +117,7 @@ def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, 
         loss.backward()
         opt.step()
         ema.update(model, step)
+        schedule.done(step)
         used = 0.9 * used + 0.1 * float(mask.mean())
         if progress and step % cfg.eval_every == 0:
             progress(step, cfg.ssl_steps)
@@ -124,4 +127,4 @@ def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, 
         used,
         float(thresholds.global_level),
     )
-    return ema.model, step, truncated
+    return ema.model, step, schedule.cut or schedule.shortened

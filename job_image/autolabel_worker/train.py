@@ -1,7 +1,8 @@
 """Supervised training (algorithm Fast) and the training helpers both algorithms share.
 
 `TrainingRun` is what training one model needs; `train_supervised` (here) and `train_fixmatch` (semi.py)
-both take one and return the model, the steps done and whether the deadline cut them short. The K-fold
+both take one and return the model, the steps done and whether the time budget cut them short (both fit
+their learning-rate schedule into the deadline with `BudgetSchedule`). The K-fold
 ensemble that calls them lives in ensemble.py; this module imports neither semi.py nor ensemble.py.
 """
 
@@ -69,6 +70,62 @@ class TrainingRun:
     seed: int
     """Seeds torch's global generator and the run's own batch/augmentation generator."""
     progress: ProgressFn | None = None
+    schedule: BudgetSchedule | None = None
+    """Fits the learning-rate schedule into the deadline (made from `cfg` and `deadline` when None); the
+    caller keeps it to read how many steps were scheduled and whether the deadline cut them."""
+
+    def budget_schedule(self, configured: int) -> BudgetSchedule:
+        return self.schedule if self.schedule is not None else BudgetSchedule(configured, self.deadline)
+
+
+PROBE_STEPS = 5
+"""Steps timed before the schedule is first fitted to the time left."""
+REFIT_EVERY = 10
+SCHEDULE_SAFETY = 0.9
+"""Share of the time left that the fitted schedule plans to use (the rest absorbs a slower machine)."""
+
+
+class BudgetSchedule:
+    """The number of optimizer steps one model's cosine schedule runs, fitted to its deadline.
+
+    Planned at the configured steps; after `PROBE_STEPS` steps (and every `REFIT_EVERY` after them) the
+    time per step measured on this machine, at this image size, predicts how many steps fit before the
+    deadline, and the schedule shrinks to that (never grows back: the learning rate only decays). A
+    schedule cut by the deadline halfway never decays its learning rate (the model of the last steps is a
+    high-learning-rate one); a shorter schedule that completes does. `cut` says the deadline still
+    stopped training before the schedule's end (a machine that slowed down after the estimate).
+    """
+
+    def __init__(self, configured: int, deadline: float, clock: Callable[[], float] = time.monotonic):
+        self.configured = configured
+        self.total = configured
+        self.deadline = deadline
+        self.clock = clock
+        self.started = clock()
+        self.steps = 0
+        self.cut = False
+
+    def expired(self) -> bool:
+        if self.clock() > self.deadline:
+            self.cut = self.steps < self.total
+            return True
+        return False
+
+    def done(self, step: int) -> None:
+        """Record that `step` steps are done and refit the schedule when it is time to."""
+        self.steps = step
+        if step < PROBE_STEPS or (step - PROBE_STEPS) % REFIT_EVERY:
+            return
+        now = self.clock()
+        per_step = (now - self.started) / step
+        if per_step <= 0:
+            return
+        affordable = step + int(max(0.0, self.deadline - now) * SCHEDULE_SAFETY / per_step)
+        self.total = max(step, min(self.total, affordable))
+
+    @property
+    def shortened(self) -> bool:
+        return self.total < self.configured
 
 
 def to_input(x_u8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
@@ -111,9 +168,10 @@ def balanced_batch(labels: torch.Tensor, size: int, generator: torch.Generator) 
 def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
     """Train one model on the run's labeled images with augmentation and early stopping.
 
-    Returns the model (eval mode), the steps done and whether the deadline cut training short.
+    Returns the model (eval mode), the steps done and whether the time budget cut training short (its
+    schedule fitted to fewer steps than configured, or the deadline reached before the schedule's end).
     """
-    spec, cfg, policy, deadline, progress = run.spec, run.cfg, run.policy, run.deadline, run.progress
+    spec, cfg, policy, progress = run.spec, run.cfg, run.policy, run.progress
     torch.manual_seed(run.seed)
     gen = torch.Generator().manual_seed(run.seed)
     device = torch.device(cfg.device)
@@ -123,13 +181,14 @@ def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
     y = run.labels.to(device)
     model.train()
     smoothed, best, stale = None, math.inf, 0
-    step, truncated = 0, False
+    step = 0
+    schedule = run.budget_schedule(cfg.steps)
     for step in range(1, cfg.steps + 1):
-        if time.monotonic() > deadline:
-            truncated = True
+        if step > schedule.total or schedule.expired():
+            step -= 1
             break
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(cfg.lr, step, cfg.steps)
+            group["lr"] = cosine_lr(cfg.lr, step, schedule.total)
         idx = balanced_batch(y.cpu(), cfg.batch_size, gen).to(device)
         # Half the batch weakly, half strongly augmented: with 5 images per class the strong views are
         # what keeps the model from memorizing them.
@@ -141,6 +200,7 @@ def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        schedule.done(step)
         value = float(loss.detach())
         smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
         if step % cfg.eval_every == 0:
@@ -154,7 +214,7 @@ def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
                     log.info("early stop at step %d (loss %.4f)", step, smoothed)
                     break
     model.eval()
-    return model, step, truncated
+    return model, step, schedule.cut or schedule.shortened
 
 
 def autocast(device: torch.device) -> torch.autocast:

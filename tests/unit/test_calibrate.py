@@ -199,3 +199,33 @@ def test_finish_with_a_likelihood_ratio_sets_thresholds_in_raw_confidence() -> N
     assert after.estimated_precision == pytest.approx(0.95, abs=0.005)
     assert accepted.sum() > (passes & (conf >= before.global_threshold)).sum() * 1.2
     assert correct[passes & (conf >= before.global_threshold)].mean() > 0.98  # unadjusted: too cautious
+
+
+# ------------------------------------------------------------------------- oracle coverage (benchmarks)
+
+
+def test_oracle_coverage_on_known_cases() -> None:
+    oracle_coverage = cal.oracle_coverage
+    conf = np.array([0.99, 0.98, 0.97, 0.96, 0.5])
+    # all right: every image can be taken
+    assert oracle_coverage(conf, np.ones(5, dtype=bool), 0.95) == 1.0
+    # the lowest one wrong: 4 of 5 at precision 1.0 (5 of 5 would be 0.8)
+    assert oracle_coverage(conf, np.array([1, 1, 1, 1, 0], dtype=bool), 0.95) == 0.8
+    # the most confident one wrong: no prefix reaches 0.95 (best is 3/4 = 0.75 ... 4/5 = 0.8)
+    assert oracle_coverage(conf, np.array([0, 1, 1, 1, 1], dtype=bool), 0.95) == 0.0
+    # ...but at 0.75 the whole set qualifies (4/5 = 0.8)
+    assert oracle_coverage(conf, np.array([0, 1, 1, 1, 1], dtype=bool), 0.75) == 1.0
+    # 19 right and 1 wrong in the middle: all 20 at exactly 0.95
+    c = np.linspace(1.0, 0.5, 20)
+    ok = np.ones(20, dtype=bool)
+    ok[10] = False
+    assert oracle_coverage(c, ok, 0.95) == 1.0
+    # empty input
+    assert oracle_coverage(np.zeros(0), np.zeros(0, dtype=bool), 0.95) == 0.0
+
+
+def test_oracle_coverage_takes_ties_together() -> None:
+    oracle_coverage = cal.oracle_coverage
+    # two images tied at 0.9, one right and one wrong: the tie cannot be split, so only the top one
+    conf = np.array([0.95, 0.9, 0.9])
+    assert oracle_coverage(conf, np.array([1, 1, 0], dtype=bool), 0.95) == 1 / 3

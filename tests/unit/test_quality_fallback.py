@@ -1,0 +1,97 @@
+"""Precise never silently worse than Fast, and training fitted to the time budget (issue 12, item 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+from autolabel_worker.ensemble import FoldEnsemble, choose_precise
+from autolabel_worker.train import BudgetSchedule
+
+
+def ensemble(right: int, n: int = 50, *, cut: bool = False, scheduled: int = 2000) -> FoldEnsemble:
+    """An ensemble whose out-of-fold predictions get exactly `right` of `n` labeled images right."""
+    labels = np.arange(n) % 10
+    logits = np.zeros((1, n, 10))
+    pred = labels.copy()
+    pred[right:] = (labels[right:] + 1) % 10
+    logits[0, np.arange(n), pred] = 5.0
+    return FoldEnsemble(
+        [],
+        logits,
+        labels,
+        steps_done=scheduled - (100 if cut else 0),
+        truncated=cut,
+        steps_configured=2000,
+        steps_scheduled=scheduled,
+        cut_by_deadline=cut,
+    )
+
+
+def test_held_out_accuracy_is_that_of_the_averaged_out_of_fold_predictions() -> None:
+    assert ensemble(45).held_out_accuracy() == 0.9
+    assert ensemble(50).held_out_accuracy() == 1.0
+
+
+def test_precise_is_kept_when_at_least_as_accurate() -> None:
+    choice = choose_precise(ensemble(45), ensemble(47))
+    assert choice.use_precise and "47/50 against 45/50" in choice.reason
+    assert choose_precise(ensemble(45), ensemble(45)).use_precise  # a tie keeps Precise
+
+
+def test_precise_falls_back_to_fast_when_less_accurate() -> None:
+    choice = choose_precise(ensemble(46), ensemble(44))
+    assert not choice.use_precise
+    assert "44/50 against 46/50" in choice.reason
+    doc = choice.to_json(ensemble(46), ensemble(44))
+    assert doc["fellBackToFast"] and doc["modelsUsed"] == "Fast"
+    assert doc["heldOutAccuracyFast"] == 0.92 and doc["heldOutAccuracyPrecise"] == 0.88
+
+
+def test_precise_falls_back_when_the_deadline_cut_its_schedule() -> None:
+    choice = choose_precise(ensemble(40), ensemble(48, cut=True))
+    assert not choice.use_precise and "before the end of its schedule" in choice.reason
+    # a schedule shortened to fit the budget but completed is judged by its held-out accuracy alone
+    assert choose_precise(ensemble(40), ensemble(48, scheduled=900)).use_precise
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_schedule_fits_the_steps_into_the_deadline() -> None:
+    """1 s per step and 100 s left: after the probe the schedule plans about 90 steps (90% of the time
+    left), and training then ends on schedule, before the deadline."""
+    clock = Clock()
+    sched = BudgetSchedule(400, deadline=100.0, clock=clock)
+    step = 0
+    while step < sched.total and not sched.expired():
+        step += 1
+        clock.now += 1.0
+        sched.done(step)
+    assert sched.total == step
+    assert 85 <= sched.total <= 92
+    assert sched.shortened and not sched.cut and clock.now <= 100.0
+
+
+def test_schedule_is_kept_when_the_budget_allows_it() -> None:
+    clock = Clock()
+    sched = BudgetSchedule(50, deadline=1000.0, clock=clock)
+    for step in range(1, 51):
+        assert not sched.expired()
+        clock.now += 1.0
+        sched.done(step)
+    assert sched.total == 50 and not sched.shortened and not sched.cut
+
+
+def test_a_machine_that_slows_down_after_the_estimate_is_cut_by_the_deadline() -> None:
+    clock = Clock()
+    sched = BudgetSchedule(400, deadline=100.0, clock=clock)
+    step = 0
+    while step < sched.total and not sched.expired():
+        step += 1
+        clock.now += 1.0 if step <= 5 else 30.0  # 30x slower after the first estimate
+        sched.done(step)
+    assert sched.cut and step < sched.total
