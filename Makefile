@@ -10,7 +10,7 @@ DEVENV := PYTHONPATH=tools $(PY) -m devenv
 PYTEST_ARGS ?=
 
 .PHONY: help venv bins crds lint chart-lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
-	dev-up dev-down demo bench bench-detection bench-operator clean kind-up kind-down kind-demo
+	dev-up dev-down kueue-up kueue-down demo bench bench-detection bench-operator clean kind-up kind-down kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ dev-up: venv bins ## Control plane + S3 server + operator + local node runner; w
 
 dev-down: ## Stop exactly what dev-up started
 	$(DEVENV).dev down
+
+kueue-up: venv bins ## A real Kueue (built from sigs.k8s.io/kueue) for the cluster of cluster-up/dev-up
+	$(DEVENV).kueue up --state-dir .kueue --cluster-dir .cluster
+
+kueue-down: ## Stop Kueue and remove its webhooks
+	$(DEVENV).kueue down --state-dir .kueue --cluster-dir .cluster
 
 demo: venv bins ## The whole loop on the local control plane with the bundled sample dataset
 	$(DEVENV).demo

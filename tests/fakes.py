@@ -72,6 +72,8 @@ class FakeKube(FakeLeases):
         self.created: dict[str, list[dict[str, Any]]] = {"configmaps": [], "secrets": []}
         self.suspends: list[tuple[str, bool]] = []
         self.secrets: dict[str, dict[str, str]] = {}
+        self.workloads: dict[str, dict[str, Any]] = {}  # Kueue's, by name
+        self.workload_lists = 0
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.jobs.get(name))
@@ -81,7 +83,8 @@ class FakeKube(FakeLeases):
         if name in self.jobs:
             raise Conflict("exists")
         self.jobs[name] = copy.deepcopy(body)
-        return copy.deepcopy(body)
+        self.jobs[name]["metadata"].setdefault("uid", f"job-uid-{name}")
+        return copy.deepcopy(self.jobs[name])
 
     async def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.jobs[name]["spec"]["suspend"] = suspend
@@ -89,6 +92,23 @@ class FakeKube(FakeLeases):
 
     async def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> None:
         self.created[plural].append(body)
+
+    async def list_workloads(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.workload_lists += 1
+        key, value = selector.split("=", 1)
+        return [copy.deepcopy(w) for w in self.workloads.values() if w["metadata"]["labels"].get(key) == value]
+
+    async def patch_workload(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A JSON merge patch of ``metadata.annotations`` and ``spec`` (None deletes a key)."""
+        workload = self.workloads[name]
+        for part, fields in (("annotations", patch.get("metadata", {}).get("annotations", {})),
+                             ("spec", patch.get("spec", {}))):  # fmt: skip
+            target = workload.setdefault("spec", {}) if part == "spec" else workload["metadata"].setdefault(part, {})
+            for key, value in fields.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get(name)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd)
-# and the MinIO S3 server from their official sources through the Go module proxy.
+# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd),
+# the MinIO S3 server and Kueue's controller manager from their official sources through the Go module proxy.
 # Output: $BIN_DIR (default .cache/bin). Each group is rebuilt only when its pinned go.mod changes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,7 +34,7 @@ kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$kube_version \
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$kube_version"
 
-groups=${*:-kube etcd minio}
+groups=${*:-kube etcd minio kueue}
 for g in $groups; do
   case $g in
     kube) build_group kube-bins "kube-apiserver kube-controller-manager kube-scheduler kubectl" "$kube_ldflags" \
@@ -42,6 +42,7 @@ for g in $groups; do
             k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ;;
     etcd) build_group etcd-bin "etcd" "-s -w" . ;;
     minio) build_group minio-bin "minio" "-s -w" github.com/minio/minio ;;
+    kueue) build_group kueue-bin "kueue" "-s -w" sigs.k8s.io/kueue/cmd/kueue ;;
     *) echo "build-bins: unknown group $g" >&2; exit 2 ;;
   esac
 done

@@ -15,14 +15,22 @@ from kubernetes_asyncio import client, config
 from autolabel.api import API_VERSION, PLURAL
 
 from .errors import Conflict, KubeError
+from .kueue import WORKLOAD_GROUP_VERSION
+
+USER_AGENT = "autolabel-operator"
 
 
 async def new_api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the current kubeconfig ($KUBECONFIG)."""
+    """In-cluster credentials when running in a pod, else the current kubeconfig ($KUBECONFIG). Its
+    requests say ``User-Agent: autolabel-operator`` (kopf's own say ``kopf/<version>``), so the API
+    server's audit log and metrics tell the operator's calls apart."""
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config()
-        return client.ApiClient()
-    return await config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        api = client.ApiClient()
+    else:
+        api = await config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+    api.user_agent = USER_AGENT
+    return api
 
 
 def _path(group_version: str, plural: str, namespace: str, name: str | None = None) -> str:
@@ -89,6 +97,17 @@ class Kube:
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         out = await self.request("GET", _path("v1", "pods", namespace), query=[("labelSelector", selector)])
         return list((out or {}).get("items") or [])
+
+    # ------------------------------------------------------------------------- Kueue Workloads
+    async def list_workloads(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads matching ``selector`` ([] also when Kueue is not installed: 404)."""
+        path = _path(WORKLOAD_GROUP_VERSION, "workloads", namespace)
+        out = await self.request("GET", path, query=[("labelSelector", selector)])
+        return list((out or {}).get("items") or [])
+
+    async def patch_workload(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        path = _path(WORKLOAD_GROUP_VERSION, "workloads", namespace, name)
+        await self.request("PATCH", path, patch, content_type="application/merge-patch+json")
 
     # ------------------------------------------------------------------------ ConfigMaps, Secrets
     async def ensure(self, plural: str, namespace: str, body: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from autolabel.api import AutoLabelJob, AutoLabelJobStatus, Phase, Result
 from autolabel.contract import CREDENTIAL_KEYS, STOPPED_REASONS, ProgressDoc, format_time, parse_time, shard_count
 from autolabel.storage import Storage, StorageConfig
 
-from . import lock, metrics
+from . import kueue, lock, metrics
 from .config import Settings
 from .credentials import CredentialsNotIssued, JobCredentials, issue_job_credentials
 from .errors import Conflict
@@ -264,17 +264,54 @@ class Reconciler:
         b, job, job_obj = run.status, run.job, run.children.job
         if not job.spec.suspend:
             return None
-        if job_obj is not None and not (job_obj.get("spec") or {}).get("suspend"):
+        message = "suspended (spec.suspend); the dataset lock is released"
+        lock_condition = get_condition(b.conditions, LOCK_ACQUIRED) or {}
+        stopped = lock_condition.get("reason") == "Suspended" and lock_condition.get("message") == message
+        if job_obj is not None and job.spec.queue_name:
+            if not stopped and not await self.deactivate_workload(run, job_obj):
+                message += "; waiting for Kueue to create the Job's Workload, to deactivate it"
+        elif job_obj is not None and not (job_obj.get("spec") or {}).get("suspend"):
             await self.kube.set_job_suspend(run.namespace, child_name(job), True)
         if is_true(b.conditions, LOCK_ACQUIRED):
             # Once, when it stops holding the lock (not on every timer tick while suspended).
             await lock.release(self.kube, run.namespace, run.lease, run.uid)
             b.wake = next_waiter(run.children.competitors, run.uid)
-        message = "suspended (spec.suspend); the dataset lock is released"
         b.cond(LOCK_ACQUIRED, "False", "Suspended", message)
         if get_condition(b.conditions, RUNNING) is not None or job_obj is not None:
             b.cond(RUNNING, "False", "Suspended", message)
         return b.finish(Phase.SUSPENDED, message)
+
+    async def deactivate_workload(self, run: Pass, job_obj: dict[str, Any]) -> bool:
+        """A Kueue-managed Job is stopped through its Workload (see :mod:`.kueue` for why); False while
+        Kueue has not created one yet (the next pass tries again; once done, the status says so and later
+        passes read nothing)."""
+        ended = observe(job_obj, [])
+        if ended.complete or ended.failed:
+            return True
+        workload = kueue.latest(await self.kube.list_workloads(run.namespace, self._workload_selector(job_obj)))
+        if workload is None:
+            return False
+        if kueue.is_active(workload):
+            await self.kube.patch_workload(run.namespace, workload["metadata"]["name"], kueue.activation_patch(False))
+            run.status.events.append(
+                ("Normal", "Deactivated", f"deactivated Kueue Workload {workload['metadata']['name']} (spec.suspend)")
+            )
+        return True
+
+    async def kueue_admission(self, run: Pass, job_obj: dict[str, Any]) -> kueue.Admission | None:
+        """Kueue's word on a suspended Job's Workload, for the status; re-activates the Workload that a
+        suspend of ours deactivated (the job holds its lock again by now)."""
+        workload = kueue.latest(await self.kube.list_workloads(run.namespace, self._workload_selector(job_obj)))
+        if workload is not None and kueue.deactivated_by_us(workload):
+            name = workload["metadata"]["name"]
+            await self.kube.patch_workload(run.namespace, name, kueue.activation_patch(True))
+            run.status.events.append(("Normal", "Resumed", f"re-activated Kueue Workload {name}"))
+            return kueue.Admission(False, "Pending", "re-activated; waiting for Kueue to admit it again")
+        return kueue.admission(workload)
+
+    @staticmethod
+    def _workload_selector(job_obj: dict[str, Any]) -> str:
+        return kueue.workload_selector(str((job_obj.get("metadata") or {}).get("uid") or ""))
 
     async def take_lock(self, run: Pass) -> Outcome | None:
         """Step 3: the dataset lock.
@@ -361,7 +398,10 @@ class Reconciler:
         """Step 5: conditions and phase from the Job and its pods; progress from the workers."""
         b = run.status
         obs = observe(job_obj or None, run.children.pods)
-        derived = derive(obs, run.job.spec.queue_name)
+        waiting = None
+        if run.job.spec.queue_name and obs.suspended and not (obs.complete or obs.failed) and "metadata" in job_obj:
+            waiting = await self.kueue_admission(run, job_obj)
+        derived = derive(obs, run.job.spec.queue_name, waiting)
         for item in derived.conditions:
             b.cond(*item)
         if obs.start_time and not b.new.get("startTime"):

@@ -10,6 +10,8 @@ from typing import Any
 from autolabel.api import Condition, Phase
 from autolabel.contract import format_time
 
+from .kueue import Admission
+
 # Condition types (logic reads these; `phase` is for display).
 PRECONDITIONS_MET = "PreconditionsMet"
 LOCK_ACQUIRED = "LockAcquired"
@@ -145,8 +147,9 @@ class Derived:
     message: str
 
 
-def derive(obs: Observation, queue_name: str | None = None) -> Derived:
-    """Phase and conditions of a job that holds its lock and has a Job (or is about to)."""
+def derive(obs: Observation, queue_name: str | None = None, kueue: Admission | None = None) -> Derived:
+    """Phase and conditions of a job that holds its lock and has a Job (or is about to); ``kueue``: what
+    Kueue says of the Workload of a suspended Job in a queue (None: not asked, or no Workload yet)."""
     if not obs.exists:
         return Derived(Phase.PENDING, [(ADMITTED, "Unknown", "Creating", "creating the worker Job")], "")
     if obs.complete:
@@ -180,6 +183,8 @@ def derive(obs: Observation, queue_name: str | None = None) -> Derived:
         msg = (
             f"waiting for Kueue to admit the Job to queue {queue_name}" if queue_name else "the worker Job is suspended"
         )
+        if queue_name and kueue is not None:
+            msg += f" (Kueue: {kueue.reason}: {kueue.message})"
         return Derived(
             Phase.QUEUED,
             [(ADMITTED, "False", "WaitingForAdmission", msg), (RUNNING, "False", "NotAdmitted", msg)],

@@ -12,8 +12,6 @@ fixture's finalizer, also when a test fails or when a start fails half-way; the 
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -24,7 +22,7 @@ from devenv.s3 import MinioServer
 
 from autolabel.storage import Storage, StorageConfig
 
-from .operator_fixtures import BUCKET, REPO, OperatorProcess, Process, running_operator
+from .operator_fixtures import BUCKET, REPO, OperatorProcess, Process, node_runner, running_operator
 
 CRD_DIR = REPO / "crds"
 
@@ -96,10 +94,7 @@ def s3_bucket(s3_server: MinioServer) -> str:
 @pytest.fixture(scope="module")
 def operator_node_runner(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """The local node runner (``python -m devenv.node``) running the pods bound to ``local-node``."""
-    state = tmp_path_factory.mktemp("node")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
-    argv = [sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig)]
-    runner = Process([*argv, "--node-name", "local-node", "--state-dir", str(state)], env, state / "node.log")
+    runner = node_runner(cluster, tmp_path_factory.mktemp("node"))
     try:
         runner.start()
         yield runner

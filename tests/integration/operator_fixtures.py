@@ -106,6 +106,13 @@ class Process:
             return ""
 
 
+def node_runner(cluster: LocalCluster, state: Path) -> Process:
+    """The local node runner (``python -m devenv.node``) for the pods bound to ``local-node`` (not started)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
+    argv = [sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig)]
+    return Process([*argv, "--node-name", "local-node", "--state-dir", str(state)], env, state / "node.log")
+
+
 class OperatorProcess(Process):
     def __init__(self, cluster: LocalCluster, s3: MinioServer, state: Path, worker_command: str | None = None) -> None:
         """``worker_command`` None: the fake worker; "": the real ``autolabel-worker`` (the default)."""

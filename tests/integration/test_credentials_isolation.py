@@ -103,6 +103,8 @@ def test_the_charts_operator_account_may_do_what_the_operator_needs_and_no_more(
             ("update", "leases.coordination.k8s.io", *in_team),
             ("create", "configmaps", *in_team),
             ("create", "events", *in_team),
+            ("list", "workloads.kueue.x-k8s.io", *in_team),
+            ("patch", "workloads.kueue.x-k8s.io", *in_team),
             ("watch", "pods", "-A"),
             # Intended (charts/autolabel-operator/README.md, RBAC): it reads the Secret a job names in
             # spec.storage.secretRef, by name, and creates the per-job copy in allowed namespaces.

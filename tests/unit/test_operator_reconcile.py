@@ -50,24 +50,6 @@ def body(name: str, manifest: str, created: str = "2026-11-27T10:00:00Z", **spec
     }
 
 
-@pytest.fixture
-def kube() -> FakeKube:
-    return FakeKube()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalS3Storage:
-    return LocalS3Storage(tmp_path / "s3")
-
-
-@pytest.fixture
-def reconciler(kube: FakeKube, store: LocalS3Storage) -> Reconciler:
-    settings = Settings(access_key="k", secret_key="s", storage_retries=1, storage_backoff=0.01,
-                        default_credentials_namespaces=("ns",), allowed_buckets=("datasets",))  # fmt: skip
-    # duck-typed: the calls the reconciler makes
-    return Reconciler(settings, cast(Kube, kube), store.for_config, issue_fake_credentials)
-
-
 def run(reconciler: Reconciler, raw: dict[str, Any], children: Children | None = None) -> Any:
     outcome = asyncio.run(reconciler.reconcile(raw, children or Children(competitors=[candidate_of(raw)])))
     status = raw.setdefault("status", {})

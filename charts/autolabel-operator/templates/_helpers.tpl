@@ -87,6 +87,11 @@ difference in either direction.
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, create, update]
+# Kueue (spec.queueName): the Workload of a queued worker Job is read for Kueue's reason, deactivated on
+# spec.suspend and re-activated on resume (Kueue owns a queued Job's spec.suspend).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
 # kopf.event(): one Event per status transition.
 - apiGroups: [""]
   resources: [events]
