@@ -24,6 +24,7 @@ from autolabel.manifest import (
     summarize,
 )
 from autolabel.storage import (
+    LineTooLong,
     ObjectNotFound,
     Storage,
     StorageError,
@@ -180,7 +181,7 @@ def check_manifest(
         summary = summarize(entries, track_duplicates=track_duplicates)
     except BucketNotAllowed as exc:
         return None, [PreconditionFailure("BucketNotAllowed", str(exc))]
-    except ManifestError as exc:
+    except (ManifestError, LineTooLong) as exc:
         return None, [PreconditionFailure("ManifestInvalid", str(exc))]
     except StorageUnreachable as exc:
         return None, [PreconditionFailure("StorageUnreachable", str(exc))]

@@ -64,6 +64,16 @@ class UnsupportedURI(StorageError, ValueError):
     """A URI with a scheme other than s3:// or file:// (or a plain path)."""
 
 
+class LineTooLong(StorageError):
+    """A text line longer than ``StorageConfig.max_line_bytes`` (a manifest that is not JSON Lines, or one
+    line holding a whole dataset): reading stops there instead of buffering the line."""
+
+    def __init__(self, uri: str, line_no: int, limit: int):
+        super().__init__(uri, f"line {line_no} is longer than {limit:,} bytes (the limit for one line)")
+        self.line_no = line_no
+        self.limit = limit
+
+
 class LocalPathRefused(UnsupportedURI):
     """A local path (or ``file://``) given to a Storage that serves s3:// URIs only
     (``StorageConfig.local_paths=False``)."""
@@ -98,6 +108,9 @@ class StorageConfig:
     backoff_max: float = 10.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    max_line_bytes: int = 1 << 20
+    """The longest text line :meth:`Storage.iter_lines` reads (:class:`LineTooLong` beyond it), so that a
+    huge line costs this much memory, not the object's size."""
     local_paths: bool = True
     """Serve local paths (plain or ``file://``) from this machine's filesystem; False (the operator, which
     must never open its own files for a user's job) refuses them with :class:`LocalPathRefused`."""
@@ -128,6 +141,7 @@ class StorageConfig:
             backoff_max=self.backoff_max,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
+            max_line_bytes=self.max_line_bytes,
             local_paths=self.local_paths,
         )
 
@@ -382,9 +396,14 @@ class Storage:
                 raise ObjectNotFound(uri, "cannot read: no such file") from exc
             except OSError as exc:
                 raise StorageError(uri, f"cannot read: {exc.strerror or exc}") from exc
+            limit = self.config.max_line_bytes
             with fh:
+                line_no = 0
                 try:
-                    for line in fh:
+                    while line := fh.readline(limit + 1):
+                        line_no += 1
+                        if len(line) > limit and not line.endswith("\n"):  # characters: bytes >= characters
+                            raise LineTooLong(uri, line_no, limit)
                         yield line.rstrip("\r\n")
                 except UnicodeDecodeError as exc:
                     raise StorageError(uri, f"cannot read: not UTF-8 text ({exc.reason})") from exc
@@ -397,6 +416,8 @@ class Storage:
         offset = 0  # bytes of complete lines already yielded
         failures = 0
         first = True
+        line_no = 0
+        limit = self.config.max_line_bytes
         while True:
             extra = {"Range": f"bytes={offset}-"} if offset else {}
             get = functools.partial(self.client.get_object, Bucket=bucket, Key=key, **extra)
@@ -409,10 +430,15 @@ class Storage:
                     *lines, pending = pending.split(b"\n")
                     for raw in lines:
                         offset += len(raw) + 1
+                        line_no += 1
                         if first:
                             raw = raw.removeprefix(b"\xef\xbb\xbf")
                             first = False
-                        yield self._decode_line(uri, raw)
+                        if len(raw) > limit:
+                            raise LineTooLong(uri, line_no, limit)
+                        yield self._decode_line(uri, raw, line_no)
+                    if len(pending) > limit:
+                        raise LineTooLong(uri, line_no + 1, limit)
             except _CONNECTION_ERRORS as exc:
                 failures += 1
                 if failures > self.config.connect_retries:
@@ -425,15 +451,15 @@ class Storage:
             if pending:
                 if first:
                     pending = pending.removeprefix(b"\xef\xbb\xbf")
-                yield self._decode_line(uri, pending)
+                yield self._decode_line(uri, pending, line_no + 1)
             return
 
     @staticmethod
-    def _decode_line(uri: str, raw: bytes) -> str:
+    def _decode_line(uri: str, raw: bytes, line_no: int) -> str:
         try:
             return raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as exc:
-            raise StorageError(uri, f"cannot read: not UTF-8 text ({exc.reason})") from exc
+            raise StorageError(uri, f"cannot read line {line_no}: not UTF-8 text ({exc.reason})") from exc
 
     def exists(self, uri: str) -> bool:
         if is_s3(uri):

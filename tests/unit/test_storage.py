@@ -322,3 +322,42 @@ def test_unsupported_schemes_are_storage_errors() -> None:
     assert isinstance(got[0][1], UnsupportedURI) and "unsupported URI scheme" in str(got[0][1])
     with pytest.raises(ValueError):
         Storage().read_bytes("obs://bucket/key")
+
+
+class _EndlessLine:
+    """A body that yields 'x' forever (a huge line): reading must stop at the limit, not buffer it all."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def iter_chunks(self, chunk_size: int):
+        while True:
+            self.served += chunk_size
+            yield b"x" * chunk_size
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_line_longer_than_the_limit_stops_the_read_naming_the_line(tmp_path: Path) -> None:
+    body = _EndlessLine()
+
+    class Client:
+        def get_object(self, Bucket: str, Key: str, **_: str):
+            return {"Body": body}
+
+    st = Storage(StorageConfig(endpoint_url="http://s3", access_key="a", secret_key="b", max_line_bytes=1 << 20))
+    st._client = Client()
+    with pytest.raises(storage_mod.LineTooLong, match=r"line 1 is longer than 1,048,576 bytes") as err:
+        list(st.iter_lines("s3://b/set.manifest"))
+    assert err.value.line_no == 1 and body.served < 2 << 20  # stopped near the limit, not at the end
+    path = tmp_path / "m.manifest"
+    path.write_bytes(b'{"a": 1}\n' + b"y" * 5000 + b"\n")
+    small = Storage(StorageConfig(max_line_bytes=1000))
+    with pytest.raises(storage_mod.LineTooLong, match="line 2 is longer than 1,000 bytes"):
+        list(small.iter_lines(str(path)))
+    assert next(iter(Storage().iter_lines(str(path)))) == '{"a": 1}'
+    # On S3 (what the operator reads) a line that is not UTF-8 is named too.
+    st._client = _FlakyClient(b'{"a": 1}\n\xff\xfe bad\n')
+    with pytest.raises(StorageError, match="line 2: not UTF-8"):
+        list(st.iter_lines("s3://b/set.manifest"))
