@@ -21,9 +21,12 @@ Results go to stdout as tables and to .bench/results-operator-<part>.json. Nothi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -234,12 +237,396 @@ def bench_queue(jobs: int, intervals: list[float]) -> list[dict[str, Any]]:
     return rows
 
 
+# -------------------------------------------------------------------------------------------- scale
+
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+"""
+# The operator's two API clients: kopf's own (watches, its annotations, events) and ours (kube.py).
+OPERATOR_AGENTS = ("kopf/", "autolabel-operator")
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+
+
+class Api:
+    """Plain HTTPS to the local API server with the kubeconfig's token (no client library in the loop)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        import ssl
+
+        cfg = json.loads(kubeconfig.read_text())
+        cluster = cfg["clusters"][0]["cluster"]
+        self.server = cluster["server"]
+        self.ctx = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        self.token = cfg["users"][0]["user"]["token"]
+
+    def open(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Content-Type", "application/json")
+        req.add_header("User-Agent", "bench-operator")
+        return urllib.request.urlopen(req, context=self.ctx, timeout=timeout)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        with self.open(method, path, body) as r:
+            return json.loads(r.read() or b"{}")
+
+
+class Recorder:
+    """Watches AutoLabelJobs and Jobs in one namespace and keeps, by AutoLabelJob name, when each was
+    first seen (monotonic time of the watch event on this side: the same clock for both), when its Job
+    was first seen, and when it first reached a final phase."""
+
+    def __init__(self, api: Api, namespace: str) -> None:
+        import threading
+
+        self.api, self.namespace = api, namespace
+        self.lock = threading.Lock()
+        self.alj_seen: dict[str, float] = {}
+        self.job_seen: dict[str, float] = {}
+        self.done: dict[str, tuple[float, str]] = {}
+        for path, handle in (
+            (f"/apis/autolabel.dev/v1alpha1/namespaces/{namespace}/autolabeljobs", self._alj),
+            (f"/apis/batch/v1/namespaces/{namespace}/jobs", self._job),
+        ):
+            threading.Thread(target=self._watch, args=(path, handle), daemon=True).start()
+
+    def _watch(self, path: str, handle: Any) -> None:
+        while True:
+            try:
+                with self.api.open("GET", path + "?watch=1&timeoutSeconds=3600", timeout=3700) as r:
+                    for line in r:
+                        now = time.monotonic()
+                        event = json.loads(line)
+                        if event.get("type") in ("ADDED", "MODIFIED"):
+                            with self.lock:
+                                handle(now, event["object"])
+            except Exception:  # a broken watch is opened again; first-seen times are kept
+                time.sleep(0.2)
+
+    def _alj(self, now: float, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        self.alj_seen.setdefault(name, now)
+        phase = (obj.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed") and name not in self.done:
+            self.done[name] = (now, phase)
+
+    def _job(self, now: float, obj: dict[str, Any]) -> None:
+        owner = (obj["metadata"].get("labels") or {}).get("autolabel.dev/job")
+        if owner:
+            self.job_seen.setdefault(owner, now)
+
+    def counts(self) -> tuple[int, int, int]:
+        with self.lock:
+            return len(self.alj_seen), len(self.job_seen), len(self.done)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _audit_counts(path: Path, since: str) -> dict[str, Any]:
+    """Requests by the operator's clients in the audit log after ``since`` (RFC 3339), by verb and
+    resource; every other client is counted apart."""
+    by: dict[str, int] = {}
+    others: dict[str, int] = {}
+    seen: set[str] = set()
+    for file in sorted(path.parent.glob(path.name + "*")):
+        with open(file) as fh:
+            for line in fh:
+                ev = json.loads(line)
+                if ev.get("stage") not in ("ResponseComplete", "ResponseStarted") or ev["auditID"] in seen:
+                    continue
+                if ev.get("requestReceivedTimestamp", "") < since:
+                    continue
+                seen.add(ev["auditID"])
+                agent = ev.get("userAgent") or ""
+                ref = ev.get("objectRef") or {}
+                key = f"{ev['verb']} {ref.get('resource', ev.get('requestURI', '?').split('?')[0])}"
+                if ref.get("subresource"):
+                    key += "/" + ref["subresource"]
+                if agent.startswith(OPERATOR_AGENTS):
+                    by[key] = by.get(key, 0) + 1
+                else:
+                    who = agent.split("/")[0].split(" ")[0] or "?"
+                    others[who] = others.get(who, 0) + 1
+    return {"operator": dict(sorted(by.items(), key=lambda kv: -kv[1])), "others": others}
+
+
+def _operator_pid(proc_pid: int) -> int:
+    """The operator's Python process (under py-spy it is py-spy's child)."""
+    import psutil
+
+    p = psutil.Process(proc_pid)
+    for child in p.children(recursive=True):
+        if "autolabel_operator.main" in " ".join(child.cmdline()):
+            return int(child.pid)
+    return proc_pid
+
+
+def _frame(text: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
+    func, _, where = text.partition(" (")
+    return f"{func} ({where.split(':')[0].rsplit('/', 1)[-1]})"
+
+
+def _collapse(raw: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
+    """py-spy's collapsed stacks -> the functions with most samples, self and inclusive (shares)."""
+    self_: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [_frame(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        self_[frames[-1]] = self_.get(frames[-1], 0) + count
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + count
+
+    def share(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": [("total", float(total))], "self": share(self_), "inclusive": share(incl)}
+
+
+def bench_scale_one(
+    jobs: int, ramp: float, idle: float, pod_cpu: str, interval: float, profile: bool, tag: str
+) -> dict[str, Any]:
+    """One scenario on a fresh control plane: ``jobs`` AutoLabelJobs, each on its own dataset, created
+    at once (``ramp`` 0) or evenly over ``ramp`` seconds; then ``idle`` seconds with all of them finished."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+    from devenv.cluster import LocalCluster
+    from devenv.s3 import MinioServer
+    from operator_fixtures import OperatorProcess, Process, manifest_lines
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "audit").mkdir()
+        policy = tmp / "audit" / "policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        audit_log = tmp / "audit" / "audit.log"
+        cluster = LocalCluster(
+            tmp / "cluster",
+            extra_args={"kube-apiserver": ["--audit-policy-file", str(policy), "--audit-log-path", str(audit_log),
+                                           "--audit-log-maxsize", "2000", "--audit-log-maxbackup", "10"]},
+        )  # fmt: skip
+        cluster.start()
+        runner = op = None
+        try:
+            cluster.kubectl("apply", "-f", str(REPO / "crds"))
+            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                            "crd/autolabeljobs.autolabel.dev")  # fmt: skip
+            api = Api(cluster.kubeconfig)
+            with MinioServer(tmp / "s3") as s3:
+                s3.make_bucket(BUCKET)
+                body = ("\n".join(manifest_lines({"cat": 5, "dog": 6}, 6)) + "\n").encode()
+                client = s3.client()
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda i: client.put_object(Bucket=BUCKET, Key=f"ds-{i:05d}/data.manifest",
+                                                              Body=body), range(jobs)))  # fmt: skip
+                env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
+                (tmp / "node").mkdir()
+                runner = Process([sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig),
+                                  "--node-name", "local-node", "--state-dir", str(tmp / "node")], env,
+                                 tmp / "node.log")  # fmt: skip
+                runner.start()
+                state = tmp / "op"
+                state.mkdir()
+                op = OperatorProcess(cluster, s3, state)
+                (state / "flavors.yaml").write_text(
+                    f"default: cpu\nflavors:\n  cpu:\n    resources: {{requests: {{cpu: {pod_cpu}, memory: 64Mi}}}}\n"
+                )
+                op.env["AUTOLABEL_RECONCILE_INTERVAL"] = str(interval)
+                raw = REPO / ".bench" / f"operator-scale-{tag}.pyspy.txt"
+                raw.parent.mkdir(exist_ok=True)
+                raw.unlink(missing_ok=True)
+                if profile:
+                    pyspy = os.environ.get("PY_SPY", "py-spy")
+                    op.argv = [pyspy, "record", "--nonblocking", "-r", "50", "-f", "raw", "-o", str(raw), "--",
+                               *op.argv]  # fmt: skip
+                op.start()
+                assert op.proc is not None
+                pid = _operator_pid(op.proc.pid)
+                proc = psutil.Process(pid)
+                namespace = f"scale-{tag}"
+                api.call("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+                recorder = Recorder(api, namespace)
+                time.sleep(2)
+                audit_since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+                rss0 = proc.memory_info().rss / 2**20
+                samples: list[dict[str, float]] = []
+                stop = threading.Event()
+                t0 = time.monotonic()
+
+                def sample() -> None:
+                    last_t, last_cpu = time.monotonic(), sum(proc.cpu_times()[:2])
+                    while not stop.wait(1.0):
+                        now, cpu = time.monotonic(), sum(proc.cpu_times()[:2])
+                        created, started, done = recorder.counts()
+                        samples.append({"t": now - t0, "rss_mib": proc.memory_info().rss / 2**20,
+                                        "cpu": (cpu - last_cpu) / (now - last_t), "created": created,
+                                        "jobs": started, "done": done, "load1": os.getloadavg()[0]})  # fmt: skip
+                        last_t, last_cpu = now, cpu
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+
+                def create(i: int) -> None:
+                    if ramp:
+                        time.sleep(max(0.0, t0 + ramp * i / jobs - time.monotonic()))
+                    doc = {
+                        "apiVersion": "autolabel.dev/v1alpha1",
+                        "kind": "AutoLabelJob",
+                        "metadata": {"name": f"s-{i:05d}", "annotations": {"fakeworker.autolabel.dev/seconds": "0.2"}},
+                        "spec": {"task": "ImageClassification", "mode": "ActiveLearning",
+                                 "dataset": {"manifest": f"s3://{BUCKET}/ds-{i:05d}/data.manifest"}},
+                    }  # fmt: skip
+                    api.call("POST", f"/apis/autolabel.dev/v1alpha1/namespaces/{namespace}/autolabeljobs", doc)
+
+                with ThreadPoolExecutor(1 if ramp else 8) as pool:
+                    list(pool.map(create, range(jobs)))
+                created_s = time.monotonic() - t0
+                deadline = time.monotonic() + max(1800.0, 3 * ramp)
+                while recorder.counts()[2] < jobs and time.monotonic() < deadline and op.running():
+                    time.sleep(1)
+                drained = time.monotonic()
+                rss_drained = proc.memory_info().rss / 2**20
+                cpu_a = sum(proc.cpu_times()[:2])
+                time.sleep(idle)
+                idle_cpu = (sum(proc.cpu_times()[:2]) - cpu_a) / idle
+                stop.set()
+                sampler.join()
+                rss_idle = proc.memory_info().rss / 2**20
+                with recorder.lock:
+                    latencies = [recorder.job_seen[n] - recorder.alj_seen[n] for n in recorder.job_seen
+                                 if n in recorder.alj_seen]  # fmt: skip
+                    first = min(recorder.alj_seen.values(), default=t0)
+                    last_done = max((t for t, _ in recorder.done.values()), default=float("nan"))
+                    succeeded = sum(p == "Succeeded" for _, p in recorder.done.values())
+                if profile:  # the operator alone first: py-spy writes its samples when its child exits
+                    os.kill(pid, signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        op.proc.wait(60)
+                shutil.copy(state / "operator.log", REPO / ".bench" / f"operator-scale-{tag}.log")
+                op.stop()
+                op = None
+                time.sleep(1)
+                audit = _audit_counts(audit_log, audit_since)
+                writes = sum(v for k, v in audit["operator"].items() if k.split()[0] in WRITE_VERBS)
+                reads = sum(v for k, v in audit["operator"].items() if k.split()[0] not in WRITE_VERBS)
+                row = {
+                    "tag": tag,
+                    "jobs": jobs,
+                    "ramp_s": ramp,
+                    "interval_s": interval,
+                    "pod_cpu": pod_cpu,
+                    "create_s": created_s,
+                    "with_job": len(latencies),
+                    "succeeded": succeeded,
+                    "latency_p50_s": _pct(latencies, 0.5),
+                    "latency_p99_s": _pct(latencies, 0.99),
+                    "latency_max_s": max(latencies, default=float("nan")),
+                    "drain_s": last_done - first,
+                    "drain_after_last_create_s": drained - t0 - created_s,
+                    "rss_start_mib": rss0,
+                    "rss_peak_mib": max((s["rss_mib"] for s in samples), default=rss0),
+                    "rss_drained_mib": rss_drained,
+                    "rss_idle_mib": rss_idle,
+                    "cpu_busy_mean": statistics.mean(s["cpu"] for s in samples if s["t"] <= drained - t0)
+                    if samples
+                    else float("nan"),
+                    "idle_cpu": idle_cpu,
+                    "idle_s": idle,
+                    "api_writes_per_job": writes / jobs,
+                    "api_reads_per_job": reads / jobs,
+                    "api_by_verb_resource": audit["operator"],
+                    "api_other_clients": audit["others"],
+                    "load1_mean": statistics.mean(s["load1"] for s in samples) if samples else float("nan"),
+                    "samples": samples,
+                }
+                if profile:
+                    row["profile"] = _collapse(raw) if raw.exists() else None
+                return row
+        finally:
+            if op is not None:
+                op.stop()
+            if runner is not None:
+                runner.stop()
+            cluster.stop()
+
+
+def bench_scale(scenarios: list[tuple[int, float]], idle: float, pod_cpu: str, interval: float,
+                profile: bool) -> list[dict[str, Any]]:  # fmt: skip
+    rows = []
+    for jobs, ramp in scenarios:
+        tag = f"{jobs}-{'once' if not ramp else f'ramp{int(ramp)}'}"
+        row = bench_scale_one(jobs, ramp, idle, pod_cpu, interval, profile, tag)
+        rows.append(row)
+        _save(f"scale-{tag}", row)
+        _print_scale([row])
+        if row.get("profile"):
+            print("\nprofile (py-spy, share of the operator's samples), self:")
+            for name, share in row["profile"]["self"][:15]:
+                print(f"  {share:6.1%}  {name}")
+            print("inclusive:")
+            for name, share in row["profile"]["inclusive"][:25]:
+                print(f"  {share:6.1%}  {name}")
+    print()
+    _print_scale(rows)
+    return rows
+
+
+def _print_scale(rows: list[dict[str, Any]]) -> None:
+    print("\nScale: AutoLabelJobs on their own datasets (fake worker), fresh control plane each")
+    print(
+        _table(
+            ["jobs", "created", "with Job", "succeeded", "create->Job p50 s", "p99 s", "max s", "drain s",
+             "RSS start/peak/idle MiB", "busy CPU", "idle CPU", "API writes/job", "reads/job", "load1"],
+            [[r["jobs"], "at once" if not r["ramp_s"] else f"over {r['ramp_s']:.0f} s", r["with_job"],
+              r["succeeded"], r["latency_p50_s"], r["latency_p99_s"], r["latency_max_s"], r["drain_s"],
+              f"{r['rss_start_mib']:.0f}/{r['rss_peak_mib']:.0f}/{r['rss_idle_mib']:.0f}",
+              f"{r['cpu_busy_mean']:.0%}", f"{r['idle_cpu']:.1%}", r["api_writes_per_job"],
+              r["api_reads_per_job"], r["load1_mean"]] for r in rows],
+        )
+    )  # fmt: skip
+    for r in rows:
+        top = ", ".join(f"{k} {v / r['jobs']:.2f}" for k, v in list(r["api_by_verb_resource"].items())[:12])
+        print(f"  {r['tag']}: operator requests per job: {top}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "preconditions", "queue"], default="all")
+    parser.add_argument("--part", choices=["all", "preconditions", "queue", "scale"], default="all")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="manifest lines")
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--intervals", default="1,5", help="operator timer intervals, seconds")
+    parser.add_argument(
+        "--scenarios",
+        default="100:0,1000:0,1000:600",
+        help="scale part: JOBS:RAMP_SECONDS, comma-separated (ramp 0: all at once)",
+    )
+    parser.add_argument("--idle", type=float, default=60, help="scale part: seconds measured idle after the drain")
+    parser.add_argument(
+        "--pod-cpu", default="100m", help="scale part: CPU request of a worker pod (bounds the pods run at once)"
+    )
+    parser.add_argument("--interval", type=float, default=5.0, help="scale part: operator timer interval")
+    parser.add_argument("--profile", action="store_true", help="scale part: run the operator under py-spy ($PY_SPY)")
     parser.add_argument("--child-preconditions", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_preconditions:
@@ -249,6 +636,9 @@ def main() -> int:
         bench_preconditions([int(s) for s in args.sizes.split(",")])
     if args.part in ("all", "queue"):
         bench_queue(args.jobs, [float(s) for s in args.intervals.split(",")])
+    if args.part == "scale":
+        scenarios = [(int(j), float(r)) for j, r in (s.split(":") for s in args.scenarios.split(","))]
+        bench_scale(scenarios, args.idle, args.pod_cpu, args.interval, args.profile)
     return 0
 
 

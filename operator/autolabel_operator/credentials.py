@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import boto3
@@ -68,16 +69,25 @@ def duration_seconds(job: AutoLabelJob, settings: Settings) -> int:
     return max(900, min(job.spec.active_deadline_seconds + EXPIRY_MARGIN_SECONDS, settings.job_credentials_seconds))
 
 
-def issue_job_credentials(job: AutoLabelJob, settings: Settings) -> JobCredentials:
-    """AssumeRole with the operator's account and :func:`session_policy` (blocking: run it in a thread)."""
-    sts = boto3.session.Session().client(
+@lru_cache(maxsize=16)
+def sts_client(endpoint: str | None, region: str, access_key: str | None, secret_key: str | None) -> Any:
+    """One STS client per endpoint and account, kept: boto3 clients are thread-safe, and making one (a new
+    session reading its service model files) cost a quarter of the operator's CPU when 20 jobs started at
+    once (py-spy, docs/benchmarks.md "Operator at scale")."""
+    return boto3.session.Session().client(
         "sts",
-        endpoint_url=job_endpoint(job, settings),
-        region_name=settings.s3_region or "us-east-1",
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
         config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30),
     )
+
+
+def issue_job_credentials(job: AutoLabelJob, settings: Settings) -> JobCredentials:
+    """AssumeRole with the operator's account and :func:`session_policy` (blocking: run it in a thread)."""
+    sts = sts_client(job_endpoint(job, settings), settings.s3_region or "us-east-1", settings.access_key,
+                     settings.secret_key)  # fmt: skip
     try:
         answer = sts.assume_role(
             RoleArn=settings.sts_role_arn or ROLE_ARN,
