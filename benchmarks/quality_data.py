@@ -1,0 +1,253 @@
+"""Datasets for the quality benchmark (bench_quality.py), all made offline from installed packages.
+
+Each dataset is a folder of image files, a ModelArts-style manifest with `labeled_per_class` labeled images
+per class (drawn with the seed) and a pool of unlabeled ones, and `ground_truth.json` for the pool, which
+the worker never reads. The images themselves do not depend on the seed (they are generated once with a
+fixed generator, so every seed shares the files); the seed draws which are labeled and which form the pool.
+
+- ``digits8``: scikit-learn's 8x8 digits, as in bench_worker.py (the data the worker was designed on).
+- ``digits-inv32`` / ``digits-inv64``: the same digits dark on light paper, upscaled to 32 or 64 px, light
+  noise, one image in seven saved as RGBA PNG, the others as JPEG at quality 60-85 (artefacts).
+- ``textures32``: 32 px patches (40-64 px crops, rotated by multiples of 90 degrees, mirrored, contrast and
+  brightness jitter) of scikit-image's bundled grey images, one class per image: brick, grass, gravel,
+  moon (surface), cell (microscopy), text (a scanned page).
+- ``glyphs32``: ten capital letters rendered in the system's DejaVu fonts (22 faces on Debian's
+  fonts-dejavu-core/-extra; Pillow's bundled default font at several sizes when none is installed, which
+  makes an easier dataset: say which in the results), 15-26 px, rotated up to 15 degrees, shifted, grey
+  noise, 32 px.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+IMAGE_SEED = 20261129
+"""The generator of the images themselves (fixed: every seed shares the files)."""
+CLASSIFICATION_TYPE = "modelarts/image_classification"
+FONT_GLOB = "/usr/share/fonts/truetype/dejavu/*.ttf"
+LETTERS = "ABCDEFGHJK"
+TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "text")
+
+
+@dataclass(frozen=True)
+class QualityDataset:
+    name: str
+    folder: Path
+    manifest: Path
+    ground_truth: Path
+    labeled: int
+    unlabeled: int
+    classes: int
+    note: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A generated image collection: per image a writer (folder, stem) -> file name, and its label."""
+
+    names: list[str]
+    labels: np.ndarray
+    write: Callable[[Path, int], str]
+    note: str
+
+
+# ----------------------------------------------------------------------------------------- generators
+
+
+def _digits8() -> Source:
+    from autolabel_worker.data import load_digits_arrays
+
+    images, labels = load_digits_arrays()
+
+    def write(folder: Path, i: int) -> str:
+        name = f"{i:05d}.png"
+        Image.fromarray(images[i]).save(folder / name, format="PNG")
+        return name
+
+    return Source([f"{i:05d}" for i in range(len(images))], labels, write, "scikit-learn digits, 8x8 grey PNG")
+
+
+def _digits_inverted(side: int) -> Source:
+    from autolabel_worker.data import load_digits_arrays
+
+    images, labels = load_digits_arrays()
+    rng = np.random.default_rng(IMAGE_SEED + side)
+    quality = rng.integers(60, 86, len(images))
+    rgba = rng.random(len(images)) < 1 / 7
+    noise_seeds = rng.integers(0, 2**31, len(images))
+
+    def write(folder: Path, i: int) -> str:
+        img = Image.fromarray(255 - images[i]).resize((side, side), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float64)
+        arr += np.random.default_rng(int(noise_seeds[i])).normal(0, 6, arr.shape)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        if rgba[i]:
+            name = f"{i:05d}.png"
+            out = img.convert("RGBA")
+            out.putalpha(255)
+            out.save(folder / name, format="PNG")
+        else:
+            name = f"{i:05d}.jpg"
+            img.convert("RGB").save(folder / name, format="JPEG", quality=int(quality[i]))
+        return name
+
+    return Source(
+        [f"{i:05d}" for i in range(len(images))],
+        labels,
+        write,
+        f"digits dark on light, {side} px, 1 in 7 RGBA PNG, others JPEG q60-85",
+    )
+
+
+def _textures(per_class: int = 300) -> Source:
+    from skimage import data as skdata
+
+    rng = np.random.default_rng(IMAGE_SEED + 1)
+    sources = [np.asarray(getattr(skdata, name)(), dtype=np.uint8) for name in TEXTURES]
+    specs: list[tuple[int, int, int, int, int, bool, float, float]] = []
+    labels: list[int] = []
+    for cls, src in enumerate(sources):
+        h, w = src.shape[:2]
+        for _ in range(per_class):
+            size = int(rng.integers(40, 65))
+            y, x = int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
+            rot, flip = int(rng.integers(0, 4)), bool(rng.random() < 0.5)
+            specs.append((y, x, size, rot, cls, flip, rng.uniform(0.7, 1.3), rng.normal(0, 15)))
+            labels.append(cls)
+
+    def write(folder: Path, i: int) -> str:
+        y, x, size, rot, cls, flip, contrast, shift = specs[i]
+        patch = sources[cls][y : y + size, x : x + size].astype(np.float64)
+        patch = np.rot90(patch, rot)
+        if flip:
+            patch = patch[:, ::-1]
+        patch = (patch - patch.mean()) * contrast + patch.mean() + shift
+        img = Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        name = f"{i:05d}.png"
+        img.save(folder / name, format="PNG")
+        return name
+
+    return Source(
+        [f"{i:05d}" for i in range(len(specs))],
+        np.array(labels, dtype=np.int64),
+        write,
+        "scikit-image " + ", ".join(TEXTURES) + ": 32 px patches",
+    )
+
+
+def _fonts() -> tuple[list[str], str]:
+    fonts = sorted(glob.glob(FONT_GLOB))
+    if fonts:
+        return fonts, f"{len(fonts)} DejaVu faces"
+    return [], "Pillow's default font only (no DejaVu fonts installed)"
+
+
+def _glyphs(per_class: int = 200) -> Source:
+    rng = np.random.default_rng(IMAGE_SEED + 2)
+    fonts, what = _fonts()
+    specs: list[tuple[int, int, int, float, int, int, int, int]] = []
+    labels: list[int] = []
+    for cls in range(len(LETTERS)):
+        for _ in range(per_class):
+            specs.append(
+                (
+                    cls,
+                    int(rng.integers(0, max(len(fonts), 1))),
+                    int(rng.integers(15, 27)),
+                    float(rng.uniform(-15, 15)),
+                    int(rng.integers(-3, 4)),
+                    int(rng.integers(-3, 4)),
+                    int(rng.integers(180, 256)),
+                    int(rng.integers(0, 2**31)),
+                )
+            )
+            labels.append(cls)
+
+    def write(folder: Path, i: int) -> str:
+        cls, font_i, size, angle, dx, dy, paper, noise_seed = specs[i]
+        font = ImageFont.truetype(fonts[font_i], size) if fonts else ImageFont.load_default(size=size)
+        canvas = Image.new("L", (48, 48), color=paper)
+        draw = ImageDraw.Draw(canvas)
+        ink = max(0, paper - 160)
+        draw.text((24 + dx, 24 + dy), LETTERS[cls], fill=ink, font=font, anchor="mm")
+        canvas = canvas.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=paper)
+        arr = np.asarray(canvas.crop((8, 8, 40, 40)), dtype=np.float64)
+        arr += np.random.default_rng(noise_seed).normal(0, 8, arr.shape)
+        name = f"{i:05d}.png"
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(folder / name, format="PNG")
+        return name
+
+    return Source(
+        [f"{i:05d}" for i in range(len(specs))],
+        np.array(labels, dtype=np.int64),
+        write,
+        f"letters {LETTERS} in {what}, 32 px",
+    )
+
+
+GENERATORS: dict[str, Callable[[], Source]] = {
+    "digits8": _digits8,
+    "digits-inv32": lambda: _digits_inverted(32),
+    "digits-inv64": lambda: _digits_inverted(64),
+    "textures32": _textures,
+    "glyphs32": _glyphs,
+}
+
+
+# ------------------------------------------------------------------------------------------------ write
+
+
+def write_dataset(
+    name: str, folder: str | os.PathLike[str], seed: int, labeled_per_class: int = 5, pool: int | None = None
+) -> QualityDataset:
+    """Write dataset `name` under `folder` (images once; the manifest and ground truth for `seed`).
+
+    `pool`: at most this many unlabeled images, drawn with the seed from the images not labeled
+    (stratified by nothing: a uniform draw); None keeps them all."""
+    source = GENERATORS[name]()
+    root = Path(folder)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labeled: list[int] = []
+    for cls in np.unique(source.labels):
+        members = np.flatnonzero(source.labels == cls)
+        labeled.extend(rng.choice(members, size=labeled_per_class, replace=False).tolist())
+    rest = np.setdiff1d(np.arange(len(source.labels)), labeled)
+    if pool is not None and pool < len(rest):
+        rest = np.sort(rng.choice(rest, size=pool, replace=False))
+    index_file = images / "files.json"
+    files: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
+    for i in sorted(labeled) + rest.tolist():
+        if source.names[i] not in files:
+            files[source.names[i]] = source.write(images, i)
+    _atomic_write(index_file, json.dumps(files))
+    lines, truth = [], {}
+    for i in sorted(labeled):
+        annotation = [{"type": CLASSIFICATION_TYPE, "name": str(int(source.labels[i])), "annotated-by": "human"}]
+        lines.append(json.dumps({"source": f"images/{files[source.names[i]]}", "annotation": annotation}))
+    for i in rest.tolist():
+        src = f"images/{files[source.names[i]]}"
+        lines.append(json.dumps({"source": src}))
+        truth[src] = str(int(source.labels[i]))
+    manifest = root / f"s{seed}-p{pool}.manifest"
+    _atomic_write(manifest, "\n".join(lines) + "\n")
+    gt = root / f"s{seed}-p{pool}.ground_truth.json"
+    _atomic_write(gt, json.dumps(truth))
+    return QualityDataset(
+        name, root, manifest, gt, len(labeled), len(truth), len(np.unique(source.labels)), source.note
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
