@@ -189,6 +189,8 @@ def check_manifest(
         return None, [PreconditionFailure("ManifestUnreadable", str(exc))]
     except ValueError as exc:  # e.g. an unsupported URI scheme
         return None, [PreconditionFailure("ManifestUnreadable", f"{manifest_uri}: {exc}")]
+    if summary.labeled + summary.unlabeled == 0:
+        return summary, [PreconditionFailure("ManifestInvalid", f"{manifest_uri}: empty (not one JSON line in it)")]
     return summary, check_dataset(summary, task)
 
 

@@ -147,3 +147,14 @@ def test_a_bad_labels_json_is_named_but_its_content_never_echoed(tmp_path: Path)
     failures = check_model(Storage(), str(tmp_path) + "/", "ImageClassification")
     assert [f.reason for f in failures] == ["ModelInvalid"]
     assert "labels.json" in failures[0].message and secret not in failures[0].message
+
+
+def test_an_empty_manifest_is_invalid_and_says_so(tmp_path: Path) -> None:
+    st = Storage()
+    for name, data in {"empty": b"", "blank": b"\n  \n\n", "bom-only": b"\xef\xbb\xbf"}.items():
+        path = tmp_path / f"{name}.manifest"
+        path.write_bytes(data)
+        _, failures = check_manifest(st, str(path), IC)
+        assert [(f.reason, f.message) for f in failures] == [
+            ("ManifestInvalid", f"{path}: empty (not one JSON line in it)")
+        ], name
