@@ -36,7 +36,11 @@ Four steps:
    those contradict the target (a one-sided binomial test at 10%), the thresholds are raised to the
    conservative rule of threshold-based auto-labeling (Vishwakarma et al., NeurIPS 2023): the smallest
    threshold whose held-out predictions above it have a Clopper-Pearson lower bound >= target (at 80%);
-   if none, nothing is auto-labeled.
+   if none, nothing is auto-labeled. The same test runs per predicted class on that class's accepted
+   held-out predictions (a class the models get wrong, say 0 of 3, gets the conservative rule alone, which
+   with a few points per class means it is never auto-labeled), so one bad class does not ride on the
+   others' evidence. With 5 labeled images per class it takes 2 errors among 5 accepted predictions of a
+   class (or 1 of 1-2) to trigger it.
 
 With 5 labeled images per class, 50 held-out points cannot *certify* 0.95: with all of them correct, a
 95% lower bound needs 59. So `targetVerifiable` (Clopper-Pearson at 95% over the held-out predictions
@@ -281,6 +285,8 @@ class Calibration:
     fallback: bool = False
     likelihood_ratio: float = 1.0
     """How much more often the test-time views pass a right prediction than a wrong one (`flag_adjusted`)."""
+    failed_classes: list[int] = field(default_factory=list)
+    """Classes whose own held-out predictions contradicted the target (step 4, per class)."""
     notes: list[str] = field(default_factory=list)
 
     def threshold_for(self, cls: int) -> float:
@@ -307,6 +313,7 @@ class Calibration:
             "heldOutAcceptedCorrect": self.oof_accepted_correct,
             "lowerBound95": self.lower_bound_95,
             "fallbackToBound": self.fallback,
+            "classesFailingHeldOutCheck": [labels[c] for c in self.failed_classes],
             "viewsLikelihoodRatio": round(self.likelihood_ratio, 6),
             "notes": self.notes,
         }
@@ -381,6 +388,25 @@ def finish(
                 f"held-out labeled images contradict the calibration ({k} of {n} accepted are correct): "
                 f"thresholds raised to the Clopper-Pearson rule ({bound_t:.4f})"
             )
+            accepted = eligible & (conf >= calib.thresholds_array(num_classes)[pred])
+            n, k = int(accepted.sum()), int((accepted & correct).sum())
+        # The same check per predicted class: a class whose accepted held-out predictions contradict the
+        # target (say 0 of 3 right) is not auto-labeled on the strength of the other classes' evidence.
+        for cls in range(num_classes):
+            in_class = accepted & (pred == cls)
+            n_c, k_c = int(in_class.sum()), int((in_class & correct).sum())
+            if n_c == 0 or binom_cdf_le(k_c, n_c, target) >= CHECK_ALPHA:
+                continue
+            mask = eligible & (pred == cls)
+            bound_c = smallest_threshold(conf[mask], correct[mask], target, SELECT_ALPHA)
+            calib.class_thresholds[cls] = max(calib.threshold_for(cls), bound_c)
+            adjusted_t[cls] = max(adjusted_t.get(cls, adjusted_global), float(flag_adjusted(bound_c, likelihood_ratio)))
+            calib.failed_classes.append(cls)
+            notes.append(
+                f"held-out labeled images predicted as class {cls} contradict the calibration ({k_c} of {n_c} "
+                f"accepted are correct): its threshold raised to the Clopper-Pearson rule ({bound_c:.4f})"
+            )
+        if calib.failed_classes:
             accepted = eligible & (conf >= calib.thresholds_array(num_classes)[pred])
             n, k = int(accepted.sum()), int((accepted & correct).sum())
         calib.oof_accepted, calib.oof_accepted_correct = n, k

@@ -229,3 +229,96 @@ def test_oracle_coverage_takes_ties_together() -> None:
     # two images tied at 0.9, one right and one wrong: the tie cannot be split, so only the top one
     conf = np.array([0.95, 0.9, 0.9])
     assert oracle_coverage(conf, np.array([1, 1, 0], dtype=bool), 0.95) == 1 / 3
+
+
+# ------------------------------------------------------- synthetic models with known answers (issue 12)
+
+
+def calibrated_case(
+    rng: np.random.Generator, n: int, classes: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A model whose confidence c is right with probability c (for `scale` 1; `scale` > 1 makes the
+    logits that much sharper than the truth: an over-confident model). Returns (logits, labels, conf,
+    correct) with confidences and correctness of the true (scale 1) model."""
+    logits = rng.normal(0, 2.5, size=(n, classes))
+    probs = np.exp(cal.log_softmax(logits))
+    labels = np.array([rng.choice(classes, p=p) for p in probs])
+    return logits * scale, labels, probs.max(axis=1), probs.argmax(axis=1) == labels
+
+
+def test_a_perfectly_calibrated_model_reaches_the_target_without_fallback() -> None:
+    rng = np.random.default_rng(12)
+    oof, labels, _, _ = calibrated_case(rng, 400, 5)
+    t = cal.fit_temperature(oof, labels)
+    assert t == pytest.approx(1.0, abs=0.2)
+    pool_logits, pool_labels, _, _ = calibrated_case(rng, 20_000, 5)
+    probs = cal.ensemble_probs(pool_logits, t)
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+    hist = cal.ConfidenceHistogram(5)
+    hist.add(pred, conf)
+    calib = cal.finish(hist, oof, labels, target=0.95, temperature=t, cautious_temperature=t)
+    assert not calib.fallback and calib.failed_classes == []
+    accepted = conf >= calib.thresholds_array(5)[pred]
+    precision = (pred == pool_labels)[accepted].mean()
+    assert precision == pytest.approx(0.95, abs=0.015)
+    assert calib.estimated_precision == pytest.approx(precision, abs=0.015)
+    # close to the oracle: a calibrated model leaves little to a better threshold
+    assert accepted.mean() >= 0.9 * cal.oracle_coverage(conf, pred == pool_labels, 0.95)
+
+
+def test_an_over_confident_model_gets_a_larger_temperature_and_keeps_the_target() -> None:
+    rng = np.random.default_rng(13)
+    oof, labels, _, _ = calibrated_case(rng, 400, 5, scale=3.0)
+    t = cal.fit_temperature(oof, labels)
+    assert t == pytest.approx(3.0, rel=0.25)  # the temperature undoes the over-confidence
+    pool_logits, pool_labels, _, _ = calibrated_case(rng, 20_000, 5, scale=3.0)
+    raw = cal.ensemble_probs(pool_logits, 1.0)
+    pred, raw_conf = raw.argmax(axis=1), raw.max(axis=1)
+    # at T = 1 the over-confident model's thresholds would miss the target...
+    naive = cal.ConfidenceHistogram(5)
+    naive.add(pred, raw_conf)
+    t_naive = naive.threshold(0.95)
+    assert (pred == pool_labels)[raw_conf >= t_naive].mean() < 0.93
+    # ...calibrated, they keep it
+    conf = cal.ensemble_probs(pool_logits, t).max(axis=1)
+    hist = cal.ConfidenceHistogram(5)
+    hist.add(pred, conf)
+    calib = cal.finish(hist, oof, labels, target=0.95, temperature=t, cautious_temperature=t)
+    accepted = conf >= calib.thresholds_array(5)[pred]
+    assert (pred == pool_labels)[accepted].mean() >= 0.94
+
+
+def test_an_over_confident_model_without_its_temperature_is_caught_by_the_held_out_check() -> None:
+    """Confidences of 0.98 that are right 70% of the time on the held-out labeled images: the check
+    contradicts the calibration and nothing is auto-labeled."""
+    hist = cal.ConfidenceHistogram(3, bins=100)
+    for c in range(3):
+        hist.add(np.full(300, c), np.full(300, 0.98))
+    oof = np.tile([[4.6, 0.0, 0.0]], (60, 1))
+    labels = np.array([0] * 42 + [1] * 18)
+    calib = cal.finish(hist, oof, labels, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    assert calib.fallback and calib.global_threshold == cal.NEVER
+
+
+def test_a_class_that_is_never_right_is_not_auto_labeled() -> None:
+    """Held-out: classes 0 and 1 always right, every prediction of class 2 wrong (it is really class 0).
+    The global check does not fire (30 of 33 right: P(X <= 30) is about 0.23 at 0.95), the per-class
+    check does (0 of 3 right): class 2's threshold goes beyond reach, the others stay as they were."""
+    hist = cal.ConfidenceHistogram(3, bins=100)
+    for c in range(3):
+        hist.add(np.full(300, c), np.full(300, 0.99))
+    oof = np.zeros((33, 3))
+    pred = np.array([0] * 15 + [1] * 15 + [2] * 3)
+    oof[np.arange(33), pred] = 6.0
+    labels = np.array([0] * 15 + [1] * 15 + [0] * 3)
+    calib = cal.finish(hist, oof, labels, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    assert calib.failed_classes == [2]
+    assert calib.threshold_for(2) == cal.NEVER
+    assert calib.threshold_for(0) == pytest.approx(0.99) and calib.threshold_for(1) == pytest.approx(0.99)
+    assert any("class 2" in note for note in calib.notes)
+    # one error among five accepted predictions of a class is not enough evidence to drop it
+    labels_one_wrong = labels.copy()
+    labels_one_wrong[30:] = 2
+    labels_one_wrong[0] = 1
+    calib = cal.finish(hist, oof, labels_one_wrong, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    assert calib.failed_classes == []
