@@ -12,7 +12,10 @@ What a Helm install of Kueue does in a cluster, done for loopback:
   certificate as their CA bundle; only the webhooks of the integrations enabled here (batch/v1 Jobs and
   Kueue's own kinds) are registered, since the manager serves no others and a registered webhook that
   nobody serves fails every request it matches;
-- Kueue's own certificate management, leader election, metrics and the visibility API server are off.
+- Kueue's own certificate management, leader election, metrics and the visibility API server are off;
+- the manager runs in a mount namespace of its own with a folder laid over /etc (see
+  :meth:`LocalKueue._metrics_certificate_overlay` for why): this needs ``unshare`` (util-linux) and
+  unprivileged user namespaces, as rootless container tools do.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from typing import Any
 import yaml
 
 from devenv.cluster import LocalCluster
-from devenv.procs import REPO_ROOT, LocalService, ProcessGroup, StartError, ensure_binaries, free_port, http_ok
+from devenv.procs import (
+    REPO_ROOT,
+    LocalService,
+    ProcessGroup,
+    StartError,
+    ensure_binaries,
+    free_port,
+    http_ok,
+    wait_until,
+)
 
 KUEUE_MODULE = "sigs.k8s.io/kueue"
 NAMESPACE = "kueue-system"
@@ -109,6 +121,13 @@ def local_webhook_configurations(source: Path, webhook_url: str, ca_bundle: str)
     return configurations
 
 
+def in_private_etc(overlay: Path) -> list[str]:
+    """The command prefix that runs a program with ``overlay`` laid over /etc, in a mount namespace of
+    its own (an unprivileged user namespace, so no root needed; the host's /etc is not touched)."""
+    script = 'mount -t overlay overlay -o "lowerdir=$1:/etc" /etc && shift && exec "$@"'
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", str(overlay)]
+
+
 class LocalKueue(LocalService):
     """Kueue's controller manager for a :class:`LocalCluster` (which must be running)."""
 
@@ -136,20 +155,39 @@ class LocalKueue(LocalService):
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         self._apply(crds_with_local_conversion(self.source, webhook_url, ca_bundle))
         for crd in ("workloads", "clusterqueues", "localqueues", "resourceflavors"):
-            self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                                 f"crd/{crd}.kueue.x-k8s.io")  # fmt: skip
+            wait_until(lambda crd=crd: self._established(f"{crd}.kueue.x-k8s.io"), timeout, f"CRD {crd}")
 
         config = self.state_dir / "config.yaml"
         config.write_text(yaml.safe_dump(manager_config(webhook_port, health_port, certs)))
+        overlay = self._metrics_certificate_overlay(certs)
         self.procs.start(
             "kueue",
-            [str(bins / "kueue"), "--config", str(config), "--zap-log-level", "info"],
+            [*in_private_etc(overlay), str(bins / "kueue"), "--config", str(config), "--zap-log-level", "info"],
             env={"KUBECONFIG": str(self.cluster.kubeconfig)},
         )
         self.procs.wait_healthy({"kueue": lambda: http_ok(f"http://127.0.0.1:{health_port}/readyz")}, timeout)
         # Registered once the server answers, so that no request meets a webhook nobody serves yet.
         self._apply(local_webhook_configurations(self.source, webhook_url, ca_bundle))
         (self.state_dir / "kueue.json").write_text(json.dumps({"webhook": webhook_url}, indent=1))
+
+    def _metrics_certificate_overlay(self, certs: Path) -> Path:
+        """A folder laid over /etc for the manager only, holding ``kueue/metrics/certs/tls.{crt,key}``.
+
+        Kueue v0.17, with its own certificate management off, reads a metrics certificate from the fixed
+        path /etc/kueue/metrics/certs at start and exits when there is none (cmd/kueue/main.go, "Unable
+        to initialize metrics certificate watcher"), even with metrics off. Rather than write into the
+        host's /etc, the manager runs in a private mount namespace where this folder is layered over it."""
+        overlay = self.state_dir / "etc-overlay"
+        metrics_certs = overlay / "kueue" / "metrics" / "certs"
+        metrics_certs.mkdir(parents=True)
+        for name in ("tls.crt", "tls.key"):
+            (metrics_certs / name).write_bytes((certs / name).read_bytes())
+        return overlay
+
+    def _established(self, crd: str) -> bool:
+        # (not `kubectl wait`: it fails at once on a CRD whose status the API server has not written yet)
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        return self.cluster.kubectl("get", "crd", crd, "-o", f"jsonpath={query}", check=False).stdout == "True"
 
     def _apply(self, objects: list[dict[str, Any]]) -> None:
         # Server-side: Kueue's CRDs are too large for the last-applied annotation of a client-side apply.
