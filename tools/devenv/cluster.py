@@ -15,15 +15,19 @@ The flags follow controller-runtime's envtest (sigs.k8s.io/controller-runtime/pk
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import secrets
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devenv.procs import LocalService, ProcessGroup, StartError, ensure_binaries, free_port, http_ok
+from devenv.procs import LocalService, ProcessGroup, StartError, ensure_binaries, free_port, http_ok, stop_pid
 
 NODE_NAME = "local-node"
 NODE_GPUS = 2
@@ -40,6 +44,8 @@ class LocalCluster(LocalService):
         self.procs = ProcessGroup(self.state_dir)
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.extra_args = {name: list(args) for name, args in (extra_args or {}).items()}
+        self._argv: dict[str, list[str]] = {}  # each component's command line, for restart()
+        self._health: dict[str, Callable[[], bool]] = {}
         unknown = set(self.extra_args) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"extra_args for unknown components {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
@@ -74,7 +80,8 @@ class LocalCluster(LocalService):
             "--initial-cluster", f"local=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync", "--log-level", "warn",
         ])  # fmt: skip
-        self.procs.wait_healthy({"etcd": lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health")}, timeout)
+        self._health["etcd"] = lambda: http_ok(f"http://127.0.0.1:{etcd_port}/health")
+        self.procs.wait_healthy({"etcd": self._health["etcd"]}, timeout)
 
         self._run("kube-apiserver", [
             str(bins / "kube-apiserver"),
@@ -91,7 +98,8 @@ class LocalCluster(LocalService):
         ])  # fmt: skip
         auth = {"Authorization": f"Bearer {token}"}
         server = f"https://127.0.0.1:{api_port}"
-        self.procs.wait_healthy({"kube-apiserver": lambda: http_ok(f"{server}/readyz", auth, insecure=True)}, timeout)
+        self._health["kube-apiserver"] = lambda: http_ok(f"{server}/readyz", auth, insecure=True)
+        self.procs.wait_healthy({"kube-apiserver": self._health["kube-apiserver"]}, timeout)
         self._write_kubeconfig(server, token, certs / "apiserver.crt")
 
         # Both serve HTTPS with a self-signed certificate on --secure-port; /healthz is in their default
@@ -109,12 +117,10 @@ class LocalCluster(LocalService):
             "--bind-address", "127.0.0.1", "--secure-port", str(sched_port), "--leader-elect=false",
             "--v", "1",
         ])  # fmt: skip
+        self._health["kube-controller-manager"] = lambda: http_ok(f"https://127.0.0.1:{cm_port}/healthz", insecure=True)
+        self._health["kube-scheduler"] = lambda: http_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure=True)
         self.procs.wait_healthy(
-            {
-                "kube-controller-manager": lambda: http_ok(f"https://127.0.0.1:{cm_port}/healthz", insecure=True),
-                "kube-scheduler": lambda: http_ok(f"https://127.0.0.1:{sched_port}/healthz", insecure=True),
-            },
-            timeout,
+            {name: self._health[name] for name in ("kube-controller-manager", "kube-scheduler")}, timeout
         )
         (self.state_dir / "cluster.json").write_text(
             json.dumps(
@@ -130,7 +136,28 @@ class LocalCluster(LocalService):
         self._register_node()
 
     def _run(self, component: str, argv: list[str]) -> None:
-        self.procs.start(component, [*argv, *self.extra_args.get(component, [])])
+        self._argv[component] = [*argv, *self.extra_args.get(component, [])]
+        self.procs.start(component, self._argv[component])
+
+    def restart(self, component: str, down_seconds: float = 0.0, kill: bool = False, timeout: float = 120) -> float:
+        """Stops one component of a cluster this object started (SIGTERM, or SIGKILL with ``kill``), waits
+        ``down_seconds``, starts it again with the same command line (same ports, data and certificates:
+        etcd keeps its data, the API server its serving certificate, so clients and the kubeconfig stay
+        valid) and returns once its health endpoint answers: the seconds it was down. For fault tests
+        (an API server upgrade, an etcd restart)."""
+        if component not in self._argv:
+            raise ValueError(f"{component!r} was not started by this object; started: {', '.join(self._argv)}")
+        pid = self.procs.alive().get(component)
+        stopped_at = time.monotonic()
+        if pid is not None:
+            if kill:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            stop_pid(pid)
+        time.sleep(down_seconds)
+        self.procs.start(component, self._argv[component])
+        self.procs.wait_healthy({component: self._health[component]}, timeout)
+        return time.monotonic() - stopped_at
 
     # ------------------------------------------------------------------ helpers
 
