@@ -80,7 +80,9 @@ def sts_client(endpoint: str | None, region: str, access_key: str | None, secret
         region_name=region,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30),
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30, max_pool_connections=64
+        ),
     )
 
 

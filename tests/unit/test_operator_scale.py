@@ -61,3 +61,24 @@ def test_one_sts_client_serves_every_job(monkeypatch: pytest.MonkeyPatch) -> Non
     issue_job_credentials(_job("d"), Settings(s3_endpoint="http://other:9000", access_key="op", secret_key="secret"))
     assert len(made) == 3
     sts_client.cache_clear()
+
+
+def test_io_threads_setting_and_default_executor() -> None:
+    """Blocking storage calls run on io_threads threads (AUTOLABEL_IO_THREADS, default 32), not on
+    asyncio's cores + 4 (6 on 2 cores), which queued 100 jobs created at once behind each other."""
+    import asyncio
+    import threading
+
+    from autolabel_operator.handlers.startup import use_io_threads
+
+    assert Settings.from_env({}).io_threads == 32
+    assert Settings.from_env({"AUTOLABEL_IO_THREADS": "8"}).io_threads == 8
+    loop = asyncio.new_event_loop()
+    try:
+        executor = use_io_threads(loop, Settings(io_threads=40))
+        assert executor._max_workers == 40
+        name = loop.run_until_complete(asyncio.to_thread(lambda: threading.current_thread().name))
+        assert name.startswith("autolabel-io")
+    finally:
+        loop.close()
+        executor.shutdown()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -16,6 +18,14 @@ from ..reconcile import Reconciler
 from .runtime import Runtime, runtime_of
 
 FINALIZER = "autolabel.dev/finalizer"
+
+
+def use_io_threads(loop: asyncio.AbstractEventLoop, op_settings: Settings) -> ThreadPoolExecutor:
+    """The loop's default executor (``asyncio.to_thread``): ``io_threads`` threads for blocking storage
+    calls instead of asyncio's cores + 4."""
+    executor = ThreadPoolExecutor(max_workers=op_settings.io_threads, thread_name_prefix="autolabel-io")
+    loop.set_default_executor(executor)
+    return executor
 
 
 def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
@@ -42,6 +52,7 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
         settings.watching.label_selectors[("v1", "pods")] = selector
         # kopf posts its own handler logs as Events from this level; ours go through kopf.event().
         settings.posting.level = logging.WARNING
+        use_io_threads(asyncio.get_running_loop(), op_settings)
         api = await new_api_client()
         memo.runtime = Runtime(Reconciler(op_settings, Kube(api)))
         metrics.serve(op_settings.metrics_port)
