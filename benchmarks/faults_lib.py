@@ -522,7 +522,7 @@ def s3_outage(env: Env, runs: int, seed: int, down: float = 30.0, work: float = 
     return out
 
 
-def s3_down(env: Env, runs: int, seed: int, work: float = 4.0) -> Outcome:
+def s3_down(env: Env, runs: int, seed: int, work: float = 4.0, down_for: float = 180.0) -> Outcome:
     """MinIO stopped for good while a job's worker runs: the job must fail (after the worker's retries and
     the Job's one retry per index) naming storage, and once the store is back, what was written before the
     outage is still there and no result claims success (no summary.json, no result.manifest)."""
@@ -542,10 +542,17 @@ def s3_down(env: Env, runs: int, seed: int, work: float = 4.0) -> Outcome:
         start = time.monotonic()
         try:
             env.s3.pause()
-            objs = wait_final(env, ns, [name], 300)
+            objs = wait_final(env, ns, [name], down_for)
+            ended = status_of(objs.get(name)).get("phase") in FINAL
         finally:
             env.s3.resume()
-        out.time("outage to Failed s", time.monotonic() - start)
+        if ended:
+            out.time("outage to Failed s", time.monotonic() - start)
+        else:
+            message = status_of(objs.get(name)).get("message")
+            out.fail(f"{ns}/{name}: not ended {down_for:g}s into the outage ({message})")
+            objs = wait_final(env, ns, [name], 120)  # what it does once the store is back
+            out.time("store back to final s", time.monotonic() - start - down_for)
         final = objs.get(name)
         status = status_of(final)
         reason = condition(final, "Failed").get("reason")
