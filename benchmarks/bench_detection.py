@@ -431,7 +431,13 @@ def run_one(folder: str, algorithm: str, seed: int, budget: int | None, train_st
 
 
 def quality(
-    seeds: list[int], algorithms: list[str], budget: int | None, train_steps: int | None, unlabeled: int, keep: bool
+    seeds: list[int],
+    algorithms: list[str],
+    budget: int | None,
+    train_steps: int | None,
+    unlabeled: int,
+    keep: bool,
+    labeled_per_class: int = 6,
 ) -> list[dict[str, Any]]:
     from autolabel_worker.detection_data import write_detection_dataset
 
@@ -440,7 +446,9 @@ def quality(
         folder = Path(tempfile.mkdtemp(prefix=f"bench-detection-s{seed}-"))
         try:
             try:
-                ds = write_detection_dataset(folder, seed=seed, unlabeled=unlabeled)
+                ds = write_detection_dataset(
+                    folder, seed=seed, unlabeled=unlabeled, labeled_per_class=labeled_per_class
+                )
             except Exception as exc:  # every run of this seed is a failed row; the other seeds go on
                 for algorithm in algorithms:
                     rows.append(
@@ -820,6 +828,9 @@ def main() -> None:
         "--train-steps", type=int, default=None, help="steps per model (default: the worker's; shorter for a smoke run)"
     )
     parser.add_argument("--unlabeled", type=int, default=300, help="quality: unlabeled images per dataset")
+    parser.add_argument(
+        "--labeled-per-class", type=int, default=6, help="quality: images labeled per class (the sample's is 6)"
+    )
     parser.add_argument("--shards", type=ints, default=[1, 2, 3, 5], help="scaleout: comma-separated shard counts")
     parser.add_argument("--pool", type=int, default=600, help="scaleout: unlabeled images to pre-label")
     parser.add_argument("--model", default=None, help="scaleout: a model/ folder to reuse instead of training one")
@@ -864,7 +875,13 @@ def main() -> None:
     start = time.monotonic()
     if opts.part == "quality":
         results["quality"] = quality(
-            opts.seeds, opts.algorithms.split(","), opts.budget, opts.train_steps, opts.unlabeled, opts.keep
+            opts.seeds,
+            opts.algorithms.split(","),
+            opts.budget,
+            opts.train_steps,
+            opts.unlabeled,
+            opts.keep,
+            opts.labeled_per_class,
         )
     elif opts.part == "scaleout":
         results["scaleout"] = scaleout(
