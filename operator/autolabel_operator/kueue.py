@@ -19,6 +19,11 @@ WORKLOAD_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 DEACTIVATED_BY_ANNOTATION = "autolabel.dev/deactivated-by"
 """Set on the Workloads the operator deactivates, so a resume never re-activates one an admin deactivated."""
 SUSPEND = "spec.suspend"
+NOT_EVALUATED = "Kueue has not evaluated the Workload yet"
+REFRESH_SECONDS = 30.0
+"""How long Kueue's settled reason for a queued job is shown before the Workload is read again: its words
+change seldom (quota, a missing queue), and a thousand queued jobs should not read a thousand Workloads
+on every reconcile tick. Admission itself needs no read: Kueue unsuspends the Job, which the index sees."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,11 @@ class Admission:
     admitted: bool
     reason: str
     message: str
+
+    @property
+    def settled(self) -> bool:
+        """Kueue has evaluated the Workload and said why it waits (worth showing for a while)."""
+        return not self.admitted and self.reason in ("Pending", "Inadmissible") and self.message != NOT_EVALUATED
 
 
 def workload_selector(job_uid: str) -> str:
@@ -57,7 +67,7 @@ def admission(workload: dict[str, Any] | None) -> Admission | None:
         cond = _condition(workload, ctype)
         if cond is not None and cond.get("status") == "False" and cond.get("message"):
             return Admission(False, cond.get("reason") or "Pending", cond["message"])
-    return Admission(False, "Pending", "Kueue has not evaluated the Workload yet")
+    return Admission(False, "Pending", NOT_EVALUATED)
 
 
 def is_active(workload: dict[str, Any]) -> bool:

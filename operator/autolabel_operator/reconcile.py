@@ -186,10 +186,12 @@ class Reconciler:
         self.credentials_issuer = credentials_issuer
         self._lease_checked: set[str] = set()  # jobs whose Lease this process has read at least once
         self._results_tries: dict[str, tuple[int, float]] = {}  # uid -> (tries, monotonic time of the next)
+        self._kueue_said: dict[str, tuple[float, kueue.Admission]] = {}  # uid -> (when read, Kueue's verdict)
 
     def forget(self, uid: str) -> None:
         self._lease_checked.discard(uid)
         self._results_tries.pop(uid, None)
+        self._kueue_said.pop(uid, None)
 
     async def credentials(self, job: AutoLabelJob) -> Credentials:
         """The job's storage credentials, read anew each time (not cached): a rotated Secret reaches the
@@ -268,6 +270,7 @@ class Reconciler:
         lock_condition = get_condition(b.conditions, LOCK_ACQUIRED) or {}
         stopped = lock_condition.get("reason") == "Suspended" and lock_condition.get("message") == message
         if job_obj is not None and job.spec.queue_name:
+            self._kueue_said.pop(run.uid, None)  # on resume, the Workload is read (and re-activated) at once
             if not stopped and not await self.deactivate_workload(run, job_obj):
                 message += "; waiting for Kueue to create the Job's Workload, to deactivate it"
         elif job_obj is not None and not (job_obj.get("spec") or {}).get("suspend"):
@@ -301,13 +304,19 @@ class Reconciler:
     async def kueue_admission(self, run: Pass, job_obj: dict[str, Any]) -> kueue.Admission | None:
         """Kueue's word on a suspended Job's Workload, for the status; re-activates the Workload that a
         suspend of ours deactivated (the job holds its lock again by now)."""
+        said = self._kueue_said.get(run.uid)
+        if said is not None and time.monotonic() - said[0] < kueue.REFRESH_SECONDS:
+            return said[1]
         workload = kueue.latest(await self.kube.list_workloads(run.namespace, self._workload_selector(job_obj)))
         if workload is not None and kueue.deactivated_by_us(workload):
             name = workload["metadata"]["name"]
             await self.kube.patch_workload(run.namespace, name, kueue.activation_patch(True))
             run.status.events.append(("Normal", "Resumed", f"re-activated Kueue Workload {name}"))
             return kueue.Admission(False, "Pending", "re-activated; waiting for Kueue to admit it again")
-        return kueue.admission(workload)
+        verdict = kueue.admission(workload)
+        if verdict is not None and verdict.settled:
+            self._kueue_said[run.uid] = (time.monotonic(), verdict)
+        return verdict
 
     @staticmethod
     def _workload_selector(job_obj: dict[str, Any]) -> str:

@@ -4,8 +4,10 @@ deactivation. The reconciler runs against the in-memory API of ``fakes.FakeKube`
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
 from autolabel_operator import kueue
 from autolabel_operator.reconcile import Children, Reconciler, candidate_of
 from autolabel_operator.status import Observation, derive
@@ -146,3 +148,23 @@ def test_resuming_never_reactivates_a_workload_an_admin_deactivated(
     run(reconciler, raw, Children(job=kube.jobs["a-uida"], competitors=[candidate_of(raw)]))
     assert kube.workloads["job-a-1"]["spec"]["active"] is False
     assert "Deactivated" in raw["status"]["message"]
+
+
+def test_kueues_settled_reason_is_read_again_only_after_the_refresh_interval(
+    store: LocalS3Storage, kube: FakeKube, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, job_uid = _queued(store, kube, reconciler)
+    kube.workloads["job-a-1"] = workload(job_uid)  # not evaluated yet: read again on the next pass
+    children = Children(job=kube.jobs["a-uida"], competitors=[candidate_of(raw)])
+    run(reconciler, raw, children)
+    kube.workloads["job-a-1"] = workload(job_uid, cond("QuotaReserved", "False", "Pending", PENDING_MESSAGE))
+    run(reconciler, raw, children)
+    assert PENDING_MESSAGE in raw["status"]["message"]
+    lists = kube.workload_lists
+    for _ in range(3):
+        run(reconciler, raw, children)
+    assert kube.workload_lists == lists
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + kueue.REFRESH_SECONDS + 1)
+    run(reconciler, raw, children)
+    assert kube.workload_lists == lists + 1
