@@ -47,8 +47,10 @@ def test_admission_reads_kueues_reason_for_a_pending_workload() -> None:
     admitted = workload("j", cond("QuotaReserved", "True", "QuotaReserved", "ok"),
                         cond("Admitted", "True", "Admitted", "The workload is admitted"))  # fmt: skip
     assert kueue.admission(admitted) == kueue.Admission(True, "Admitted", "The workload is admitted")
-    assert kueue.admission(workload("j")).reason == "Pending"
-    assert kueue.admission(workload("j", active=False)).reason == "Deactivated"
+    assert kueue.admission(workload("j")) == kueue.Admission(False, "Pending", kueue.NOT_EVALUATED)
+    assert kueue.admission(workload("j", active=False)) == kueue.Admission(
+        False, "Deactivated", "the Workload is deactivated (spec.active: false)"
+    )
     assert kueue.admission(None) is None
 
 
