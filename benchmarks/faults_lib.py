@@ -587,11 +587,11 @@ def wait_phase_in(env: Env, ns: str, name: str, wanted: set[str], timeout: float
 
 
 def control_plane_restart(
-    env: Env, runs: int, seed: int, component: str, down: float = 5.0, work: float = 6.0
+    env: Env, runs: int, seed: int, component: str, down: float = 5.0, work: float = 6.0, kill: bool = False
 ) -> Outcome:
-    """``component`` (kube-apiserver or etcd) stopped for ``down`` seconds and started again (same data and
-    ports) while one job runs and a second waits for its dataset: both must finish, one Job each, in order,
-    no Lease held."""
+    """``component`` (kube-apiserver or etcd) stopped (SIGTERM, or SIGKILL with ``kill``) for ``down``
+    seconds and started again (same data and ports) while one job runs and a second waits for its dataset:
+    both must finish, one Job each, in order, no Lease held."""
     rng = random.Random(seed)
     out = Outcome(f"{component}-restart", runs, "both jobs Succeeded, 1 Job each, in order, no Lease held, "
                   "every image once")  # fmt: skip
@@ -605,7 +605,7 @@ def control_plane_restart(
                 out.fail(f"{ns}/{first}: never Running")
                 continue
             time.sleep(rng.uniform(0.2, work / 2))
-            out.time("down s", env.cluster.restart(component, down_seconds=down))
+            out.time("down s", env.cluster.restart(component, down_seconds=down, kill=kill))
             back = time.monotonic()
             check_jobs(env, out, ns, {first: "Succeeded", second: "Succeeded"}, {first: sources, second: sources},
                        watcher, timeout=240)  # fmt: skip

@@ -34,25 +34,27 @@ def passed(outcome: faults_lib.Outcome) -> bool:
 
 
 def test_operator_sigkilled_at_seeded_moments_converges(env: faults_lib.Env) -> None:
-    outcome = faults_lib.operator_kills(env, runs=5, seed=11, jobs=4, datasets=2, work=1.5)
+    outcome = faults_lib.operator_kills(env, runs=4, seed=11, jobs=3, datasets=2, work=1.0)
     assert passed(outcome)
-    assert sum(v for k, v in outcome.counts.items() if k.startswith("kills ")) >= 5
+    assert sum(v for k, v in outcome.counts.items() if k.startswith("kills ")) >= 4
 
 
-def test_jobs_racing_for_three_datasets_run_one_at_a_time_in_order(env: faults_lib.Env) -> None:
-    outcome = faults_lib.dataset_race(env, runs=4, seed=5, datasets=3)
+def test_jobs_racing_for_two_datasets_run_one_at_a_time_in_order(env: faults_lib.Env) -> None:
+    outcome = faults_lib.dataset_race(env, runs=3, seed=5, datasets=2)
     assert passed(outcome)
     assert outcome.counts["max running per dataset"] == 1  # it did sample the runs
 
 
 def test_worker_killed_mid_shard_is_retried_and_every_image_is_merged_once(env: faults_lib.Env) -> None:
-    assert passed(faults_lib.worker_kill(env, runs=1, seed=2))
+    assert passed(faults_lib.worker_kill(env, runs=1, seed=2, work=4.0, unlabeled=15))
 
 
 def test_node_runner_killed_and_restarted_mid_run(env: faults_lib.Env) -> None:
-    assert passed(faults_lib.node_runner_restart(env, runs=1, seed=3))
+    assert passed(faults_lib.node_runner_restart(env, runs=1, seed=3, down=0.5, work=3.0))
 
 
-def test_api_server_and_etcd_restarted_mid_run(env: faults_lib.Env) -> None:
-    assert passed(faults_lib.control_plane_restart(env, runs=1, seed=4, component="kube-apiserver", down=3))
-    assert passed(faults_lib.control_plane_restart(env, runs=1, seed=4, component="etcd", down=3))
+def test_api_server_then_etcd_restarted_mid_run(env: faults_lib.Env) -> None:
+    """Both SIGKILLed (a crash; the scripts' runs stop them with SIGTERM, as an upgrade does)."""
+    for component in ("kube-apiserver", "etcd"):
+        outcome = faults_lib.control_plane_restart(env, 1, 4, component=component, down=1, work=3.0, kill=True)
+        assert passed(outcome)
