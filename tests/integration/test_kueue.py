@@ -1,7 +1,8 @@
 """AutoLabelJobs behind a real Kueue (built from sigs.k8s.io/kueue by tools/build-bins.sh, run by
 tools/devenv/kueue.py with its webhooks on loopback) on a control plane of this module's own, so that
 Kueue's webhooks never meet the other modules' Jobs. A ClusterQueue has quota for 2 ``nvidia.com/gpu``;
-the fake worker runs in the pods; every job asks for one GPU (flavor ``gpu-1``) through ``spec.queueName``."""
+the fake worker runs in the pods; every job asks for one GPU (flavor ``gpu-1``) through ``spec.queueName``.
+The queue is examples/kueue-gpu-queue.yaml, as a user would apply it."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from devenv.cluster import LocalCluster
 from devenv.kueue import LocalKueue
 from devenv.s3 import MinioServer
 
 from .conftest import CRD_DIR
 from .operator_fixtures import (
+    REPO,
     alj,
     apply,
     dataset,
@@ -31,33 +34,18 @@ from .operator_fixtures import (
 
 pytestmark = [pytest.mark.needs_cluster, pytest.mark.needs_s3]
 
-GPU_QUOTA = 2
+EXAMPLE = REPO / "examples" / "kueue-gpu-queue.yaml"
+GPU_QUOTA = 2  # the example's ClusterQueue
 QUEUE = "gpu-queue"
 
 
 def kueue_objects(namespace: str | None = None) -> list[dict[str, Any]]:
-    """A ResourceFlavor and a ClusterQueue with quota for 2 GPUs (cluster-wide), or a namespace's LocalQueue."""
-    if namespace is not None:
-        return [{"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-                 "metadata": {"name": QUEUE, "namespace": namespace}, "spec": {"clusterQueue": "gpus"}}]  # fmt: skip
-    quotas = {"cpu": "64", "memory": "256Gi", "nvidia.com/gpu": str(GPU_QUOTA)}
-    return [
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "gpu"}},
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": "gpus"},
-            "spec": {
-                "namespaceSelector": {},
-                "queueingStrategy": "BestEffortFIFO",
-                "resourceGroups": [{
-                    "coveredResources": list(quotas),
-                    "flavors": [{"name": "gpu",
-                                 "resources": [{"name": k, "nominalQuota": v} for k, v in quotas.items()]}],
-                }],
-            },
-        },
-    ]  # fmt: skip
+    """examples/kueue-gpu-queue.yaml: its ResourceFlavor and ClusterQueue (cluster-wide), or its LocalQueue
+    in ``namespace``."""
+    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    if namespace is None:
+        return [d for d in docs if d["kind"] != "LocalQueue"]
+    return [{**d, "metadata": {**d["metadata"], "namespace": namespace}} for d in docs if d["kind"] == "LocalQueue"]
 
 
 def apply_objects(cluster: LocalCluster, objects: list[dict[str, Any]]) -> None:
