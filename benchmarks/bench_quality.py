@@ -139,7 +139,10 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
     out = results_prefix(job)
     start = time.monotonic()
-    summary = pipeline.run_job(job, Storage(), out, train_steps=train_steps)
+    try:
+        summary = pipeline.run_job(job, Storage(), out, train_steps=train_steps)
+    finally:
+        cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     row = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -238,21 +241,27 @@ def score(result_manifest: Path, truth: dict[str, str], root: Path) -> dict[str,
 def components(captured: dict[str, Any], truth: dict[str, str], root: str, class_names: list[str]) -> dict[str, Any]:
     """Coverage and precision on the pool with each margin of the calibration removed (see the docstring)."""
     import numpy as np
-    from autolabel_worker import calibrate as cal
-
-    kw = captured["finish_kw"]
-    lr = float(kw.get("likelihood_ratio", 1.0))
-    oof, labels = captured["oof_logits"], captured["labels"]
 
     def correct_of(rec: dict[str, Any]) -> np.ndarray:
         return np.array(
             [truth[os.path.relpath(s, root)] == label for s, label in zip(rec["sources"], rec["labels"], strict=True)]
         )
 
-    num_classes = oof.shape[-1]
     for rec in (captured["cautious_records"], captured["point_records"]):
         rec["labels"] = [class_names[p] for p in rec["pred"]]
         rec["correct"] = correct_of(rec)
+    return margin_costs(captured)
+
+
+def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
+    """The variants of `components` on records whose correctness is known (also from a replay file)."""
+    import numpy as np
+    from autolabel_worker import calibrate as cal
+
+    kw = captured["finish_kw"]
+    lr = float(kw.get("likelihood_ratio", 1.0))
+    oof, labels = captured["oof_logits"], captured["labels"]
+    num_classes = oof.shape[-1]
 
     def variant(
         rec: dict[str, Any],
@@ -279,7 +288,9 @@ def components(captured: dict[str, Any], truth: dict[str, str], root: str, class
         return {
             "coverage": round(float(accepted.mean()), 4),
             "precision": round(float(rec["correct"][accepted].mean()), 4) if accepted.any() else None,
+            "estimatedPrecision": calib.estimated_precision,
             "fallbackToBound": calib.fallback,
+            "classesFailing": len(calib.failed_classes),
         }
 
     rec_c, rec_p = captured["cautious_records"], captured["point_records"]
@@ -306,6 +317,51 @@ def components(captured: dict[str, Any], truth: dict[str, str], root: str, class
         "oracleAtCautious": round(cal.oracle_coverage(rec_c["conf"], right, TARGET), 4),
         "oracleAtPoint": round(cal.oracle_coverage(rec_p["conf"], rec_p["correct"], TARGET), 4),
     }
+
+
+def load_replay(path: Path) -> dict[str, Any]:
+    """A replay file (`save_replay`) back into the form `margin_costs` takes."""
+    import numpy as np
+
+    z = np.load(path)
+    target, temperature, cautious_t, lr = (float(v) for v in z["scalars"])
+    captured: dict[str, Any] = {
+        "oof_logits": z["oof_logits"],
+        "labels": z["labels"],
+        "point": temperature,
+        "cautious": cautious_t,
+        "finish_kw": {
+            "target": target,
+            "temperature": temperature,
+            "cautious_temperature": cautious_t,
+            "likelihood_ratio": lr,
+            "oof_flagged": z["oof_flagged"] if len(z["oof_flagged"]) else None,
+        },
+    }
+    for which in ("cautious", "point"):
+        captured[f"{which}_records"] = {
+            key: z[f"{which}_{key}"] for key in ("pred", "conf", "flag_views", "flag_all", "correct")
+        }
+    return captured
+
+
+def replay(pattern: str) -> list[dict[str, Any]]:
+    """The calibration of this checkout replayed on recorded runs (no training): per run, the coverage,
+    precision and estimate the current `calibrate.finish` gives, and its margins' costs."""
+    rows = []
+    import glob
+
+    for path in sorted(Path(p) for p in glob.glob(pattern)):
+        comp = margin_costs(load_replay(path))
+        rows.append({"run": path.stem, **comp})
+        w = comp["worker"]
+        print(
+            f"  {path.stem:28s} cov {w['coverage']:.3f} prec {w['precision']} est {w['estimatedPrecision']} "
+            f"failing classes {w['classesFailing']} fallback {w['fallbackToBound']} "
+            f"oracle {comp['oracleAtCautious']:.3f}",
+            flush=True,
+        )
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- parent
@@ -445,6 +501,11 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))
+    parser.add_argument(
+        "--replay",
+        metavar="GLOB",
+        help="replay this checkout's calibration on recorded runs (a glob of .bench/quality-runs/*.npz)",
+    )
     parser.add_argument("--one", nargs=3, metavar=("DATASET", "ALGORITHM", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import logging
@@ -453,6 +514,10 @@ def main() -> None:
     if args.one:
         pool = args.pool or None
         print(json.dumps(run_one(args.one[0], args.one[1], int(args.one[2]), pool, args.budget, args.train_steps)))
+        return
+    if args.replay:
+        rows = replay(args.replay)
+        Path(args.json).write_text(json.dumps({"replay": rows}, indent=2))
         return
     if args.datasets:
         datasets = args.datasets.split(",")

@@ -158,6 +158,7 @@ def train_fold_ensemble(
     x_unlab: torch.Tensor | None = None,
     progress: ProgressFn | None = None,
     views: list[str] | None = None,
+    init_members: list[nn.Module] | None = None,
 ) -> FoldEnsemble:
     """Train one model per fold and repeat (supervised, or FixMatch when `x_unlab` is given) in the budget.
 
@@ -165,6 +166,9 @@ def train_fold_ensemble(
     out-of-fold prediction is their average, like the R x K ensemble's own averaging (a single held-out
     model would calibrate an ensemble as if it were as unsure as one model). The budget is shared evenly:
     each model gets its slice, so a slow machine truncates every model a little instead of dropping some.
+
+    `init_members`: semi-supervised models start from these (an ensemble of the same folds and repeats,
+    trained on the same labeled images: Fast's, so no held-out image leaks into its fold model).
     """
     k = choose_folds(y_lab, cfg.folds)
     repeats = max(1, cfg.repeats)
@@ -206,7 +210,8 @@ def train_fold_ensemble(
                 # The held-out labeled images join the unlabeled pool (without labels): they must be
                 # exactly as "seen" as the images they stand for, or calibration would be fitted on points
                 # the model is less sure of than the unlabeled ones it pseudo-labeled.
-                model, steps, truncated = train_fixmatch(run, torch.cat([x_unlab, x_lab[held]]))
+                init = init_members[j] if init_members is not None else None
+                model, steps, truncated = train_fixmatch(run, torch.cat([x_unlab, x_lab[held]]), init=init)
             steps_total += steps
             truncated_any |= truncated
             scheduled_total += schedule.total

@@ -177,9 +177,10 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     )
     precise_info: dict[str, Any] | None = None
     if semi:
-        # Precise also trains Fast's ensemble first (on its share of the budget) and keeps the
-        # semi-supervised one only when it does at least as well on the same held-out labeled images
-        # (`choose_precise`): a Precise run is never silently worse than Fast.
+        # Precise trains Fast's ensemble first (on its share of the budget), starts each semi-supervised
+        # fold model from Fast's model of the same fold, and keeps the semi-supervised ensemble only when
+        # it does at least as well on the same held-out labeled images (`choose_precise`): a Precise run
+        # is never silently worse than Fast.
         fast = ensemble
         left = max(budget - (time.monotonic() - train_started), 0.0)
         precise = train_fold_ensemble(
@@ -192,6 +193,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
             x_unlab=x_unlab,
             progress=report(FAST_SHARE_OF_PRECISE, 1 - FAST_SHARE_OF_PRECISE),
             views=views,
+            init_members=fast.members,
         )
         choice = choose_precise(fast, precise)
         ensemble = precise if choice.use_precise else fast

@@ -66,8 +66,14 @@ class EMA:
             ema_b.copy_(b)
 
 
-def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, int, bool]:
+def train_fixmatch(
+    run: TrainingRun, x_unlab: torch.Tensor, init: nn.Module | None = None
+) -> tuple[nn.Module, int, bool]:
     """Train on the run's labeled images and the unlabeled pool `x_unlab` (uint8 N x 3 x H x W).
+
+    `init`: a model of the same spec trained on the same labeled images (Fast's fold model) to start from
+    instead of the spec's initial weights: pseudo-labels are then right from the first step, and a run
+    the budget keeps short still starts where Fast ended.
 
     Returns (EMA model, steps done, whether the time budget cut training short: its schedule fitted to
     fewer steps than configured, or the deadline reached before the schedule's end).
@@ -79,7 +85,10 @@ def train_fixmatch(run: TrainingRun, x_unlab: torch.Tensor) -> tuple[nn.Module, 
     torch.manual_seed(run.seed)
     gen = torch.Generator().manual_seed(run.seed)
     device = torch.device(cfg.device)
-    model = build_model(spec, pretrained=cfg.pretrained).to(device)
+    model = build_model(spec, pretrained=cfg.pretrained and init is None)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model = model.to(device)
     ema = EMA(model, cfg.ema_decay)
     opt = make_optimizer(model, cfg)
     thresholds = AdaptiveThreshold(spec.num_classes, cfg.threshold_momentum)

@@ -78,8 +78,11 @@ class TrainingRun:
         return self.schedule if self.schedule is not None else BudgetSchedule(configured, self.deadline)
 
 
+WARMUP_STEPS = 2
+"""Steps not timed: the first ones pay one-time costs (allocation, lazy initialization) that would make
+the machine look many times slower than it is."""
 PROBE_STEPS = 5
-"""Steps timed before the schedule is first fitted to the time left."""
+"""Steps timed after the warm-up before the schedule is first fitted to the time left."""
 REFIT_EVERY = 10
 SCHEDULE_SAFETY = 0.9
 """Share of the time left that the fitted schedule plans to use (the rest absorbs a slower machine)."""
@@ -88,12 +91,13 @@ SCHEDULE_SAFETY = 0.9
 class BudgetSchedule:
     """The number of optimizer steps one model's cosine schedule runs, fitted to its deadline.
 
-    Planned at the configured steps; after `PROBE_STEPS` steps (and every `REFIT_EVERY` after them) the
-    time per step measured on this machine, at this image size, predicts how many steps fit before the
-    deadline, and the schedule shrinks to that (never grows back: the learning rate only decays). A
-    schedule cut by the deadline halfway never decays its learning rate (the model of the last steps is a
-    high-learning-rate one); a shorter schedule that completes does. `cut` says the deadline still
-    stopped training before the schedule's end (a machine that slowed down after the estimate).
+    Planned at the configured steps; after `WARMUP_STEPS` + `PROBE_STEPS` steps (and every `REFIT_EVERY`
+    after them) the time per step measured since the warm-up, on this machine at this image size,
+    predicts how many steps fit before the deadline, and the schedule is set to that (at most the
+    configured steps; it may grow back when the machine speeds up). A schedule cut by the deadline halfway
+    never decays its learning rate (the model of the last steps is a high-learning-rate one); a shorter
+    schedule that completes does. `cut` says the deadline still stopped training before the schedule's
+    end (a machine that slowed down after the estimate).
     """
 
     def __init__(self, configured: int, deadline: float, clock: Callable[[], float] = time.monotonic):
@@ -101,9 +105,9 @@ class BudgetSchedule:
         self.total = configured
         self.deadline = deadline
         self.clock = clock
-        self.started = clock()
         self.steps = 0
         self.cut = False
+        self._mark: tuple[float, int] | None = None
 
     def expired(self) -> bool:
         if self.clock() > self.deadline:
@@ -114,14 +118,20 @@ class BudgetSchedule:
     def done(self, step: int) -> None:
         """Record that `step` steps are done and refit the schedule when it is time to."""
         self.steps = step
-        if step < PROBE_STEPS or (step - PROBE_STEPS) % REFIT_EVERY:
+        if step == WARMUP_STEPS or (self._mark is None and step > WARMUP_STEPS):
+            self._mark = (self.clock(), step)
+            return
+        if self._mark is None:
+            return
+        since = step - self._mark[1]
+        if since < PROBE_STEPS or (since - PROBE_STEPS) % REFIT_EVERY:
             return
         now = self.clock()
-        per_step = (now - self.started) / step
+        per_step = (now - self._mark[0]) / since
         if per_step <= 0:
             return
         affordable = step + int(max(0.0, self.deadline - now) * SCHEDULE_SAFETY / per_step)
-        self.total = max(step, min(self.total, affordable))
+        self.total = max(step, min(self.configured, affordable))
 
     @property
     def shortened(self) -> bool:
