@@ -40,7 +40,7 @@ Four steps:
    held-out predictions (a class the models get wrong, say 0 of 3, gets the conservative rule alone, which
    with a few points per class means it is never auto-labeled), so one bad class does not ride on the
    others' evidence. With 5 labeled images per class it takes 2 errors among 5 accepted predictions of a
-   class (or 1 of 1-2) to trigger it.
+   class (or 1 of 1-2) to trigger it. (ActiveLearning only: PreLabeling keeps its measured share.)
 
 With 5 labeled images per class, 50 held-out points cannot *certify* 0.95: with all of them correct, a
 95% lower bound needs 59. So `targetVerifiable` (Clopper-Pearson at 95% over the held-out predictions
@@ -392,7 +392,8 @@ def finish(
             n, k = int(accepted.sum()), int((accepted & correct).sum())
         # The same check per predicted class: a class whose accepted held-out predictions contradict the
         # target (say 0 of 3 right) is not auto-labeled on the strength of the other classes' evidence.
-        for cls in range(num_classes):
+        # ActiveLearning only (PreLabeling's estimate is the measured share over all classes; not changed).
+        for cls in range(num_classes if trusted else 0):
             in_class = accepted & (pred == cls)
             n_c, k_c = int(in_class.sum()), int((in_class & correct).sum())
             if n_c == 0 or binom_cdf_le(k_c, n_c, target) >= CHECK_ALPHA:
