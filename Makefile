@@ -10,7 +10,7 @@ DEVENV := PYTHONPATH=tools $(PY) -m devenv
 PYTEST_ARGS ?=
 
 .PHONY: help venv bins crds lint chart-lint test test-unit test-integration cluster-up cluster-down s3-up s3-down \
-	dev-up dev-down kueue-up kueue-down demo bench bench-detection bench-operator clean kind-up kind-down kind-demo
+	dev-up dev-down kueue-up kueue-down demo bench bench-detection bench-operator bench-quality clean kind-up kind-down kind-demo
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -84,6 +84,14 @@ bench-detection: venv ## Detection benchmarks: 10 seeds x Fast/Precise, pre-labe
 		--algorithms Fast,Precise --budget 600
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part scaleout --shards 1,2,3,5 --pool 600
 	$(PY) benchmarks/bench_detection.py --part gpu
+
+bench-quality: venv ## Quality beyond the tuning set: 5 datasets by group, oracle coverage, margin costs (docs/benchmarks.md; about 1 h on 2 shared cores)
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --group report --datasets textures32,glyphs32 \
+		--seeds 0,1,2 --pool 300 --budget 150 --jobs 2 --json .bench/quality-report.json
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits-inv32 --seeds 0,1 --pool 300 \
+		--budget 150 --jobs 2 --json .bench/quality-tuning-inv32.json
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits8 --seeds 0,1,2 --budget 600 \
+		--jobs 2 --json .bench/quality-tuning-digits8.json
 
 bench-operator: venv ## Operator benchmarks: precondition check on 10k-1M lines, a queue of jobs on one dataset
 	$(PY) benchmarks/bench_operator.py
