@@ -81,7 +81,7 @@ class TrainingRun:
 WARMUP_STEPS = 2
 """Steps not timed: the first ones pay one-time costs (allocation, lazy initialization) that would make
 the machine look many times slower than it is."""
-PROBE_STEPS = 5
+PROBE_STEPS = 3
 """Steps timed after the warm-up before the schedule is first fitted to the time left."""
 REFIT_EVERY = 10
 SCHEDULE_SAFETY = 0.9
