@@ -1,11 +1,14 @@
 """Streaming, batched inference over the unlabeled images.
 
-A loader thread pulls bytes through ``Storage.fetch_many`` (concurrent, bounded, in order), decodes and
-resizes them in a small thread pool (Pillow releases the GIL while decoding) and hands ready uint8 batches
-to the main thread through a bounded queue, so fetching, decoding and the model overlap while memory stays
-bounded by ``prefetch`` batches, however long the manifest. On CUDA the batches are pinned and copied
-asynchronously, the model runs in channels_last with bf16 autocast (``train.autocast``, the setting the
-held-out predictions that calibration is fitted on are made with).
+A loader thread pulls bytes through ``Storage.fetch_many`` (concurrent, bounded, in order; local files are
+read by the decoding threads), decodes and resizes them in a small thread pool (Pillow releases the GIL
+while decoding), a run of images per task written straight into the batch's array, and hands ready uint8
+batches to the main thread through a bounded queue, so fetching, decoding and the model overlap while
+memory stays bounded by ``prefetch`` batches, however long the manifest. While it runs, the GIL's switch
+interval is shortened (:data:`SWITCH_INTERVAL`) so that the model is not kept waiting by the decoders.
+On CUDA the batches are pinned and copied asynchronously, the model runs in channels_last with bf16
+autocast (``train.autocast``, the setting the held-out predictions that calibration is fitted on are made
+with).
 
 Each batch is run once for the plain view and once per test-time view (augment.py); the model returns
 calibrated log-probabilities (and, for our own models, features for hard-example reason 3).
@@ -13,8 +16,10 @@ calibrated log-probabilities (and, for our own models, features for hard-example
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autolabel.storage import Storage, StorageError, StorageUnreachable
+from autolabel.storage import Storage, StorageError, StorageUnreachable, is_s3
 
 from .augment import apply_tta
 from .train import autocast
@@ -34,6 +39,12 @@ from .train import autocast
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes, str], Image.Image]
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits, while batches load (Python's default: 0.005).
+Each of the model's operators releases the GIL and must take it back when it returns; with the decoding
+threads holding it for up to 5 ms at a time, the model waited (a convoy): measured on 2 cores, the
+inference stage went from ~0.7 to ~0.97 of the model's own speed with 0.5 ms (docs/benchmarks.md)."""
 
 
 @dataclass
@@ -61,6 +72,37 @@ def _decode_one(decode: Decoder, source: str, data: bytes, input_size: tuple[int
         return str(reason)
 
 
+Item = tuple[str, bytes | StorageError | None]  # None: not fetched yet (a local file, read by the decoder)
+
+
+def _decode_into(
+    storage: Storage, decode: Decoder, items: list[Item], input_size: tuple[int, int], out: np.ndarray, offset: int
+) -> list[str | None]:
+    """Decode a run of a batch's images straight into its rows of ``out``; returns, per image, None (row
+    written) or why it cannot be used. One task per run of images instead of one per image: the futures,
+    queue hand-offs and GIL switches per image cost more than decoding a small image (profile in
+    docs/benchmarks.md "Worker at its ceiling"). A store that cannot be reached raises."""
+    reasons: list[str | None] = []
+    for k, (source, data) in enumerate(items):
+        if data is None:
+            try:
+                data = storage.read_bytes(source)
+            except StorageUnreachable:
+                raise
+            except StorageError as exc:
+                data = exc
+        if isinstance(data, StorageError):  # missing or refused: this image's problem
+            reasons.append(data.cause)
+            continue
+        value = _decode_one(decode, source, data, input_size)
+        if isinstance(value, str):
+            reasons.append(value)
+        else:
+            out[offset + k] = value
+            reasons.append(None)
+    return reasons
+
+
 def iter_batches(
     storage: Storage,
     sources: Iterable[str],
@@ -71,26 +113,37 @@ def iter_batches(
     fetch_workers: int = 16,
     prefetch: int = 4,
     pin_memory: bool = False,
+    chunk: int = 64,
 ) -> Iterator[Batch]:
     """Yield decoded batches in manifest order; fetching and decoding run ahead in background threads.
+
+    Objects in a store are fetched concurrently (``fetch_workers``, for the network's latency); local
+    files are read by the decoding threads themselves. Each decoding task takes ``chunk`` images of a batch
+    and writes them into the batch's array.
 
     An image that is missing, refused or cannot be decoded is a batch's failure (the caller lists it as
     unreadable); a store that cannot be reached raises :class:`StorageUnreachable` from the iteration."""
     out: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     done = object()
+    h, w = input_size
 
-    def assemble(chunk: list[tuple[str, Future[np.ndarray | str] | str]]) -> Batch:
-        arrays, kept, failures = [], [], []
-        for source, item in chunk:
-            value = item.result() if isinstance(item, Future) else item
-            if isinstance(value, str):
-                failures.append((source, value))
-            else:
-                arrays.append(value)
-                kept.append(source)
-        h, w = input_size
-        x = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, h, w), dtype=torch.uint8)
+    @dataclass
+    class Pending:
+        sources: list[str]
+        x: np.ndarray
+        parts: list[Future[list[str | None]]]
+
+    def assemble(p: Pending) -> Batch:
+        reasons = [r for part in p.parts for r in part.result()]
+        failures = [(src, r) for src, r in zip(p.sources, reasons, strict=True) if r is not None]
+        if failures:
+            ok = np.array([r is None for r in reasons], dtype=bool)
+            kept = [src for src, r in zip(p.sources, reasons, strict=True) if r is None]
+            arr = p.x[ok]
+        else:
+            kept, arr = p.sources, p.x
+        x = torch.from_numpy(arr) if len(kept) else torch.zeros((0, 3, h, w), dtype=torch.uint8)
         if pin_memory and len(kept):
             x = x.pin_memory()
         return Batch(kept, x, failures)
@@ -104,29 +157,47 @@ def iter_batches(
                 continue
         return False
 
+    def items() -> Iterator[Item]:
+        it = iter(sources)
+        first = next(it, None)
+        if first is None:
+            return
+        rest = itertools.chain([first], it)
+        if not is_s3(first):  # local files: read where they are decoded
+            yield from ((source, None) for source in rest)
+            return
+        for uri, data in storage.fetch_many(rest, max_workers=fetch_workers):
+            if isinstance(data, StorageUnreachable):
+                # The store is down (after the storage layer's retries): an infrastructure failure for
+                # the whole run, never an image to drop (handed to the consumer).
+                raise data
+            yield uri, data
+
     def produce() -> None:
-        pending: deque[list[tuple[str, Future[np.ndarray | str] | str]]] = deque()
+        pending: deque[Pending] = deque()
         try:
             with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
-                chunk: list[tuple[str, Future[np.ndarray | str] | str]] = []
-                for uri, data in storage.fetch_many(sources, max_workers=fetch_workers):
+
+                def submit(batch: list[Item]) -> bool:
+                    x = np.empty((len(batch), 3, h, w), dtype=np.uint8)
+                    parts = [
+                        pool.submit(_decode_into, storage, decode, batch[i : i + chunk], input_size, x, i)
+                        for i in range(0, len(batch), chunk)
+                    ]
+                    pending.append(Pending([source for source, _ in batch], x, parts))
+                    return len(pending) <= prefetch or put(assemble(pending.popleft()))
+
+                batch: list[Item] = []
+                for item in items():
                     if stop.is_set():
                         return
-                    if isinstance(data, StorageUnreachable):
-                        # The store is down (after the storage layer's retries): an infrastructure
-                        # failure for the whole run, never an image to drop (handed to the consumer).
-                        raise data
-                    if isinstance(data, StorageError):  # missing or refused: this image's problem
-                        chunk.append((uri, data.cause))
-                    else:
-                        chunk.append((uri, pool.submit(_decode_one, decode, uri, data, input_size)))
-                    if len(chunk) == batch_size:
-                        pending.append(chunk)
-                        chunk = []
-                        if len(pending) > prefetch and not put(assemble(pending.popleft())):
+                    batch.append(item)
+                    if len(batch) == batch_size:
+                        if not submit(batch):
                             return
-                if chunk:
-                    pending.append(chunk)
+                        batch = []
+                if batch and not submit(batch):
+                    return
                 while pending:
                     if not put(assemble(pending.popleft())):
                         return
@@ -135,6 +206,8 @@ def iter_batches(
             put(exc)
 
     thread = threading.Thread(target=produce, name="batch-loader", daemon=True)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
     thread.start()
     try:
         while True:
@@ -147,6 +220,7 @@ def iter_batches(
     finally:
         stop.set()
         thread.join(timeout=10)
+        sys.setswitchinterval(previous)
 
 
 @dataclass
