@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,24 @@ def _save(part: str, data: Any) -> None:
 # ------------------------------------------------------------------------------------ preconditions
 
 
-def _manifest(lines: int) -> bytes:
+def _manifest_lines(lines: int) -> Iterator[str]:
+    """The manifest's lines, made one at a time (10M lines are 330 MB: never held in memory)."""
     labeled = max(100, lines // 100)
-    out = []
     for i in range(lines):
         if i < labeled:
             ann = [{"type": "modelarts/image_classification", "name": f"class-{i % 10}"}]
-            out.append(json.dumps({"source": f"img/{i:07d}.png", "annotation": ann}))
+            yield json.dumps({"source": f"img/{i:08d}.png", "annotation": ann}) + "\n"
         else:
-            out.append(json.dumps({"source": f"img/{i:07d}.png"}))
-    return ("\n".join(out) + "\n").encode()
+            yield json.dumps({"source": f"img/{i:08d}.png"}) + "\n"
+
+
+def _write_manifest(lines: int, path: Path) -> int:
+    """Writes the manifest to a local file, streaming; returns its size in bytes."""
+    with open(path, "w") as fh:
+        it = _manifest_lines(lines)
+        while chunk := "".join(itertools.islice(it, 10000)):
+            fh.write(chunk)
+    return path.stat().st_size
 
 
 def child_preconditions(uri: str) -> None:
@@ -117,10 +126,15 @@ def bench_preconditions(sizes: list[int]) -> list[dict[str, Any]]:
             "AUTOLABEL_S3_ENDPOINT": s3.endpoint_url,
             "AWS_ACCESS_KEY_ID": s3.access_key,
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            # the operator's credentials may serve this namespace and bucket (issue 10's storage policy)
+            "AUTOLABEL_DEFAULT_CREDENTIALS_NAMESPACES": "bench",
+            "AUTOLABEL_ALLOWED_BUCKETS": BUCKET,
         }
         for n in sizes:
-            data = _manifest(n)
-            s3.client().put_object(Bucket=BUCKET, Key=f"m{n}/data.manifest", Body=data)
+            local = Path(tmp) / f"m{n}.manifest"
+            size = _write_manifest(n, local)
+            s3.client().upload_file(str(local), BUCKET, f"m{n}/data.manifest")  # multipart, streamed
+            local.unlink()
             uri = f"s3://{BUCKET}/m{n}/data.manifest"
             out = subprocess.run(
                 [sys.executable, __file__, "--child-preconditions", uri],
@@ -130,7 +144,7 @@ def bench_preconditions(sizes: list[int]) -> list[dict[str, Any]]:
                 check=True,
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"lines": n, "mib": len(data) / 2**20, **result, "lines_per_s": n / result["seconds"]})
+            rows.append({"lines": n, "mib": size / 2**20, **result, "lines_per_s": n / result["seconds"]})
     print("\nPrecondition check (streamed manifest from S3, fresh process each)")
     print(
         _table(
@@ -403,10 +417,14 @@ def _collapse(raw: Path, top: int = 25) -> dict[str, list[tuple[str, float]]]:
 
 
 def bench_scale_one(
-    jobs: int, ramp: float, idle: float, pod_cpu: str, interval: float, profile: bool, tag: str
+    jobs: int, ramp: float, idle: float, pod_cpu: str, interval: float, profile: bool, tag: str, hold_pods: bool
 ) -> dict[str, Any]:
     """One scenario on a fresh control plane: ``jobs`` AutoLabelJobs, each on its own dataset, created
-    at once (``ramp`` 0) or evenly over ``ramp`` seconds; then ``idle`` seconds with all of them finished."""
+    at once (``ramp`` 0) or evenly over ``ramp`` seconds; then ``idle`` seconds with all of them finished.
+
+    ``hold_pods``: the node runner (which runs the pods on this machine's two cores, where on a cluster
+    they run on other nodes) starts only once every AutoLabelJob has its Job, so that create->Job is the
+    operator's and the API server's time, not theirs plus 20 Python processes starting."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -445,7 +463,8 @@ def bench_scale_one(
                 runner = Process([sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig),
                                   "--node-name", "local-node", "--state-dir", str(tmp / "node")], env,
                                  tmp / "node.log")  # fmt: skip
-                runner.start()
+                if not hold_pods:
+                    runner.start()
                 state = tmp / "op"
                 state.mkdir()
                 op = OperatorProcess(cluster, s3, state)
@@ -502,6 +521,12 @@ def bench_scale_one(
                 with ThreadPoolExecutor(1 if ramp else 8) as pool:
                     list(pool.map(create, range(jobs)))
                 created_s = time.monotonic() - t0
+                if hold_pods:  # the node runner starts once every AutoLabelJob has its Job (or after 300 s)
+                    until = time.monotonic() + 300
+                    while recorder.counts()[1] < jobs and time.monotonic() < until:
+                        time.sleep(0.2)
+                    all_jobs_s = time.monotonic() - t0
+                    runner.start()
                 deadline = time.monotonic() + max(1800.0, 3 * ramp)
                 while recorder.counts()[2] < jobs and time.monotonic() < deadline and op.running():
                     time.sleep(1)
@@ -514,8 +539,9 @@ def bench_scale_one(
                 sampler.join()
                 rss_idle = proc.memory_info().rss / 2**20
                 with recorder.lock:
-                    latencies = [recorder.job_seen[n] - recorder.alj_seen[n] for n in recorder.job_seen
-                                 if n in recorder.alj_seen]  # fmt: skip
+                    per_job = sorted((recorder.alj_seen[n] - t0, recorder.job_seen[n] - recorder.alj_seen[n])
+                                     for n in recorder.job_seen if n in recorder.alj_seen)  # fmt: skip
+                    latencies = [lat for _, lat in per_job]
                     first = min(recorder.alj_seen.values(), default=t0)
                     last_done = max((t for t, _ in recorder.done.values()), default=float("nan"))
                     succeeded = sum(p == "Succeeded" for _, p in recorder.done.values())
@@ -528,6 +554,8 @@ def bench_scale_one(
                 op = None
                 time.sleep(1)
                 audit = _audit_counts(audit_log, audit_since)
+                if jobs <= 200:  # kept for timelines (each request's received/finished times, by object)
+                    shutil.copy(audit_log, REPO / ".bench" / f"operator-scale-{tag}.audit.log")
                 writes = sum(v for k, v in audit["operator"].items() if k.split()[0] in WRITE_VERBS)
                 reads = sum(v for k, v in audit["operator"].items() if k.split()[0] not in WRITE_VERBS)
                 row = {
@@ -558,6 +586,9 @@ def bench_scale_one(
                     "api_by_verb_resource": audit["operator"],
                     "api_other_clients": audit["others"],
                     "load1_mean": statistics.mean(s["load1"] for s in samples) if samples else float("nan"),
+                    "pods_held_until_all_jobs": hold_pods,
+                    "all_jobs_s": all_jobs_s if hold_pods else None,
+                    "per_job_created_latency": per_job,
                     "samples": samples,
                 }
                 if profile:
@@ -572,11 +603,12 @@ def bench_scale_one(
 
 
 def bench_scale(scenarios: list[tuple[int, float]], idle: float, pod_cpu: str, interval: float,
-                profile: bool) -> list[dict[str, Any]]:  # fmt: skip
+                profile: bool, hold_pods: bool) -> list[dict[str, Any]]:  # fmt: skip
     rows = []
     for jobs, ramp in scenarios:
-        tag = f"{jobs}-{'once' if not ramp else f'ramp{int(ramp)}'}"
-        row = bench_scale_one(jobs, ramp, idle, pod_cpu, interval, profile, tag)
+        hold = hold_pods and not ramp
+        tag = f"{jobs}-{'once' if not ramp else f'ramp{int(ramp)}'}{'-held' if hold else ''}"
+        row = bench_scale_one(jobs, ramp, idle, pod_cpu, interval, profile, tag, hold)
         rows.append(row)
         _save(f"scale-{tag}", row)
         _print_scale([row])
@@ -598,7 +630,8 @@ def _print_scale(rows: list[dict[str, Any]]) -> None:
         _table(
             ["jobs", "created", "with Job", "succeeded", "create->Job p50 s", "p99 s", "max s", "drain s",
              "RSS start/peak/idle MiB", "busy CPU", "idle CPU", "API writes/job", "reads/job", "load1"],
-            [[r["jobs"], "at once" if not r["ramp_s"] else f"over {r['ramp_s']:.0f} s", r["with_job"],
+            [[r["jobs"], ("at once" + (", pods held" if r.get("pods_held_until_all_jobs") else "")) if not r["ramp_s"]
+              else f"over {r['ramp_s']:.0f} s", r["with_job"],
               r["succeeded"], r["latency_p50_s"], r["latency_p99_s"], r["latency_max_s"], r["drain_s"],
               f"{r['rss_start_mib']:.0f}/{r['rss_peak_mib']:.0f}/{r['rss_idle_mib']:.0f}",
               f"{r['cpu_busy_mean']:.0%}", f"{r['idle_cpu']:.1%}", r["api_writes_per_job"],
@@ -627,6 +660,11 @@ def main() -> int:
     )
     parser.add_argument("--interval", type=float, default=5.0, help="scale part: operator timer interval")
     parser.add_argument("--profile", action="store_true", help="scale part: run the operator under py-spy ($PY_SPY)")
+    parser.add_argument(
+        "--hold-pods",
+        action="store_true",
+        help="scale part, jobs created at once: start running pods only once every AutoLabelJob has its Job",
+    )
     parser.add_argument("--child-preconditions", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_preconditions:
@@ -638,7 +676,7 @@ def main() -> int:
         bench_queue(args.jobs, [float(s) for s in args.intervals.split(",")])
     if args.part == "scale":
         scenarios = [(int(j), float(r)) for j, r in (s.split(":") for s in args.scenarios.split(","))]
-        bench_scale(scenarios, args.idle, args.pod_cpu, args.interval, args.profile)
+        bench_scale(scenarios, args.idle, args.pod_cpu, args.interval, args.profile, args.hold_pods)
     return 0
 
 
