@@ -328,11 +328,25 @@ def restart_operator(env: Env, out: Outcome, kill: bool = True) -> None:
 # ------------------------------------------------------------------------------------------ scenarios
 
 
-def operator_kills(env: Env, runs: int, seed: int, jobs: int = 6, datasets: int = 2, work: float = 2.0) -> Outcome:
-    """The operator SIGKILLed ``runs`` times at seeded random moments while ``jobs`` AutoLabelJobs over
-    ``datasets`` datasets are created (one every few kills), wait, run and finish; every fifth job's worker
-    fails on purpose. Each kill is classified by what the unfinished jobs were doing at that moment."""
+MOMENTS = ("before Lease", "Lease, no Job", "mid-run", "finishing")
+
+
+def operator_kills(
+    env: Env,
+    runs: int,
+    seed: int,
+    jobs: int | None = None,
+    datasets: int = 3,
+    work: float = 2.0,
+    max_wait: float = 8.0,
+) -> Outcome:
+    """The operator SIGKILLed ``runs`` times at seeded random moments while ``jobs`` (default ``runs // 2``)
+    AutoLabelJobs over ``datasets`` datasets are created (one every few kills), wait, run and finish; every
+    fifth job's worker fails on purpose. For each kill a moment of a job's life is drawn (before the Lease,
+    between Lease and Job, mid-run, finishing) and the kill waits (at most a drawn 1..``max_wait`` s) until
+    some job is there; each kill is then counted by what the unfinished jobs were really doing."""
     rng = random.Random(seed)
+    jobs = jobs if jobs is not None else max(3, runs // 2)
     checked = (
         "0 duplicated Jobs, 0 held Leases at the end, each job Succeeded (or Failed with its worker's reason when "
         "told to fail) with every image once, per-dataset order"
@@ -353,7 +367,10 @@ def operator_kills(env: Env, runs: int, seed: int, jobs: int = 6, datasets: int 
                 uri = manifests[created % datasets][0]
                 apply_jobs(env, ns, [job_doc(name, uri, fake(work, expected[name] == "Failed"))])
                 created += 1
-            time.sleep(rng.uniform(0.0, 3.0))
+            target = rng.choice(MOMENTS)
+            deadline = time.monotonic() + rng.uniform(1.0, max_wait)
+            while time.monotonic() < deadline and target not in classify(env, ns):
+                time.sleep(rng.uniform(0.0, 0.2))
             env.operator.kill()
             for moment in classify(env, ns):
                 moments[moment] += 1

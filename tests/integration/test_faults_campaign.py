@@ -34,7 +34,7 @@ def passed(outcome: faults_lib.Outcome) -> bool:
 
 
 def test_operator_sigkilled_at_seeded_moments_converges(env: faults_lib.Env) -> None:
-    outcome = faults_lib.operator_kills(env, runs=4, seed=11, jobs=3, datasets=2, work=1.0)
+    outcome = faults_lib.operator_kills(env, runs=4, seed=11, jobs=3, datasets=2, work=1.0, max_wait=4.0)
     assert passed(outcome)
     assert sum(v for k, v in outcome.counts.items() if k.startswith("kills ")) >= 4
 
