@@ -125,7 +125,7 @@ def test_kueue_admits_two_gpu_jobs_at_a_time_in_order_and_a_deleted_queued_job_f
 ) -> None:
     ns, names = queue_namespace, ["a", "b", "c", "d", "e"]
     for name in names:  # one at a time, so that creation order is well defined
-        apply(kueue_cluster, ns, gpu_job(name, dataset(s3_server), seconds=6))
+        apply(kueue_cluster, ns, gpu_job(name, dataset(s3_server), seconds=8))
         wait_for(lambda n=name: worker_job(kueue_cluster, ns, n), 60, f"the worker Job of {name}")  # type: ignore[misc]
 
     queued_messages: dict[str, str] = {}
