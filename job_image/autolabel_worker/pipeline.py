@@ -57,9 +57,13 @@ log = logging.getLogger(__name__)
 
 UNLABELED_MEMORY_BYTES = 512 * 2**20
 MIRROR_MIN_SIDE = 32
-FAST_SHARE_OF_PRECISE = 0.3
-"""Share of a Precise run's time budget that its Fast ensemble (the fallback) may use; Fast stops early
-on small images, and whatever it leaves goes to semi-supervised training."""
+FAST_SHARE_OF_PRECISE = 1.0
+"""Share of a Precise run's time budget that its Fast ensemble (the fallback and the starting point) may
+use: all of it, so that Precise starts from exactly the models a Fast run with the same budget would
+have (Fast stops early on small images, and whatever it leaves goes to semi-supervised training). With
+0.3, on a machine where Fast needed the whole budget, Precise's Fast was weaker than a Fast run's and a
+Precise run that kept its semi-supervised models (better than *that* Fast) labeled 0.33 of a pool right
+against a Fast run's 0.80 (docs/benchmarks.md, "Quality beyond the tuning set")."""
 
 
 def run_job(
@@ -161,6 +165,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     train_started = time.monotonic()
     views = tta_views(policy)
     fast_budget = budget * FAST_SHARE_OF_PRECISE if semi else budget
+    fast_share = 0.5 if semi else 1.0  # of the progress bar
 
     def report(start: float, share: float) -> ProgressFn:
         return lambda done, total: ctx.progress.update(int(100 * (start + share * done / max(total, 1))))
@@ -172,7 +177,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         policy,
         cfg,
         fast_budget,
-        progress=report(0.0, FAST_SHARE_OF_PRECISE if semi else 1.0),
+        progress=report(0.0, fast_share),
         views=views,
     )
     precise_info: dict[str, Any] | None = None
@@ -191,7 +196,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
             cfg,
             left,
             x_unlab=x_unlab,
-            progress=report(FAST_SHARE_OF_PRECISE, 1 - FAST_SHARE_OF_PRECISE),
+            progress=report(fast_share, 1 - fast_share),
             views=views,
             init_members=fast.members,
         )
