@@ -61,7 +61,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.list:
         for name, runs in faults_lib.DEFAULT_RUNS.items():
-            print(f"{name:22s} {runs:3d}  {(faults_lib.SCENARIOS[name].__doc__ or '').splitlines()[0]}")
+            print(f"{name:22s} {runs:3d}  {faults_lib.DESCRIPTIONS[name]}")
         return 0
     names = list(faults_lib.SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
     unknown = [n for n in names if n not in faults_lib.SCENARIOS]

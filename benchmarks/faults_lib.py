@@ -684,6 +684,17 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "etcd-restart": lambda env, runs, seed: control_plane_restart(env, runs, seed, "etcd"),
     "node-runner-restart": node_runner_restart,
 }
+DESCRIPTIONS = {
+    "operator-kills": "the operator SIGKILLed at drawn moments of jobs' lives (runs = kills)",
+    "dataset-race": "runs jobs created at once on one dataset",
+    "dataset-race-5x10": "5 datasets x runs jobs created at once",
+    "worker-kill": "one shard's worker SIGKILLed mid-shard (PreLabeling, 3 shards)",
+    "s3-outage": "MinIO stopped 30 s while a job runs",
+    "s3-down": "MinIO stopped for good while a job runs (180 s, then back)",
+    "apiserver-restart": "kube-apiserver stopped 5 s and restarted mid-run (etcd kept)",
+    "etcd-restart": "etcd stopped 5 s and restarted mid-run",
+    "node-runner-restart": "the node runner SIGKILLed mid-run and restarted 2 s later",
+}
 DEFAULT_RUNS = {
     "operator-kills": 50,
     "dataset-race": 50,
