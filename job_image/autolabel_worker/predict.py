@@ -43,8 +43,9 @@ Decoder = Callable[[bytes, str], Image.Image]
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while batches load (Python's default: 0.005).
 Each of the model's operators releases the GIL and must take it back when it returns; with the decoding
-threads holding it for up to 5 ms at a time, the model waited (a convoy): measured on 2 cores, the
-inference stage went from ~0.7 to ~0.97 of the model's own speed with 0.5 ms (docs/benchmarks.md)."""
+threads holding it for up to 5 ms at a time, the model waited (a convoy). In two A/B runs on 2 cores at
+load 6.5-7, the stage went from 0.74 to 0.97 of the model's own speed with 0.5 ms; under heavier load the
+gain was not reliably measurable (docs/benchmarks.md, "Worker at its ceiling")."""
 
 
 @dataclass
