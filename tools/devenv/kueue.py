@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -155,7 +156,7 @@ class LocalKueue(LocalService):
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         self._apply(crds_with_local_conversion(self.source, webhook_url, ca_bundle))
         for crd in ("workloads", "clusterqueues", "localqueues", "resourceflavors"):
-            wait_until(lambda crd=crd: self._established(f"{crd}.kueue.x-k8s.io"), timeout, f"CRD {crd}")
+            wait_until(functools.partial(self._established, f"{crd}.kueue.x-k8s.io"), timeout, f"CRD {crd}")
 
         config = self.state_dir / "config.yaml"
         config.write_text(yaml.safe_dump(manager_config(webhook_port, health_port, certs)))
