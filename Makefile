@@ -85,12 +85,12 @@ bench-detection: venv ## Detection benchmarks: 10 seeds x Fast/Precise, pre-labe
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part scaleout --shards 1,2,3,5 --pool 600
 	$(PY) benchmarks/bench_detection.py --part gpu
 
-bench-quality: venv ## Quality beyond the tuning set: 5 datasets by group, oracle coverage, margin costs (docs/benchmarks.md; about 1 h on 2 shared cores)
+bench-quality: venv ## Quality beyond the tuning set: report and tuning groups, oracle coverage, margin costs (docs/benchmarks.md; 1-2 h on 2 cores)
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --group report --datasets textures32,glyphs32 \
-		--seeds 0,1,2 --pool 300 --budget 150 --jobs 2 --json .bench/quality-report.json
+		--seeds 0,1 --pool 300 --budget 300 --jobs 2 --json .bench/quality-report.json
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits-inv32 --seeds 0,1 --pool 300 \
-		--budget 150 --jobs 2 --json .bench/quality-tuning-inv32.json
-	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits8 --seeds 0,1,2 --budget 600 \
+		--budget 300 --jobs 2 --json .bench/quality-tuning-inv32.json
+	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits8 --seeds 0,1 --budget 600 \
 		--jobs 2 --json .bench/quality-tuning-digits8.json
 
 bench-operator: venv ## Operator benchmarks: precondition check on 10k-1M lines, a queue of jobs on one dataset
