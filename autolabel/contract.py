@@ -78,6 +78,9 @@ class ExitCodeInfo:
     meaning: str
     retryable: bool | None
     """Whether running the pod again can help; None where the question does not arise."""
+    reason: str | None = None
+    """The failure reason the code alone names (the operator's fallback when the worker's progress.json,
+    which carries the precise reason, cannot be read: object storage down for good)."""
 
 
 EXIT_CODES: dict[ExitCode, ExitCodeInfo] = {
@@ -88,13 +91,25 @@ EXIT_CODES: dict[ExitCode, ExitCodeInfo] = {
         "the dataset or model cannot be used (manifest, preconditions, too many unreadable images, labels.json)",
         False,
     ),
-    ExitCode.STORAGE_UNREACHABLE: ExitCodeInfo("object storage unreachable after retries", True),
+    ExitCode.STORAGE_UNREACHABLE: ExitCodeInfo(
+        "object storage unreachable after retries", True, reason="StorageUnreachable"
+    ),
     ExitCode.STORAGE: ExitCodeInfo("object storage refused or lacks an object (credentials, 404)", False),
     ExitCode.INTERRUPTED: ExitCodeInfo("interrupted (SIGINT)", None),
-    ExitCode.TERMINATED: ExitCodeInfo(
-        "terminated (SIGTERM: pod deleted or suspended, deadline passed)", None
-    ),
+    ExitCode.TERMINATED: ExitCodeInfo("terminated (SIGTERM: pod deleted or suspended, deadline passed)", None),
 }
+
+
+def exit_code_reason(codes: list[int]) -> str | None:
+    """The reason named by the first of ``codes`` (pods' exit codes) that names one, else None."""
+    for code in codes:
+        try:
+            reason = EXIT_CODES[ExitCode(code)].reason
+        except ValueError:  # not one of ours (e.g. 137: killed)
+            continue
+        if reason:
+            return reason
+    return None
 
 
 def non_retryable_exit_codes() -> list[int]:

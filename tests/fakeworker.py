@@ -27,7 +27,7 @@ from autolabel_worker.outputs import ResultWriter, merge_shards
 
 from autolabel.contract import PROGRESS_FILE, Env, ExitCode, ProgressDoc, Stage, format_time, run_prefix
 from autolabel.manifest import read_manifest
-from autolabel.storage import ScopedWriter, Storage, StorageConfig
+from autolabel.storage import ScopedWriter, Storage, StorageConfig, StorageUnreachable
 
 ANNOTATION = "fakeworker.autolabel.dev/"
 
@@ -97,4 +97,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StorageUnreachable as exc:  # as the real worker: retryable, exit 4
+        print(f"fake worker: {exc}", file=sys.stderr)
+        sys.exit(ExitCode.STORAGE_UNREACHABLE)

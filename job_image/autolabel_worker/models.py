@@ -254,4 +254,22 @@ def load_model(model_bytes: bytes, labels_json: bytes, source: str) -> ModelBund
     except Exception as exc:
         raise ValueError(f"{source}: not a TorchScript model: {exc}") from exc
     model.eval()
+    check_outputs(model, len(labels), (size[0], size[1]), source)
     return ModelBundle(model, [str(x) for x in labels], (size[0], size[1]), mean, std, meta)
+
+
+def check_outputs(model: torch.nn.Module, n_labels: int, size: tuple[int, int], source: str) -> None:
+    """One forward pass on a blank image: the model must give one score per label of labels.json (more
+    outputs would leave labels never proposed, fewer would fail mid-run on an index)."""
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(1, 3, size[0], size[1]))
+    except Exception as exc:
+        raise ValueError(f"{source}: the model fails on a blank {size[0]}x{size[1]} RGB input: {exc}") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{source}: the model must return a [batch, labels] tensor of scores, not {shape}")
+    if out.shape[1] != n_labels:
+        raise ValueError(
+            f"{source}: labels.json lists {n_labels} labels but the model gives {out.shape[1]} outputs per image"
+        )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autolabel.api import Condition, Phase
-from autolabel.contract import format_time
+from autolabel.contract import exit_code_reason, format_time
 
 from .kueue import Admission
 
@@ -87,6 +87,7 @@ class Observation:
     succeeded: int = 0
     unschedulable: str | None = None  # the scheduler's message for a pod it cannot place
     pod_failures: list[str] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)  # of the failed pods' workers
 
 
 def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
@@ -106,6 +107,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observati
     unschedulable = None
     running = 0
     failures = []
+    exit_codes = []
     for pod in pods:
         pstatus = pod.get("status") or {}
         phase = pstatus.get("phase")
@@ -119,6 +121,8 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observati
             for cs in pstatus.get("containerStatuses") or []:
                 term = (cs.get("state") or {}).get("terminated") or {}
                 if term:
+                    if isinstance(term.get("exitCode"), int):
+                        exit_codes.append(term["exitCode"])
                     failures.append(
                         f"pod {pod['metadata']['name']}: exit code {term.get('exitCode')}"
                         + (f": {term['message'].strip()}" if term.get("message") else "")
@@ -137,6 +141,7 @@ def observe(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Observati
         succeeded=int(status.get("succeeded") or 0),
         unschedulable=unschedulable,
         pod_failures=failures,
+        exit_codes=exit_codes,
     )
 
 
@@ -169,7 +174,9 @@ def derive(obs: Observation, queue_name: str | None = None, kueue: Admission | N
             parts.append(obs.failed_message)
         parts.extend(obs.pod_failures[:3])
         msg = ": ".join(parts[:2]) + ("; " + "; ".join(parts[2:]) if len(parts) > 2 else "")
-        reason = obs.failed_reason or "JobFailed"
+        # What the workers' exit codes name (StorageUnreachable) says more than the Job's reason
+        # (MaxFailedIndexesExceeded), and the worker's own reason may be unreadable (storage down).
+        reason = exit_code_reason(obs.exit_codes) or obs.failed_reason or "JobFailed"
         return Derived(
             Phase.FAILED,
             [

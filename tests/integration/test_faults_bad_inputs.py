@@ -11,7 +11,7 @@ Two halves:
 
 The "1 GB line" is a 3 MiB line here: lines are read up to ``StorageConfig.max_line_bytes`` (1 MiB), so any
 longer line takes the same path (the read stops at the limit, see tests/unit/test_storage.py).
-A queue that does not exist needs Kueue (issue 11 §3), which these tests do not install.
+A queue that does not exist is tested against a real Kueue in tests/integration/test_kueue.py.
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ def test_bad_input_fails_with_a_named_reason_and_overwrites_nothing(
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header says ``width`` x ``height`` (a 20k x 20k image) with one tiny data chunk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -354,18 +355,9 @@ MODEL_CASES = {
     "model-fewer-labels-than-outputs": (None, 3, "labels"),
     "model-more-labels-than-outputs": (None, 12, "labels"),
 }
-KNOWN_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="worker bug (reported, not fixed here: job_image/ is another session's): load_model never compares "
-    "labels.json with the model's outputs; 3 labels for 10 outputs dies with IndexError (exit 1, WorkerError, "
-    "retried), 12 labels for 10 outputs succeeds with labels 10 and 11 never proposable",
-)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=KNOWN_BUG) if "labels" in n else n for n in MODEL_CASES],
-)
+@pytest.mark.parametrize("name", list(MODEL_CASES))
 def test_bad_prelabeling_model_fails_the_worker_with_model_invalid(
     name: str, s3_server: MinioServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

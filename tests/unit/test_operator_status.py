@@ -85,6 +85,17 @@ def test_failed_job_names_reason_and_exit_codes() -> None:
     assert "exit code 3: manifest line 4: bad" in derived.message
 
 
+def test_workers_that_could_not_reach_storage_name_storage_unreachable_not_the_jobs_reason() -> None:
+    """With the store down for good the worker's progress.json (its precise reason) cannot be read either;
+    its exit code 4 still says what happened."""
+    unreachable = pod("Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 4}}}])
+    killed = pod("Failed", containerStatuses=[{"state": {"terminated": {"exitCode": 137}}}])
+    cond = {"type": "Failed", "status": "True", "reason": "MaxFailedIndexesExceeded", "message": "failed indexes"}
+    derived = derive(observe(job([cond]), [killed, unreachable]))
+    assert derived.conditions[2][:3] == (FAILED, "True", "StorageUnreachable")
+    assert derive(observe(job([cond]), [killed])).conditions[2][:3] == (FAILED, "True", "MaxFailedIndexesExceeded")
+
+
 def test_terminal_and_active() -> None:
     done = {"conditions": [{"type": "Succeeded", "status": "True"}]}
     assert is_terminal(done) and not is_terminal({}) and not is_terminal(None)
