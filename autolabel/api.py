@@ -34,9 +34,7 @@ API server: the CRD refuses them, so the operator never reads or writes its own 
 class ApiModel(BaseModel):
     """Base for every API object: camelCase aliases, unknown fields rejected."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True)
 
     def to_wire(self) -> dict[str, Any]:
         """The object as the API server stores it (camelCase, unset optionals left out)."""
@@ -192,9 +190,7 @@ class AutoLabelJobSpec(ApiModel):
     active_learning: ActiveLearningSpec | None = Field(
         default_factory=ActiveLearningSpec, description="Settings for mode ActiveLearning."
     )
-    pre_labeling: PreLabelingSpec | None = Field(
-        default=None, description="Required exactly when mode is PreLabeling."
-    )
+    pre_labeling: PreLabelingSpec | None = Field(default=None, description="Required exactly when mode is PreLabeling.")
     images: ImagePolicySpec = Field(
         default_factory=ImagePolicySpec, description="How unusual or broken images are handled."
     )
@@ -203,9 +199,7 @@ class AutoLabelJobSpec(ApiModel):
         default=None, description="Kueue LocalQueue; the Job is created suspended for Kueue to admit."
     )
     suspend: bool = Field(default=False, description="true stops the workers and frees the dataset lock.")
-    active_deadline_seconds: int = Field(
-        default=86400, ge=60, description="Wall-clock limit of the worker Job."
-    )
+    active_deadline_seconds: int = Field(default=86400, ge=60, description="Wall-clock limit of the worker Job.")
     ttl_seconds_after_finished: int = Field(
         default=604800, ge=0, description="The finished worker Job is deleted after this long."
     )
@@ -265,6 +259,12 @@ class Result(ApiModel):
     estimated_precision: float | None = Field(default=None, description="Of the auto-labeled predictions.")
     target_verifiable: bool | None = Field(
         default=None, description="false when the labeled data is too small to certify the target."
+    )
+    notes: list[str] | None = Field(
+        default=None,
+        max_length=5,
+        description="What the worker says the user should know (at most 5, from summary.json notes), e.g. "
+        "that Precise fell back to the Fast models, with the numbers.",
     )
 
 

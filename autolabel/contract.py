@@ -329,6 +329,11 @@ def merge_summaries(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+RESULT_NOTES = 5
+"""Notes of summary.json copied into ``status.result.notes`` (the worker puts the most important first)."""
+NOTE_CHARS = 500
+
+
 def summary_to_result(summary: Any, uri: str) -> Result:
     """``status.result`` from a ``summary.json`` document; fields of the wrong type are left out."""
     out = Result(uri=uri)
@@ -344,6 +349,10 @@ def summary_to_result(summary: Any, uri: str) -> Result:
     verifiable = summary.get("targetVerifiable")
     if isinstance(verifiable, bool):
         out.target_verifiable = verifiable
+    notes = summary.get("notes")
+    if isinstance(notes, list):
+        kept = [note[:NOTE_CHARS] for note in notes if isinstance(note, str) and note][:RESULT_NOTES]
+        out.notes = kept or None
     return out
 
 

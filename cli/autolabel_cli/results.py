@@ -23,7 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from autolabel.contract import RESULT_FILE, SUMMARY_FILE
+from autolabel.contract import RESULT_FILE, RESULT_NOTES, SUMMARY_FILE
 from autolabel.manifest import VocError, parse_voc
 from autolabel.storage import Storage, StorageConfig, StorageError, join_uri
 
@@ -206,6 +206,12 @@ def _number(value: Any) -> Any:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _notes(summary: dict[str, Any]) -> list[str]:
+    """The worker's first notes (the most important first), as ``status.result.notes`` has them."""
+    notes = summary.get("notes")
+    return [str(note) for note in notes[:RESULT_NOTES]] if isinstance(notes, list) else []
+
+
 def report_document(job: dict[str, Any], report: Report) -> dict[str, Any]:
     """What ``results -o json|yaml`` prints."""
     summary = report.summary
@@ -220,6 +226,7 @@ def report_document(job: dict[str, Any], report: Report) -> dict[str, Any]:
             "estimatedPrecision": _number(summary.get("estimatedPrecision")),
             "targetPrecision": _number(summary.get("targetPrecision")),
             "targetVerifiable": summary.get("targetVerifiable"),
+            "notes": _notes(summary),
         },
         "task": summary.get("task"),
         "labels": {
@@ -296,6 +303,8 @@ def render_report(console: Console, job: dict[str, Any], report: Report) -> None
         precision += f" (target {_fmt(summary.get('targetPrecision'), 2)})"
     facts.add_row("estimated precision", precision)
     facts.add_row("target verifiable", _fmt(summary.get("targetVerifiable")))
+    for note in _notes(summary):
+        facts.add_row("note", note)  # e.g. "Precise fell back to the Fast models: ..."
     console.print(facts)
 
     biggest = max((c.total for c in report.labels.values()), default=0)

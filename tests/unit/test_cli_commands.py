@@ -183,6 +183,16 @@ def test_results_summary_labels_reasons_and_hardest(api: FakeApi, tmp_path: Path
     assert doc["summary"]["estimatedPrecision"] == 0.97
 
 
+def test_results_show_the_workers_notes_such_as_a_precise_fallback(api: FakeApi, tmp_path: Path) -> None:
+    note = "Precise fell back to the Fast models: held-out accuracy Precise 26/30 < Fast 29/30"
+    uri = write_results(tmp_path / "run", LINES, {"total": 5, "autoLabeled": 2, "notes": [note]})
+    api.jobs = [job("al-3", "Succeeded", result={"uri": uri})]
+    out = invoke("results", "al-3")
+    assert out.exit_code == 0, out.output
+    assert "Precise fell back to the Fast models" in out.stdout
+    assert json.loads(invoke("results", "al-3", "-o", "json").stdout)["summary"]["notes"] == [note]
+
+
 @pytest.mark.parametrize(
     ("state", "message"),
     [

@@ -166,6 +166,15 @@ def test_status_result_takes_only_well_typed_fields() -> None:
     assert summary_to_result(None, "s3://b/out/").to_wire() == {"uri": "s3://b/out/"}
 
 
+def test_status_result_carries_the_workers_first_notes_such_as_a_precise_fallback() -> None:
+    fallback = "Precise fell back to the Fast models: held-out accuracy Precise 26/30 < Fast 29/30"
+    summary = {"total": 3, "notes": [fallback, 7, "", *(f"note {i}" for i in range(10)), "x" * 9000]}
+    notes = summary_to_result(summary, "s3://b/out/").notes
+    assert notes == [fallback, "note 0", "note 1", "note 2", "note 3"]
+    assert summary_to_result({"notes": ["y" * 9000]}, "u").notes == ["y" * 500]
+    assert summary_to_result({"notes": "not a list"}, "u").notes is None
+
+
 def test_a_shard_that_auto_labeled_nothing_does_not_hide_the_estimate() -> None:
     merged = merge_summaries(
         [
