@@ -167,7 +167,7 @@ def bench_queue(jobs: int, intervals: list[float]) -> list[dict[str, Any]]:
     import psutil
     from devenv.cluster import LocalCluster
     from devenv.s3 import MinioServer
-    from operator_fixtures import OperatorProcess, Process, alj, apply, dataset, get_json, job_manifest
+    from operator_fixtures import OperatorProcess, alj, apply, dataset, get_json, job_manifest, node_runner
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -180,11 +180,8 @@ def bench_queue(jobs: int, intervals: list[float]) -> list[dict[str, Any]]:
                             "crd/autolabeljobs.autolabel.dev")  # fmt: skip
             with MinioServer(tmp / "s3") as s3:
                 s3.make_bucket(BUCKET)
-                env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
-                argv = [sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig),
-                        "--node-name", "local-node", "--state-dir", str(tmp / "node")]  # fmt: skip
                 (tmp / "node").mkdir()
-                runner = Process(argv, env, tmp / "node.log")
+                runner = node_runner(cluster, tmp / "node")
                 runner.start()
                 try:
                     for k, interval in enumerate(intervals):
@@ -467,7 +464,7 @@ def bench_scale_one(
     import psutil
     from devenv.cluster import LocalCluster
     from devenv.s3 import MinioServer
-    from operator_fixtures import OperatorProcess, Process, manifest_lines
+    from operator_fixtures import OperatorProcess, manifest_lines, node_runner
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -494,11 +491,8 @@ def bench_scale_one(
                 with ThreadPoolExecutor(8) as pool:
                     list(pool.map(lambda i: client.put_object(Bucket=BUCKET, Key=f"ds-{i:05d}/data.manifest",
                                                               Body=body), range(jobs)))  # fmt: skip
-                env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
                 (tmp / "node").mkdir()
-                runner = Process([sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig),
-                                  "--node-name", "local-node", "--state-dir", str(tmp / "node")], env,
-                                 tmp / "node.log")  # fmt: skip
+                runner = node_runner(cluster, tmp / "node")
                 if not hold_pods:
                     runner.start()
                 state = tmp / "op"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -70,7 +69,7 @@ def main() -> int:
 
     from devenv.cluster import LocalCluster
     from devenv.s3 import MinioServer
-    from operator_fixtures import OperatorProcess, Process
+    from operator_fixtures import OperatorProcess, node_runner
 
     outcomes: list[faults_lib.Outcome] = []
     started = time.monotonic()
@@ -84,9 +83,7 @@ def main() -> int:
             with MinioServer(tmp / "s3") as s3:
                 s3.make_bucket(faults_lib.BUCKET)
                 (tmp / "node").mkdir()
-                argv = [sys.executable, "-m", "devenv.node", "--kubeconfig", str(cluster.kubeconfig),
-                        "--node-name", "local-node", "--state-dir", str(tmp / "node")]  # fmt: skip
-                runner = Process(argv, {**os.environ, "PYTHONPATH": str(REPO / "tools")}, tmp / "node.log")
+                runner = node_runner(cluster, tmp / "node")
                 runner.start()
                 (tmp / "op").mkdir()
                 operator = OperatorProcess(cluster, s3, tmp / "op")
