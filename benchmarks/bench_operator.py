@@ -165,76 +165,76 @@ def bench_preconditions(sizes: list[int]) -> list[dict[str, Any]]:
 
 def bench_queue(jobs: int, intervals: list[float]) -> list[dict[str, Any]]:
     import psutil
-    from devenv.cluster import LocalCluster
     from devenv.s3 import MinioServer
-    from operator_fixtures import OperatorProcess, alj, apply, dataset, get_json, job_manifest, node_runner
+    from operator_fixtures import (
+        OperatorProcess,
+        alj,
+        apply,
+        control_plane,
+        dataset,
+        get_json,
+        job_manifest,
+        node_runner,
+    )
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        cluster = LocalCluster(tmp / "cluster")
-        cluster.start()
-        try:
-            cluster.kubectl("apply", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                            "crd/autolabeljobs.autolabel.dev")  # fmt: skip
-            with MinioServer(tmp / "s3") as s3:
-                s3.make_bucket(BUCKET)
-                (tmp / "node").mkdir()
-                runner = node_runner(cluster, tmp / "node")
-                runner.start()
-                try:
-                    for k, interval in enumerate(intervals):
-                        state = tmp / f"op{k}"
-                        state.mkdir()
-                        op = OperatorProcess(cluster, s3, state)
-                        op.env["AUTOLABEL_RECONCILE_INTERVAL"] = str(interval)
-                        op.start()
-                        try:
-                            namespace = f"bench-{k}"
-                            cluster.kubectl("create", "namespace", namespace)
-                            manifest = dataset(s3)
-                            names = [f"q-{i:03d}" for i in range(jobs)]
-                            annotations = {"fakeworker.autolabel.dev/seconds": "0.3"}
-                            docs = [job_manifest(n, manifest, annotations) for n in names]
-                            start = time.monotonic()
-                            apply(cluster, namespace, "---\n".join(docs))
-                            done: dict[str, dict[str, Any]] = {}
-                            while len(done) < jobs and time.monotonic() - start < 1200:
-                                for n in names:
-                                    if n not in done:
-                                        obj = alj(cluster, namespace, n)
-                                        if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                                            done[n] = obj
-                                time.sleep(0.5)
-                            wall = time.monotonic() - start
-                            assert op.proc is not None
-                            rss = psutil.Process(op.proc.pid).memory_info().rss / 2**20
-                            runs = []
+        with control_plane(tmp / "cluster") as cluster, MinioServer(tmp / "s3") as s3:
+            s3.make_bucket(BUCKET)
+            (tmp / "node").mkdir()
+            runner = node_runner(cluster, tmp / "node")
+            runner.start()
+            try:
+                for k, interval in enumerate(intervals):
+                    state = tmp / f"op{k}"
+                    state.mkdir()
+                    op = OperatorProcess(cluster, s3, state)
+                    op.env["AUTOLABEL_RECONCILE_INTERVAL"] = str(interval)
+                    op.start()
+                    try:
+                        namespace = f"bench-{k}"
+                        cluster.kubectl("create", "namespace", namespace)
+                        manifest = dataset(s3)
+                        names = [f"q-{i:03d}" for i in range(jobs)]
+                        annotations = {"fakeworker.autolabel.dev/seconds": "0.3"}
+                        docs = [job_manifest(n, manifest, annotations) for n in names]
+                        start = time.monotonic()
+                        apply(cluster, namespace, "---\n".join(docs))
+                        done: dict[str, dict[str, Any]] = {}
+                        while len(done) < jobs and time.monotonic() - start < 1200:
                             for n in names:
-                                uri = done[n]["status"]["result"]["uri"]
-                                s = get_json(s3, uri.removeprefix(f"s3://{BUCKET}/") + "summary.json")
-                                runs.append((s["startedAt"], s["finishedAt"]))
-                            gaps = [b[0] - a[1] for a, b in itertools.pairwise(runs)]
-                            rows.append(
-                                {
-                                    "jobs": jobs,
-                                    "interval": interval,
-                                    "succeeded": sum(d["status"]["phase"] == "Succeeded" for d in done.values()),
-                                    "wall_s": wall,
-                                    "per_job_s": wall / jobs,
-                                    "gap_mean_s": statistics.mean(gaps),
-                                    "gap_max_s": max(gaps),
-                                    "overlaps": sum(g < 0 for g in gaps),
-                                    "operator_rss_mib": rss,
-                                }
-                            )
-                        finally:
-                            op.stop()
-                finally:
-                    runner.stop()
-        finally:
-            cluster.stop()
+                                if n not in done:
+                                    obj = alj(cluster, namespace, n)
+                                    if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                                        done[n] = obj
+                            time.sleep(0.5)
+                        wall = time.monotonic() - start
+                        assert op.proc is not None
+                        rss = psutil.Process(op.proc.pid).memory_info().rss / 2**20
+                        runs = []
+                        for n in names:
+                            uri = done[n]["status"]["result"]["uri"]
+                            s = get_json(s3, uri.removeprefix(f"s3://{BUCKET}/") + "summary.json")
+                            runs.append((s["startedAt"], s["finishedAt"]))
+                        gaps = [b[0] - a[1] for a, b in itertools.pairwise(runs)]
+                        rows.append(
+                            {
+                                "jobs": jobs,
+                                "interval": interval,
+                                "succeeded": sum(d["status"]["phase"] == "Succeeded" for d in done.values()),
+                                "wall_s": wall,
+                                "per_job_s": wall / jobs,
+                                "gap_mean_s": statistics.mean(gaps),
+                                "gap_max_s": max(gaps),
+                                "overlaps": sum(g < 0 for g in gaps),
+                                "operator_rss_mib": rss,
+                            }
+                        )
+                    finally:
+                        op.stop()
+            finally:
+                runner.stop()
     print(f"\nQueue: {jobs} jobs created at once on one dataset (fake worker, 0.3 s each)")
     print(
         _table(
@@ -462,9 +462,8 @@ def bench_scale_one(
     from concurrent.futures import ThreadPoolExecutor
 
     import psutil
-    from devenv.cluster import LocalCluster
     from devenv.s3 import MinioServer
-    from operator_fixtures import OperatorProcess, manifest_lines, node_runner
+    from operator_fixtures import OperatorProcess, control_plane, manifest_lines, node_runner
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -472,17 +471,9 @@ def bench_scale_one(
         policy = tmp / "audit" / "policy.yaml"
         policy.write_text(AUDIT_POLICY)
         audit_log = tmp / "audit" / "audit.log"
-        cluster = LocalCluster(
-            tmp / "cluster",
-            extra_args={"kube-apiserver": ["--audit-policy-file", str(policy), "--audit-log-path", str(audit_log),
-                                           "--audit-log-maxsize", "2000", "--audit-log-maxbackup", "10"]},
-        )  # fmt: skip
-        cluster.start()
-        runner = op = None
-        try:
-            cluster.kubectl("apply", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                            "crd/autolabeljobs.autolabel.dev")  # fmt: skip
+        audit_flags = {"kube-apiserver": ["--audit-policy-file", str(policy), "--audit-log-path", str(audit_log),
+                                          "--audit-log-maxsize", "2000", "--audit-log-maxbackup", "10"]}  # fmt: skip
+        with control_plane(tmp / "cluster", audit_flags) as cluster, contextlib.ExitStack() as cleanup:
             api = Api(cluster.kubeconfig)
             with MinioServer(tmp / "s3") as s3:
                 s3.make_bucket(BUCKET)
@@ -493,11 +484,13 @@ def bench_scale_one(
                                                               Body=body), range(jobs)))  # fmt: skip
                 (tmp / "node").mkdir()
                 runner = node_runner(cluster, tmp / "node")
+                cleanup.callback(runner.stop)
                 if not hold_pods:
                     runner.start()
                 state = tmp / "op"
                 state.mkdir()
                 op = OperatorProcess(cluster, s3, state)
+                cleanup.callback(op.stop)
                 (state / "flavors.yaml").write_text(
                     f"default: cpu\nflavors:\n  cpu:\n    resources: {{requests: {{cpu: {pod_cpu}, memory: 64Mi}}}}\n"
                 )
@@ -581,8 +574,7 @@ def bench_scale_one(
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         op.proc.wait(60)
                 shutil.copy(state / "operator.log", REPO / ".bench" / f"operator-scale-{tag}.log")
-                op.stop()
-                op = None
+                op.stop()  # before the audit log is read (the callback stops it again, harmlessly)
                 time.sleep(1)
                 audit = _audit_counts(audit_log, audit_since)
                 if jobs <= 200:  # kept for timelines (each request's received/finished times, by object)
@@ -626,12 +618,6 @@ def bench_scale_one(
                 if profile:
                     row["profile"] = _collapse(raw) if raw.exists() else None
                 return row
-        finally:
-            if op is not None:
-                op.stop()
-            if runner is not None:
-                runner.stop()
-            cluster.stop()
 
 
 def bench_scale(scenarios: list[tuple[int, float]], idle: float, pod_cpu: str, interval: float,

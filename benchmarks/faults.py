@@ -67,47 +67,39 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(faults_lib.SCENARIOS)}")
 
-    from devenv.cluster import LocalCluster
     from devenv.s3 import MinioServer
-    from operator_fixtures import OperatorProcess, node_runner
+    from operator_fixtures import OperatorProcess, control_plane, node_runner
 
     outcomes: list[faults_lib.Outcome] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        cluster = LocalCluster(tmp / "cluster")
-        cluster.start()
-        try:
-            cluster.kubectl("apply", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/autolabeljobs.autolabel.dev")
-            with MinioServer(tmp / "s3") as s3:
-                s3.make_bucket(faults_lib.BUCKET)
-                (tmp / "node").mkdir()
-                runner = node_runner(cluster, tmp / "node")
-                runner.start()
-                (tmp / "op").mkdir()
-                operator = OperatorProcess(cluster, s3, tmp / "op")
-                try:
-                    operator.start()
-                    env = faults_lib.Env(cluster, s3, operator, runner)
-                    for name in names:
-                        runs = args.runs or faults_lib.DEFAULT_RUNS[name]
-                        t0 = time.monotonic()
-                        print(f"--- {name}: {runs} runs, seed {args.seed}", flush=True)
-                        outcome = faults_lib.SCENARIOS[name](env, runs, args.seed)
-                        outcome.time("wall s", time.monotonic() - t0)
-                        for failure in outcome.failures:
-                            print(f"    FAILURE: {failure}", flush=True)
-                        outcomes.append(outcome)
-                        if not operator.running():
-                            operator.start()
-                        if not runner.running():
-                            runner.start()
-                finally:
-                    operator.stop()
-                    runner.stop()
-        finally:
-            cluster.stop()
+        with control_plane(tmp / "cluster") as cluster, MinioServer(tmp / "s3") as s3:
+            s3.make_bucket(faults_lib.BUCKET)
+            (tmp / "node").mkdir()
+            runner = node_runner(cluster, tmp / "node")
+            runner.start()
+            (tmp / "op").mkdir()
+            operator = OperatorProcess(cluster, s3, tmp / "op")
+            try:
+                operator.start()
+                env = faults_lib.Env(cluster, s3, operator, runner)
+                for name in names:
+                    runs = args.runs or faults_lib.DEFAULT_RUNS[name]
+                    t0 = time.monotonic()
+                    print(f"--- {name}: {runs} runs, seed {args.seed}", flush=True)
+                    outcome = faults_lib.SCENARIOS[name](env, runs, args.seed)
+                    outcome.time("wall s", time.monotonic() - t0)
+                    for failure in outcome.failures:
+                        print(f"    FAILURE: {failure}", flush=True)
+                    outcomes.append(outcome)
+                    if not operator.running():
+                        operator.start()
+                    if not runner.running():
+                        runner.start()
+            finally:
+                operator.stop()
+                runner.stop()
     print(f"\nFault campaign, seed {args.seed} ({time.monotonic() - started:.0f} s in all)")
     print(table(outcomes))
     out = REPO / ".bench"

@@ -106,6 +106,19 @@ class Process:
             return ""
 
 
+@contextlib.contextmanager
+def control_plane(state: Path, extra_args: dict[str, list[str]] | None = None) -> Iterator[LocalCluster]:
+    """A local control plane (for the benchmarks) with the AutoLabelJob CRD established; stopped on exit."""
+    cluster = LocalCluster(state, extra_args)
+    cluster.start()
+    try:
+        cluster.kubectl("apply", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/autolabeljobs.autolabel.dev")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def node_runner(cluster: LocalCluster, state: Path) -> Process:
     """The local node runner (``python -m devenv.node``) for the pods bound to ``local-node`` (not started)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "tools")}
