@@ -282,6 +282,12 @@ class Storage:
                     self._client = self._make_client()
         return self._client
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's client (its pooled connections are the parent's
+        sockets) and its lock (which another thread of the parent may have held at the fork)."""
+        self._client = None
+        self._client_lock = threading.Lock()
+
     def _make_client(self) -> Any:
         import boto3
         from botocore.config import Config

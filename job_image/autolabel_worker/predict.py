@@ -1,11 +1,18 @@
 """Streaming, batched inference over the unlabeled images.
 
-A loader thread pulls bytes through ``Storage.fetch_many`` (concurrent, bounded, in order; local files are
-read by the decoding threads), decodes and resizes them in a small thread pool (Pillow releases the GIL
-while decoding), a run of images per task written straight into the batch's array, and hands ready uint8
-batches to the main thread through a bounded queue, so fetching, decoding and the model overlap while
-memory stays bounded by ``prefetch`` batches, however long the manifest. While it runs, the GIL's switch
-interval is shortened (:data:`SWITCH_INTERVAL`) so that the model is not kept waiting by the decoders.
+A loader thread reads the bytes (local files one after another; objects in a store through
+``Storage.fetch_many``, concurrent, bounded, in order) and hands runs of images to a small pool of
+decoding *processes* (forked), which decode and resize them straight into a ring of batch slots in memory
+shared with them since the fork; the loader copies each finished slot out to the main thread through a
+bounded queue, so fetching, decoding and the model overlap
+while memory stays bounded by ``prefetch`` batches, however long the manifest.
+
+Why processes and not threads: the model gives up the GIL in every operator and must take it back when
+the operator returns, and Pillow's PNG/JPEG plugins run much of their work in Python holding it. With the
+decoders as threads of the model's process the stage reached 0.80 of the model's own speed on a quiet
+2-core machine; a decoding loop in another process cost the model 1-4% against 93% as a thread of its
+process (docs/benchmarks.md, "Worker at its ceiling"). While batches load, the GIL's switch interval is
+still shortened (:data:`SWITCH_INTERVAL`) for the loader and fetch threads that stay in the process.
 On CUDA the batches are pinned and copied asynchronously, the model runs in channels_last with bf16
 autocast (``train.autocast``, the setting the held-out predictions that calibration is fitted on are made
 with).
@@ -16,14 +23,19 @@ calibrated log-probabilities (and, for our own models, features for hard-example
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import logging
+import mmap
+import multiprocessing
 import queue
+import signal
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +54,10 @@ Decoder = Callable[[bytes, str], Image.Image]
 
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while batches load (Python's default: 0.005).
-Each of the model's operators releases the GIL and must take it back when it returns; with the decoding
-threads holding it for up to 5 ms at a time, the model waited (a convoy). In two A/B runs on 2 cores at
-load 6.5-7, the stage went from 0.74 to 0.97 of the model's own speed with 0.5 ms; under heavier load the
-gain was not reliably measurable (docs/benchmarks.md, "Worker at its ceiling")."""
+Each of the model's operators releases the GIL and must take it back when it returns; threads of the
+model's process that hold it (the loader, the store's fetch threads) would keep it waiting up to 5 ms at a
+time (a convoy; measured with the decoders still threads: 0.74 -> 0.97 of the model's speed in two A/B
+runs at load 6.5-7, docs/benchmarks.md)."""
 
 
 @dataclass
@@ -73,35 +85,76 @@ def _decode_one(decode: Decoder, source: str, data: bytes, input_size: tuple[int
         return str(reason)
 
 
-Item = tuple[str, bytes | StorageError | None]  # None: not fetched yet (a local file, read by the decoder)
+# ------------------------------------------------------------------ the loading processes
 
 
-def _decode_into(
-    storage: Storage, decode: Decoder, items: list[Item], input_size: tuple[int, int], out: np.ndarray, offset: int
-) -> list[str | None]:
-    """Decode a run of a batch's images straight into its rows of ``out``; returns, per image, None (row
-    written) or why it cannot be used. One task per run of images instead of one per image: the futures,
-    queue hand-offs and GIL switches per image cost more than decoding a small image (profile in
-    docs/benchmarks.md "Worker at its ceiling"). A store that cannot be reached raises."""
+@dataclass(frozen=True)
+class _LoaderState:
+    """What each loading process holds, from the fork (nothing of it is pickled)."""
+
+    storage: Storage
+    decode: Decoder
+    input_size: tuple[int, int]
+    slots: np.ndarray  # uint8 (n_slots, batch, 3, H, W) over an anonymous MAP_SHARED mapping
+    fetch_workers: int
+
+
+_loader: _LoaderState | None = None
+
+
+def _start_loader(state: _LoaderState) -> None:
+    """Runs first in each loading process. The store's client is made anew (the parent's connections are
+    not this process's); the process dies with its parent (Linux), so a killed worker leaves no loaders
+    behind; SIGINT/SIGTERM are left to the parent, which stops the pool."""
+    global _loader
+    _loader = state
+    if isinstance(state.storage, Storage):
+        state.storage.after_fork()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the pool's own shutdown still ends it
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _read(storage: Storage, source: str) -> bytes | StorageError:
+    try:
+        return storage.read_bytes(source)
+    except StorageError as exc:
+        return exc
+
+
+Unreachable = tuple[str, str]  # (uri, cause) of a store that could not be reached
+
+
+def _load_into(sources: list[str], slot: int, offset: int) -> tuple[list[str | None], Unreachable | None]:
+    """Fetch and decode a run of a batch's images into rows ``offset...`` of ring slot ``slot``.
+
+    Returns, per image, None (row written) or why it cannot be used, and the store's failure if it could
+    not be reached (the run stops there). Local files are read one after another, objects in a store
+    through ``fetch_many``. One task per run of images: a task per image costs more than decoding a small
+    image (profile in docs/benchmarks.md)."""
+    assert _loader is not None, "_start_loader did not run in this process"
+    state = _loader
+    rows = state.slots[slot]
+    fetched: Iterable[tuple[str, bytes | StorageError]]
+    if any(is_s3(source) for source in sources):
+        fetched = state.storage.fetch_many(sources, max_workers=state.fetch_workers)
+    else:
+        fetched = ((source, _read(state.storage, source)) for source in sources)
     reasons: list[str | None] = []
-    for k, (source, data) in enumerate(items):
-        if data is None:
-            try:
-                data = storage.read_bytes(source)
-            except StorageUnreachable:
-                raise
-            except StorageError as exc:
-                data = exc
-        if isinstance(data, StorageError):  # missing or refused: this image's problem
-            reasons.append(data.cause)
-            continue
-        value = _decode_one(decode, source, data, input_size)
+    for k, (source, data) in enumerate(fetched):
+        if isinstance(data, StorageUnreachable):
+            return reasons, (data.uri, data.cause)
+        if isinstance(data, StorageError):
+            value: np.ndarray | str = data.cause
+        else:
+            value = _decode_one(state.decode, source, data, state.input_size)
         if isinstance(value, str):
             reasons.append(value)
         else:
-            out[offset + k] = value
+            rows[offset + k] = value
             reasons.append(None)
-    return reasons
+    return reasons, None
 
 
 def iter_batches(
@@ -110,17 +163,14 @@ def iter_batches(
     decode: Decoder,
     input_size: tuple[int, int],
     batch_size: int = 256,
-    decode_workers: int = 4,
+    decode_workers: int = 2,
     fetch_workers: int = 16,
     prefetch: int = 4,
     pin_memory: bool = False,
     chunk: int = 64,
 ) -> Iterator[Batch]:
-    """Yield decoded batches in manifest order; fetching and decoding run ahead in background threads.
-
-    Objects in a store are fetched concurrently (``fetch_workers``, for the network's latency); local
-    files are read by the decoding threads themselves. Each decoding task takes ``chunk`` images of a batch
-    and writes them into the batch's array.
+    """Yield decoded batches in manifest order, fetched and decoded ahead by ``decode_workers`` forked
+    processes (each task ``chunk`` images, objects in a store fetched ``fetch_workers`` at a time).
 
     An image that is missing, refused or cannot be decoded is a batch's failure (the caller lists it as
     unreadable); a store that cannot be reached raises :class:`StorageUnreachable` from the iteration."""
@@ -128,25 +178,39 @@ def iter_batches(
     stop = threading.Event()
     done = object()
     h, w = input_size
+    Image.init()  # Pillow's format plugins registered once here, not imported again in every fresh fork
+
+    # A slot per batch in flight: at most prefetch + 1 are pending (submit below), one spare.
+    n_slots = prefetch + 2
+    ring = mmap.mmap(-1, n_slots * batch_size * 3 * h * w)  # anonymous, MAP_SHARED: shared with the forks
+    slots = np.frombuffer(ring, dtype=np.uint8).reshape(n_slots, batch_size, 3, h, w)
 
     @dataclass
     class Pending:
         sources: list[str]
-        x: np.ndarray
-        parts: list[Future[list[str | None]]]
+        slot: int
+        parts: list[Future[tuple[list[str | None], Unreachable | None]]]
 
     def assemble(p: Pending) -> Batch:
-        reasons = [r for part in p.parts for r in part.result()]
+        """The batch copied out of its slot (which is free again), without the images that failed."""
+        reasons: list[str | None] = []
+        for part in p.parts:
+            part_reasons, unreachable = part.result()
+            if unreachable:
+                # The store is down (after the storage layer's retries): an infrastructure failure for
+                # the whole run, never an image to drop (handed to the consumer).
+                raise StorageUnreachable(*unreachable)
+            reasons += part_reasons
         failures = [(src, r) for src, r in zip(p.sources, reasons, strict=True) if r is not None]
+        rows = slots[p.slot, : len(p.sources)]
         if failures:
             ok = np.array([r is None for r in reasons], dtype=bool)
             kept = [src for src, r in zip(p.sources, reasons, strict=True) if r is None]
-            arr = p.x[ok]
+            rows = rows[ok]
         else:
-            kept, arr = p.sources, p.x
-        x = torch.from_numpy(arr) if len(kept) else torch.zeros((0, 3, h, w), dtype=torch.uint8)
-        if pin_memory and len(kept):
-            x = x.pin_memory()
+            kept = p.sources
+        x = torch.empty((len(kept), 3, h, w), dtype=torch.uint8, pin_memory=pin_memory and bool(kept))
+        x.numpy()[:] = rows
         return Batch(kept, x, failures)
 
     def put(item: Any) -> bool:
@@ -158,50 +222,48 @@ def iter_batches(
                 continue
         return False
 
-    def items() -> Iterator[Item]:
-        it = iter(sources)
-        first = next(it, None)
-        if first is None:
-            return
-        rest = itertools.chain([first], it)
-        if not is_s3(first):  # local files: read where they are decoded
-            yield from ((source, None) for source in rest)
-            return
-        for uri, data in storage.fetch_many(rest, max_workers=fetch_workers):
-            if isinstance(data, StorageUnreachable):
-                # The store is down (after the storage layer's retries): an infrastructure failure for
-                # the whole run, never an image to drop (handed to the consumer).
-                raise data
-            yield uri, data
-
     def produce() -> None:
         pending: deque[Pending] = deque()
+        state = _LoaderState(storage, decode, input_size, slots, fetch_workers)
         try:
-            with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
+            with ProcessPoolExecutor(
+                max_workers=max(1, decode_workers),
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_loader,
+                initargs=(state,),
+            ) as pool:
+                try:
+                    submitted = itertools.count()
 
-                def submit(batch: list[Item]) -> bool:
-                    x = np.empty((len(batch), 3, h, w), dtype=np.uint8)
-                    parts = [
-                        pool.submit(_decode_into, storage, decode, batch[i : i + chunk], input_size, x, i)
-                        for i in range(0, len(batch), chunk)
-                    ]
-                    pending.append(Pending([source for source, _ in batch], x, parts))
-                    return len(pending) <= prefetch or put(assemble(pending.popleft()))
+                    def submit(batch: list[str]) -> bool:
+                        slot = next(submitted) % n_slots
+                        parts = [
+                            pool.submit(_load_into, batch[i : i + chunk], slot, i) for i in range(0, len(batch), chunk)
+                        ]
+                        pending.append(Pending(batch, slot, parts))
+                        # hand on every batch already decoded (the first one as soon as it is), and wait for
+                        # the oldest only when prefetch batches are in the loaders
+                        while pending and (len(pending) > prefetch or all(f.done() for f in pending[0].parts)):
+                            if not put(assemble(pending.popleft())):
+                                return False
+                        return True
 
-                batch: list[Item] = []
-                for item in items():
-                    if stop.is_set():
-                        return
-                    batch.append(item)
-                    if len(batch) == batch_size:
-                        if not submit(batch):
+                    batch: list[str] = []
+                    for source in sources:
+                        if stop.is_set():
                             return
-                        batch = []
-                if batch and not submit(batch):
-                    return
-                while pending:
-                    if not put(assemble(pending.popleft())):
+                        batch.append(source)
+                        if len(batch) == batch_size:
+                            if not submit(batch):
+                                return
+                            batch = []
+                    if batch and not submit(batch):
                         return
+                    while pending:
+                        if not put(assemble(pending.popleft())):
+                            return
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             put(done)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(exc)

@@ -6,7 +6,7 @@ ridden out by the retries and every image is accounted for."""
 from __future__ import annotations
 
 import json
-import logging
+import multiprocessing
 import threading
 import uuid
 from collections import Counter
@@ -72,10 +72,15 @@ def prelabeling_job(manifest: str, model: str) -> AutoLabelJob:
 
 
 class OutageDuringInference(Storage):
-    """The storage layer over the real server, which it stops at the `OUTAGE_AT`-th inference read of an
-    image (an unlabeled image's second read: preflight reads each once). It starts the server again
-    after `back_after_failures` reads have failed as unreachable (the retries used up), or, when that is
-    None, `back_after_seconds` after stopping it (within the retries)."""
+    """The storage layer over the real server, which is stopped at the `OUTAGE_AT`-th inference read of an
+    image (an unlabeled image's second read: preflight reads each once) and started again after
+    `back_after_failures` reads have failed as unreachable (the retries used up), or, when that is None,
+    `back_after_seconds` after it stopped (within the retries).
+
+    Inference reads happen in the worker's loading processes (forked), so what they count is shared memory
+    made before the forks, and the server is stopped and started by a thread of this process (`control`),
+    the only one that owns it: a read that reaches `OUTAGE_AT` asks for the outage and waits until the
+    server is down."""
 
     def __init__(
         self,
@@ -90,38 +95,54 @@ class OutageDuringInference(Storage):
         self.unlabeled = unlabeled
         self.back_after_failures = back_after_failures
         self.back_after_seconds = back_after_seconds
-        self.reads: Counter[str] = Counter()
-        self.inference_reads = 0
-        self.unreachable_reads = 0
-        self.stopped = self.resumed = False
-        self.lock = threading.Lock()
-        self.timer: threading.Timer | None = None
+        shared = multiprocessing.get_context("fork")
+        self.reads: Counter[str] = Counter()  # per process: the preflight's counts come with the fork
+        self.inference_reads = shared.Value("i", 0)
+        self.unreachable_reads = shared.Value("i", 0)
+        self.reads_in_outage = shared.Value("i", 0)  # reads started while the server was down
+        self.outage_wanted = shared.Event()
+        self.down = shared.Event()
+        self.back = shared.Event()
+        self.control = threading.Thread(target=self._control, daemon=True)
+        self.control.start()
+
+    def _control(self) -> None:
+        self.outage_wanted.wait()
+        assert self.server.pause(), "the S3 server was not running"
+        self.down.set()
+        if self.back_after_failures is None:
+            self.back.wait(self.back_after_seconds)
+        else:
+            while self.unreachable_reads.value < self.back_after_failures and not self.back.is_set():
+                self.back.wait(0.01)
+        self.server.resume()
+        self.back.set()
 
     def read_bytes(self, uri: str) -> bytes:
         if uri in self.unlabeled:
-            with self.lock:
-                self.reads[uri] += 1
-                if self.reads[uri] == 2:
-                    self.inference_reads += 1
-                    if self.inference_reads == OUTAGE_AT and not self.stopped:
-                        assert self.server.pause(), "the S3 server was not running"
-                        self.stopped = True
-                        if self.back_after_failures is None:
-                            self.timer = threading.Timer(self.back_after_seconds, self.resume)
-                            self.timer.start()
+            self.reads[uri] += 1
+            if self.reads[uri] == 2:
+                with self.inference_reads.get_lock():
+                    self.inference_reads.value += 1
+                    outage_now = self.inference_reads.value == OUTAGE_AT
+                if outage_now:
+                    self.outage_wanted.set()
+                    assert self.down.wait(60), "the S3 server was not stopped"
+        if self.down.is_set() and not self.back.is_set():
+            with self.reads_in_outage.get_lock():
+                self.reads_in_outage.value += 1
         try:
             return super().read_bytes(uri)
         except StorageUnreachable:
-            with self.lock:
-                self.unreachable_reads += 1
-                if self.back_after_failures is not None and self.unreachable_reads >= self.back_after_failures:
-                    self.resume()
+            with self.unreachable_reads.get_lock():
+                self.unreachable_reads.value += 1
             raise
 
-    def resume(self) -> None:
-        if not self.resumed:
-            self.server.resume()
-            self.resumed = True
+    def finish(self) -> None:
+        """The server is running again when this returns (whether or not the outage happened)."""
+        self.back.set()
+        self.outage_wanted.set()
+        self.control.join(timeout=120)
 
 
 def config_for(server: Any, **retries: Any) -> StorageConfig:
@@ -146,9 +167,12 @@ def test_an_outage_longer_than_the_retries_fails_the_run_retryably_and_claims_no
     quick = config_for(s3, max_attempts=1, connect_retries=2, backoff_base=0.05, backoff_max=0.1, connect_timeout=2)
     storage = OutageDuringInference(quick, s3, unlabeled, back_after_failures=3)
 
-    code = execute(job, storage, out)
+    try:
+        code = execute(job, storage, out)
+    finally:
+        storage.finish()
 
-    assert storage.stopped and storage.resumed and storage.unreachable_reads >= 3, "no outage happened"
+    assert storage.down.is_set() and storage.unreachable_reads.value >= 3, "no outage happened"
     assert code == ExitCode.STORAGE_UNREACHABLE == 4
     check = Storage(config_for(s3))
     assert not check.exists(out + "summary.json") and not check.exists(out + "result.manifest")
@@ -158,7 +182,7 @@ def test_an_outage_longer_than_the_retries_fails_the_run_retryably_and_claims_no
 
 
 def test_a_short_outage_is_ridden_out_by_the_retries_and_every_image_is_accounted_for(
-    s3: Any, dataset: tuple[str, str, set[str]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    s3: Any, dataset: tuple[str, str, set[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest, model, unlabeled = dataset
     monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
@@ -167,14 +191,12 @@ def test_a_short_outage_is_ridden_out_by_the_retries_and_every_image_is_accounte
     storage = OutageDuringInference(config_for(s3), s3, unlabeled, back_after_seconds=2.0)  # default retries
 
     try:
-        with caplog.at_level(logging.WARNING, logger="autolabel.storage"):
-            summary = run_job(job, storage, out)
+        summary = run_job(job, storage, out)
     finally:
-        if storage.timer is not None:
-            storage.timer.join()  # the server is back before anything else (the fixture) touches it
+        storage.finish()  # the server is back before anything else (the fixture) touches it
 
-    assert storage.stopped and storage.resumed and storage.unreachable_reads == 0
-    assert any("retrying in" in r.getMessage() for r in caplog.records), "no read met the outage"
+    assert storage.down.is_set() and storage.unreachable_reads.value == 0
+    assert storage.reads_in_outage.value > 0, "no read met the outage"
     lines = [json.loads(line) for line in storage.iter_lines(out + "result.manifest") if line.strip()]
     assert summary["total"] == len(lines) == UNLABELED
     assert {line["source"] for line in lines} == unlabeled and summary["unreadableImages"] == []
