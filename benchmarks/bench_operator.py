@@ -408,6 +408,25 @@ def _from_status(api: Api, namespace: str) -> dict[str, float]:
     }
 
 
+def _cpu_by_program() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every process on the machine, summed by program name
+    (kube-apiserver, etcd, minio, python: the operator, the node runner, this benchmark...)."""
+    import psutil
+
+    used: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None:
+            used[proc.info["name"]] = used.get(proc.info["name"], 0.0) + times.user + times.system
+    return used
+
+
+def _cores_used(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores used per program over ``seconds`` (processes that ended in between are not counted)."""
+    used = {name: (after[name] - before.get(name, 0.0)) / seconds for name in after}
+    return {name: round(cores, 3) for name, cores in sorted(used.items(), key=lambda kv: -kv[1]) if cores >= 0.01}
+
+
 def _operator_pid(proc_pid: int) -> int:
     """The operator's Python process (under py-spy it is py-spy's child)."""
     import psutil
@@ -528,6 +547,7 @@ def bench_scale_one(
 
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
+                cpu_at_start = _cpu_by_program()
 
                 def create(i: int) -> None:
                     if ramp:
@@ -544,11 +564,12 @@ def bench_scale_one(
                 with ThreadPoolExecutor(1 if ramp else 8) as pool:
                     list(pool.map(create, range(jobs)))
                 created_s = time.monotonic() - t0
+                until = time.monotonic() + 300
+                while recorder.counts()[1] < jobs and time.monotonic() < until:
+                    time.sleep(0.2)
+                all_jobs_s = time.monotonic() - t0
+                cores_until_all_jobs = _cores_used(cpu_at_start, _cpu_by_program(), all_jobs_s)
                 if hold_pods:  # the node runner starts once every AutoLabelJob has its Job (or after 300 s)
-                    until = time.monotonic() + 300
-                    while recorder.counts()[1] < jobs and time.monotonic() < until:
-                        time.sleep(0.2)
-                    all_jobs_s = time.monotonic() - t0
                     runner.start()
                 deadline = time.monotonic() + max(1800.0, 3 * ramp)
                 while recorder.counts()[2] < jobs and time.monotonic() < deadline and op.running():
@@ -611,7 +632,8 @@ def bench_scale_one(
                     "load1_mean": statistics.mean(s["load1"] for s in samples) if samples else float("nan"),
                     "from_api_timestamps": from_status,
                     "pods_held_until_all_jobs": hold_pods,
-                    "all_jobs_s": all_jobs_s if hold_pods else None,
+                    "all_jobs_s": all_jobs_s,
+                    "cores_until_all_jobs": cores_until_all_jobs,
                     "per_job_created_latency": per_job,
                     "samples": samples,
                 }
@@ -659,6 +681,8 @@ def _print_scale(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         top = ", ".join(f"{k} {v / r['jobs']:.2f}" for k, v in list(r["api_by_verb_resource"].items())[:12])
         print(f"  {r['tag']}: operator requests per job: {top}")
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in list(r["cores_until_all_jobs"].items())[:8])
+        print(f"  {r['tag']}: cores used until every Job existed ({r['all_jobs_s']:.1f} s): {cores}")
 
 
 def main() -> int:

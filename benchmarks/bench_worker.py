@@ -16,7 +16,8 @@ auto-labeling (Vishwakarma et al., NeurIPS 2023).
 Throughput: on the same images, images/s of (a) decode only (fetch + decode + resize, the loader the
 worker uses), (b) model only (the worker's predictor on preloaded tensors: 5-model ensemble, test-time
 views, features), (c) the worker's whole inference stage, interleaved round by round; per size the median
-of the rounds. Target: (c) >= 0.9 x min(a, b).
+of the rounds. Target: (c) >= 0.9 x min(a, b). ``--throughput-source s3`` reads the images from a MinIO
+started on loopback for the run (uploaded first), as the worker does in a cluster.
 
 Scale: PreLabeling runs (manifest read, preflight of every image, inference, writing) over manifests of
 growing length built by repeating the digits files; images/s and peak RSS per size.
@@ -217,11 +218,27 @@ def print_quality(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------------------------ throughput
 
 
-def throughput(sizes: list[int] | None = None, rounds: int = 3) -> list[dict[str, Any]]:
+def throughput(sizes: list[int] | None = None, rounds: int = 3, source: str = "local") -> list[dict[str, Any]]:
     """For each size: decode only, model only and the whole inference stage over the same images,
     interleaved round by round (so a burst of load from elsewhere on this shared machine hits all three
     alike); each is warmed up first on 2,560 images. Reported: the median of the rounds, and each round's
-    ratio stage / min(decode, model)."""
+    ratio stage / min(decode, model). ``source`` "s3": the images are read from a local MinIO."""
+    if source != "s3":
+        return _throughput(sizes, rounds, None)
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from devenv.s3 import MinioServer
+
+    with tempfile.TemporaryDirectory() as tmp, MinioServer(Path(tmp) / "s3") as s3:
+        s3.make_bucket("throughput")
+        return _throughput(sizes, rounds, s3)
+
+
+def _throughput(sizes: list[int] | None, rounds: int, s3: Any) -> list[dict[str, Any]]:
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import torch
     from autolabel_worker.augment import TTA_REASONS, AugmentPolicy, tta_views
@@ -234,11 +251,14 @@ def throughput(sizes: list[int] | None = None, rounds: int = 3) -> list[dict[str
     from autolabel_worker.progress import ProgressReporter
 
     from autolabel.manifest import read_manifest
-    from autolabel.storage import ScopedWriter, Storage
+    from autolabel.storage import ScopedWriter, Storage, StorageConfig
 
     if os.environ.get("AUTOLABEL_TORCH_THREADS"):  # as the worker applies it (pipeline.run_job)
         torch.set_num_threads(int(os.environ["AUTOLABEL_TORCH_THREADS"]))
     storage = Storage()
+    if s3 is not None:
+        keys = {"access_key": s3.access_key, "secret_key": s3.secret_key, "region": s3.region}
+        storage = Storage(StorageConfig(endpoint_url=s3.endpoint_url, **keys))
     spec = choose_model_spec([(8, 8)], 10)
     torch.manual_seed(0)
     model = CalibratedEnsemble([build_model(spec) for _ in range(5)], 1.0).eval()
@@ -278,7 +298,12 @@ def throughput(sizes: list[int] | None = None, rounds: int = 3) -> list[dict[str
     for size in sizes or [5241]:
         repeat = -(-size // 1747)
         ds = write_digits_dataset(BENCH / f"digits-tp{repeat}", labeled_per_class=5, seed=0, repeat=repeat)
-        entries = [e for e in read_manifest(storage, str(ds.manifest)) if not e.is_labeled][:size]
+        entries = [e for e in read_manifest(Storage(), str(ds.manifest)) if not e.is_labeled][:size]
+        if s3 is not None:  # the same images, uploaded (16 at a time), read back from the store
+            uri = {e.source: f"s3://throughput/{Path(e.source).relative_to(ds.folder)}" for e in entries}
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(storage.upload_file, uri.keys(), uri.values()))
+            entries = [dataclasses.replace(e, source=uri[e.source]) for e in entries]
         sources = [e.source for e in entries]
         decode_only(sources[:2560]), model_only(sources[:2560]), stage(str(ds.manifest), entries[:2560])
         per_round = []
@@ -381,6 +406,7 @@ def main() -> None:
     parser.add_argument("--scale-sizes", default="10000,30000,100000")
     parser.add_argument("--throughput-sizes", default="5241,10000", help="images per throughput measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (median reported)")
+    parser.add_argument("--throughput-source", choices=["local", "s3"], default="local", help="where images are read")
     parser.add_argument(
         "--train-steps",
         type=int,
@@ -421,7 +447,8 @@ def main() -> None:
     if args.part in ("all", "quality"):
         results["quality"] = quality(args.seeds, args.algorithms.split(","), args.train_steps)
     if args.part in ("all", "throughput"):
-        results["throughput"] = throughput([int(x) for x in args.throughput_sizes.split(",")], args.rounds)
+        sizes = [int(x) for x in args.throughput_sizes.split(",")]
+        results["throughput"] = throughput(sizes, args.rounds, args.throughput_source)
     if args.part in ("all", "scale"):
         results["scale"] = scale([int(s) for s in args.scale_sizes.split(",")], args.train_steps)
     results["machine"]["loadAverageAtEnd"] = os.getloadavg()
