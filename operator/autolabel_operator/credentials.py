@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from autolabel.api import AutoLabelJob, results_prefix
-from autolabel.storage import is_s3, split_s3
+from autolabel.storage import boto3_client, is_s3, split_s3
 
 from .config import EVERY, Settings, job_endpoint
 
@@ -74,7 +73,7 @@ def sts_client(endpoint: str | None, region: str, access_key: str | None, secret
     """One STS client per endpoint and account, kept: boto3 clients are thread-safe, and making one (a new
     session reading its service model files) cost a quarter of the operator's CPU when 20 jobs started at
     once (py-spy, docs/benchmarks.md "Operator at scale")."""
-    return boto3.session.Session().client(
+    return boto3_client(
         "sts",
         endpoint_url=endpoint,
         region_name=region,

@@ -20,15 +20,24 @@ from .kueue import WORKLOAD_GROUP_VERSION
 USER_AGENT = "autolabel-operator"
 
 
-async def new_api_client() -> client.ApiClient:
+CONNECTIONS = 32
+"""At most this many connections to the API server at once (kubernetes_asyncio's default: 100). Each TLS
+connection holds a 128 KiB buffer for as long as it is open, and 100 jobs created at once opened as many
+as there were requests in flight; the requests beyond these wait for a connection (the API server, not
+the number of connections, is what limits them)."""
+
+
+async def new_api_client(connections: int = CONNECTIONS) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the current kubeconfig ($KUBECONFIG). Its
     requests say ``User-Agent: autolabel-operator`` (kopf's own say ``kopf/<version>``), so the API
     server's audit log and metrics tell the operator's calls apart."""
+    configuration = type.__call__(client.Configuration)  # a new one, not a copy of the process default
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-        api = client.ApiClient()
+        config.load_incluster_config(client_configuration=configuration)
     else:
-        api = await config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    configuration.connection_pool_maxsize = connections
+    api = client.ApiClient(configuration=configuration)
     api.user_agent = USER_AGENT
     return api
 

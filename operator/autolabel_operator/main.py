@@ -17,6 +17,7 @@ import os
 import sys
 
 from .config import ConfigError, Settings
+from .memory import limit_malloc_arenas, report_on_signal
 
 _FLAGS = {
     "namespaces": "AUTOLABEL_NAMESPACES",
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"autolabel-operator: {exc}", file=sys.stderr)
         return 2
+    limit_malloc_arenas()  # before any thread is started
+    report_on_signal()
     import kopf  # imported late: `--help` and config errors need no kopf
 
     from .handlers import register
