@@ -414,10 +414,14 @@ def _cpu_by_program() -> dict[str, float]:
     import psutil
 
     used: dict[str, float] = {}
-    for proc in psutil.process_iter(["name", "cpu_times"]):
-        times = proc.info["cpu_times"]
-        if times is not None:
-            used[proc.info["name"]] = used.get(proc.info["name"], 0.0) + times.user + times.system
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times, name = proc.info["cpu_times"], proc.info["name"]
+        if times is None:
+            continue
+        if name.startswith("python"):  # which Python program: the first argument that is not an option
+            args = [a for a in (proc.info["cmdline"] or [])[1:] if not a.startswith("-")]
+            name = "python " + (Path(args[0]).name if args else "?")
+        used[name] = used.get(name, 0.0) + times.user + times.system
     return used
 
 
