@@ -13,7 +13,6 @@ import kopf
 from .. import metrics
 from ..config import Settings
 from ..kube import Kube, new_api_client
-from ..memory import release_freed_memory
 from ..names import KOPF_PREFIX, MANAGED_BY, MANAGED_BY_LABEL
 from ..reconcile import Reconciler
 from .runtime import Runtime, runtime_of
@@ -56,7 +55,6 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
         use_io_threads(asyncio.get_running_loop(), op_settings)
         api = await new_api_client()
         memo.runtime = Runtime(Reconciler(op_settings, Kube(api)))
-        memo.trimmer = asyncio.create_task(release_freed_memory(), name="malloc-trim")
         metrics.serve(op_settings.metrics_port)
         logger.info(
             "autolabel-operator: namespaces=%s flavors=%s (default %s) metrics port %s",
@@ -70,6 +68,4 @@ def register(registry: kopf.OperatorRegistry, op_settings: Settings) -> None:
     async def stop(*, memo: kopf.Memo, **_: Any) -> None:
         runtime = runtime_of(memo)
         memo.runtime = None
-        if memo.get("trimmer") is not None:
-            memo.trimmer.cancel()
         await runtime.reconciler.kube.api.close()
