@@ -1,18 +1,18 @@
 """Streaming, batched inference over the unlabeled images.
 
-A loader thread reads the bytes (local files one after another; objects in a store through
-``Storage.fetch_many``, concurrent, bounded, in order) and hands runs of images to a small pool of
-decoding *processes* (forked), which decode and resize them straight into a ring of batch slots in memory
-shared with them since the fork; the loader copies each finished slot out to the main thread through a
-bounded queue, so fetching, decoding and the model overlap
-while memory stays bounded by ``prefetch`` batches, however long the manifest.
+A loader thread cuts the sources into batches and hands runs of images to a small pool of loading
+*processes* (forked), which read them (local files one after another; objects in a store through
+``Storage.fetch_many``, concurrent, bounded, in order), decode and resize them straight into a ring of
+batch slots in memory shared with them since the fork; the loader thread copies each finished slot out
+to the main thread through a bounded queue, so fetching, decoding and the model overlap while memory
+stays bounded by ``prefetch`` batches, however long the manifest.
 
 Why processes and not threads: the model gives up the GIL in every operator and must take it back when
-the operator returns, and Pillow's PNG/JPEG plugins run much of their work in Python holding it. With the
-decoders as threads of the model's process the stage reached 0.80 of the model's own speed on a quiet
-2-core machine; a decoding loop in another process cost the model 1-4% against 93% as a thread of its
-process (docs/benchmarks.md, "Worker at its ceiling"). While batches load, the GIL's switch interval is
-still shortened (:data:`SWITCH_INTERVAL`) for the loader and fetch threads that stay in the process.
+the operator returns, and Pillow's PNG/JPEG plugins (and botocore) run much of their work in Python
+holding it. With the decoders as threads of the model's process the stage reached 0.80 of the model's own
+speed on a quiet 2-core machine; a decoding loop in another process cost the model 1-4% against 93% as a
+thread of its process (docs/benchmarks.md, "Worker at its ceiling"). While batches load, the GIL's switch
+interval is still shortened (:data:`SWITCH_INTERVAL`) for the loader thread that stays in the process.
 On CUDA the batches are pinned and copied asynchronously, the model runs in channels_last with bf16
 autocast (``train.autocast``, the setting the held-out predictions that calibration is fitted on are made
 with).
@@ -54,10 +54,10 @@ Decoder = Callable[[bytes, str], Image.Image]
 
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits, while batches load (Python's default: 0.005).
-Each of the model's operators releases the GIL and must take it back when it returns; threads of the
-model's process that hold it (the loader, the store's fetch threads) would keep it waiting up to 5 ms at a
-time (a convoy; measured with the decoders still threads: 0.74 -> 0.97 of the model's speed in two A/B
-runs at load 6.5-7, docs/benchmarks.md)."""
+Each of the model's operators releases the GIL and must take it back when it returns; another thread
+of the model's process that holds it keeps it waiting up to 5 ms at a time (a convoy; measured when the
+decoders were threads: 0.74 -> 0.97 of the model's speed in two A/B runs at load 6.5-7,
+docs/benchmarks.md). Only the loader thread is left in the process now; not measured again since."""
 
 
 @dataclass
