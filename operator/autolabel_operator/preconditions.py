@@ -58,12 +58,8 @@ def storage_config(job: AutoLabelJob, settings: Settings, credentials: Credentia
 
 
 @lru_cache(maxsize=64)
-@lru_cache(maxsize=32)
 def storage_for(config: StorageConfig) -> Storage:
-    """One Storage (one boto3 client, thread-safe) per distinct endpoint/credentials, kept for the next
-    reconcile: a new client per call cost 16 ms of CPU even from the shared session (storage.boto3_client),
-    64 ms and 11 MiB before it. A rotated Secret is another config, hence another Storage; the least
-    recently used of more than 32 are dropped."""
+    """One Storage (one boto3 client, thread-safe) per distinct endpoint/credentials."""
     return Storage(config)
 
 

@@ -65,8 +65,8 @@ def test_one_sts_client_serves_every_job(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_job_storage_is_kept_per_endpoint_and_keys_and_every_client_comes_from_one_session(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A new boto3 session per S3 client loaded the S3 model again (64 ms of CPU, 11 MiB) for every
-    reconcile of every job; now one session serves every client, and one Storage each endpoint and keys."""
+    """One Storage (one S3 client) per endpoint and keys, and every boto3 client of the process from one
+    session, which loads the service models once."""
     import boto3
     from autolabel_operator.preconditions import storage_for
 
