@@ -226,44 +226,44 @@ def iter_batches(
         pending: deque[Pending] = deque()
         state = _LoaderState(storage, decode, input_size, slots, fetch_workers)
         try:
-            with ProcessPoolExecutor(
+            pool = ProcessPoolExecutor(
                 max_workers=max(1, decode_workers),
                 mp_context=multiprocessing.get_context("fork"),
                 initializer=_start_loader,
                 initargs=(state,),
-            ) as pool:
-                try:
-                    submitted = itertools.count()
+            )
+            try:
+                submitted = itertools.count()
 
-                    def submit(batch: list[str]) -> bool:
-                        slot = next(submitted) % n_slots
-                        parts = [
-                            pool.submit(_load_into, batch[i : i + chunk], slot, i) for i in range(0, len(batch), chunk)
-                        ]
-                        pending.append(Pending(batch, slot, parts))
-                        # hand on every batch already decoded (the first one as soon as it is), and wait for
-                        # the oldest only when prefetch batches are in the loaders
-                        while pending and (len(pending) > prefetch or all(f.done() for f in pending[0].parts)):
-                            if not put(assemble(pending.popleft())):
-                                return False
-                        return True
-
-                    batch: list[str] = []
-                    for source in sources:
-                        if stop.is_set():
-                            return
-                        batch.append(source)
-                        if len(batch) == batch_size:
-                            if not submit(batch):
-                                return
-                            batch = []
-                    if batch and not submit(batch):
-                        return
-                    while pending:
+                def submit(batch: list[str]) -> bool:
+                    slot = next(submitted) % n_slots
+                    parts = [
+                        pool.submit(_load_into, batch[i : i + chunk], slot, i) for i in range(0, len(batch), chunk)
+                    ]
+                    pending.append(Pending(batch, slot, parts))
+                    # hand on every batch already decoded (the first one as soon as it is), and wait for
+                    # the oldest only when prefetch batches are in the loaders
+                    while pending and (len(pending) > prefetch or all(f.done() for f in pending[0].parts)):
                         if not put(assemble(pending.popleft())):
+                            return False
+                    return True
+
+                batch: list[str] = []
+                for source in sources:
+                    if stop.is_set():
+                        return
+                    batch.append(source)
+                    if len(batch) == batch_size:
+                        if not submit(batch):
                             return
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                        batch = []
+                if batch and not submit(batch):
+                    return
+                while pending:
+                    if not put(assemble(pending.popleft())):
+                        return
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
             put(done)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(exc)
