@@ -90,6 +90,16 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
     )
     captured: dict[str, Any] = {}
     real_cautious, real_finish, real_infer = cal.cautious_temperature, cal.finish, pipeline._infer
+    real_sharpness = pipeline._ensemble_sharpness
+
+    def sharpness(ctx: Any, ensemble: Any, unlabeled: Any, spec: Any, member_t: float, seed: int) -> Any:
+        """Also every member's logits on the whole pool, to replay the ensemble temperature's choices."""
+        out = real_sharpness(ctx, ensemble, unlabeled, spec, member_t, seed)
+        x_u8, kept = pipeline.load_images(ctx, unlabeled, spec.input_size, [])
+        captured["pool_logits"] = pipeline.member_logits(ensemble.members, x_u8, spec, ctx.device)
+        captured["pool_sources"] = [unlabeled[i].source for i in kept]
+        captured["oof_counts"] = pipeline.held_out_member_errors(ensemble)
+        return out
 
     def cautious(logits: Any, labels: Any, seed: int = 0, **kw: Any) -> float:
         t = real_cautious(logits, labels, seed=seed, **kw)
@@ -127,22 +137,28 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
         predictor, flags = args[1], args[7]
         if args[5] is not None and "cautious" in captured:  # ActiveLearning: record both temperatures
             captured["cautious_records"] = records(args, flags)
-            temperature = predictor.model.temperature
-            saved = float(temperature)
-            temperature.fill_(captured["point"])
+            temperature, sharpening = predictor.model.temperature, predictor.model.ensemble_temperature
+            saved = float(temperature), float(sharpening)
             try:
+                temperature.fill_(captured["point"])
                 captured["point_records"] = records(args, flags)
+                temperature.fill_(saved[0])
+                sharpening.fill_(1.0)  # the members' calibration alone, as before the ensemble temperature
+                captured["members_records"] = records(args, flags)
             finally:
-                temperature.fill_(saved)
+                temperature.fill_(saved[0])
+                sharpening.fill_(saved[1])
         return out
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
+    pipeline._ensemble_sharpness = sharpness
     out = results_prefix(job)
     start = time.monotonic()
     try:
         summary = pipeline.run_job(job, Storage(), out, train_steps=train_steps)
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
+        pipeline._ensemble_sharpness = real_sharpness
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     row = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -175,12 +191,17 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
                     "viewsLikelihoodRatio",
                     "fallbackToBound",
                     "heldOutAccuracy",
+                    "ensemble",
                 )
             },
             "notes": summary.get("notes"),
         }
     )
     if "cautious_records" in captured:
+        # the members' pool logits in the records' order (for the ensemble temperature's variants)
+        row_of = {source: i for i, source in enumerate(captured.pop("pool_sources"))}
+        order = [row_of[source] for source in captured["cautious_records"]["sources"]]
+        captured["pool_logits"] = captured["pool_logits"][:, order, :]
         row["components"] = comp = components(captured, truth, str(ds.folder), summary["labels"])
         # The oracle on the unrounded confidences (result.manifest rounds them to 6 decimals, which ties
         # the most confident ones at 1.0).
@@ -206,10 +227,13 @@ def save_replay(path: Path, captured: dict[str, Any]) -> None:
             [kw["target"], kw["temperature"], kw["cautious_temperature"], kw.get("likelihood_ratio", 1.0)]
         ),
     }
-    for which in ("cautious", "point"):
+    for which in ("cautious", "point", "members"):
         rec = captured[f"{which}_records"]
         for key in ("pred", "conf", "flag_views", "flag_all", "correct"):
             arrays[f"{which}_{key}"] = rec[key]
+    if "pool_logits" in captured:
+        arrays["pool_logits"] = captured["pool_logits"]
+        arrays["oof_counts"] = np.array(captured["oof_counts"])
     np.savez_compressed(path, **arrays)
 
 
@@ -247,7 +271,7 @@ def components(captured: dict[str, Any], truth: dict[str, str], root: str, class
             [truth[os.path.relpath(s, root)] == label for s, label in zip(rec["sources"], rec["labels"], strict=True)]
         )
 
-    for rec in (captured["cautious_records"], captured["point_records"]):
+    for rec in (captured["cautious_records"], captured["point_records"], captured["members_records"]):
         rec["labels"] = [class_names[p] for p in rec["pred"]]
         rec["correct"] = correct_of(rec)
     return margin_costs(captured)
@@ -314,9 +338,36 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         "noViewsCredit": variant(rec_c, 1.0),
         "noDistanceCheck": variant(rec_c, lr, use_distance=False),
         "allMarginsOff": variant(rec_p, true_lr_used, check=False, t=captured["point"]),
+        "noEnsembleTemperature": variant(captured["members_records"], lr) if "members_records" in captured else None,
         "oracleAtCautious": round(cal.oracle_coverage(rec_c["conf"], right, TARGET), 4),
         "oracleAtPoint": round(cal.oracle_coverage(rec_p["conf"], rec_p["correct"], TARGET), 4),
+        "memberErrorHeldOut": {
+            str(alpha): variant(with_ensemble_temperature(captured, alpha), lr) for alpha in HELD_OUT_ALPHAS
+        }
+        if "pool_logits" in captured
+        else None,
     }
+
+
+HELD_OUT_ALPHAS = (0.5, 0.2, 0.1)
+"""The ensemble temperature replayed with the members' error taken from the held-out errors alone, at
+these upper Clopper-Pearson levels (0.5: about the point estimate), instead of the pool's agreement."""
+
+
+def with_ensemble_temperature(captured: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """The pool's records with confidences at the ensemble temperature `calibrate.ensemble_temperature`
+    gives with the members' error at the held-out bound `alpha` (flags and predictions do not depend on it)."""
+    import numpy as np
+    from autolabel_worker import calibrate as cal
+
+    logits, (errors, points) = captured["pool_logits"], (int(v) for v in captured["oof_counts"])
+    member_t = captured["cautious"]
+    bound = 1.0 - cal.clopper_pearson_lower(points - errors, points, alpha)
+    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=(bound, "held-out"))
+    probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperature)
+    rec = dict(captured["members_records"])
+    rec["conf"] = probs[np.arange(len(probs)), rec["pred"]]
+    return rec
 
 
 def load_replay(path: Path) -> dict[str, Any]:
@@ -338,10 +389,13 @@ def load_replay(path: Path) -> dict[str, Any]:
             "oof_flagged": z["oof_flagged"] if len(z["oof_flagged"]) else None,
         },
     }
-    for which in ("cautious", "point"):
-        captured[f"{which}_records"] = {
-            key: z[f"{which}_{key}"] for key in ("pred", "conf", "flag_views", "flag_all", "correct")
-        }
+    if "pool_logits" in z:
+        captured["pool_logits"], captured["oof_counts"] = z["pool_logits"], z["oof_counts"]
+    for which in ("cautious", "point", "members"):
+        if f"{which}_pred" in z:  # replays made before the ensemble temperature have no "members"
+            captured[f"{which}_records"] = {
+                key: z[f"{which}_{key}"] for key in ("pred", "conf", "flag_views", "flag_all", "correct")
+            }
     return captured
 
 
@@ -469,6 +523,7 @@ def print_table(rows: list[dict]) -> None:
         "noViewsCredit",
         "noDistanceCheck",
         "allMarginsOff",
+        "noEnsembleTemperature",
     ]
     print("| group | dataset | algorithm | runs | " + " | ".join(names) + " | oracle |")
     print("|---|---|---|---|" + "---|" * len(names) + "---|")
@@ -482,6 +537,9 @@ def print_table(rows: list[dict]) -> None:
             continue
         cells = []
         for n in names:
+            if any(c.get(n) is None for c in sel):
+                cells.append("-")
+                continue
             cov = statistics.mean(c[n]["coverage"] for c in sel)
             precs = [c[n]["precision"] for c in sel if c[n]["precision"] is not None]
             cells.append(f"{cov:.3f} ({fmt(min(precs) if precs else None, 3)})")

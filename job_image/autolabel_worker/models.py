@@ -151,23 +151,29 @@ def build_model(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
 
 
 class CalibratedEnsemble(nn.Module):
-    """Mean of the members' temperature-scaled probabilities, returned as log-probabilities.
+    """Mean of the members' temperature-scaled probabilities, sharpened by the ensemble's own temperature
+    (`calibrate.ensemble_temperature`), returned as log-probabilities.
 
     The output is a valid logit vector (its softmax is the ensemble's calibrated probability), so the
     exported TorchScript model needs no extra post-processing by whoever loads it.
     """
 
-    def __init__(self, members: list[nn.Module], temperature: float = 1.0):
+    def __init__(self, members: list[nn.Module], temperature: float = 1.0, ensemble_temperature: float = 1.0):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("ensemble_temperature", torch.tensor(float(ensemble_temperature)))
+
+    def _combine(self, probs: torch.Tensor) -> torch.Tensor:
+        log_mean = torch.log(probs / len(self.members) + 1e-12)
+        return torch.log_softmax(log_mean / self.ensemble_temperature, dim=1)  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.zeros(0)
         for i, member in enumerate(self.members):
             p = torch.softmax(member(x) / self.temperature, dim=1)
             probs = p if i == 0 else probs + p
-        return torch.log(probs / len(self.members) + 1e-12)
+        return self._combine(probs)
 
     @torch.jit.export
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +187,7 @@ class CalibratedEnsemble(nn.Module):
             probs = p if i == 0 else probs + p
             feats.append(F.normalize(f.float(), dim=1))
         scale = 1.0 / math.sqrt(len(self.members))
-        return torch.log(probs / len(self.members) + 1e-12), torch.cat(feats, dim=1) * scale
+        return self._combine(probs), torch.cat(feats, dim=1) * scale
 
 
 @dataclass

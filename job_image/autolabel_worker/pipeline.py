@@ -215,7 +215,9 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     ctx.progress.set_stage(Stage.CALIBRATE)
     temperature = cal.fit_temperature(ensemble.oof_logits, ensemble.labels)
     cautious_t = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
-    model = CalibratedEnsemble([m.cpu() for m in ensemble.members], cautious_t)
+    sharpness = _ensemble_sharpness(ctx, ensemble, pre.unlabeled, model_spec, cautious_t, al.seed)
+    log.info("ensemble temperature: %s", sharpness.reason)
+    model = CalibratedEnsemble([m.cpu() for m in ensemble.members], cautious_t, sharpness.temperature)
     model.eval()
     with torch.inference_mode():
         _, ref_feats_t = model.forward_with_features(to_input(x_lab, model_spec))
@@ -242,6 +244,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         oof_flagged=check_flagged,
         likelihood_ratio=likelihood_ratio,
     )
+    calibration.sharpness = sharpness
     calibration.notes[:0] = precise_notes + _schedule_notes(ensemble, budget)
     rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
@@ -644,6 +647,46 @@ def _write_results(
             return results.write_summary(summary)
     finally:
         scratch.close()
+
+
+ENSEMBLE_SAMPLE = 1000
+"""Unlabeled images on which the members' disagreement is measured (`cal.ensemble_temperature`); their
+share of the disagreement's standard error is below 0.01 at this size."""
+
+
+def _ensemble_sharpness(
+    ctx: RunContext,
+    ensemble: FoldEnsemble,
+    unlabeled: list[ManifestEntry],
+    spec: Any,
+    member_temperature: float,
+    seed: int,
+) -> cal.EnsembleSharpness:
+    """The ensemble's temperature from its members' disagreement on a sample of the unlabeled images."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(unlabeled))[:ENSEMBLE_SAMPLE])
+    x_u8, _ = load_images(ctx, [unlabeled[i] for i in pick], spec.input_size, [])
+    errors, points = held_out_member_errors(ensemble)
+    logits = member_logits(ensemble.members, x_u8, spec, ctx.device)
+    return cal.ensemble_temperature(logits, errors, points, member_temperature)
+
+
+def held_out_member_errors(ensemble: FoldEnsemble) -> tuple[int, int]:
+    """(errors, points) of the single held-out members on the labeled images (over repeats, as a rate)."""
+    oof_pred = ensemble.oof_logits.argmax(axis=2)  # (R, n): one held-out member per image and repeat
+    points = len(ensemble.labels)
+    return round(float((oof_pred != ensemble.labels[None, :]).mean()) * points), points
+
+
+def member_logits(members: list[torch.nn.Module], x_u8: torch.Tensor, spec: Any, device: torch.device) -> np.ndarray:
+    """(K, n, C) logits of each member on uint8 images."""
+    out = []
+    with torch.inference_mode():
+        for member in members:
+            member.eval().to(device)
+            batches = [member(to_input(b, spec).to(device)).float().cpu() for b in x_u8.split(256)]
+            out.append(torch.cat(batches) if batches else torch.zeros((0, spec.num_classes)))
+    return torch.stack(out).double().numpy()
 
 
 def _held_out_view_flags(

@@ -322,3 +322,62 @@ def test_a_class_that_is_never_right_is_not_auto_labeled() -> None:
     labels_one_wrong[0] = 1
     calib = cal.finish(hist, oof, labels_one_wrong, target=0.95, temperature=1.0, cautious_temperature=1.0)
     assert calib.failed_classes == []
+
+
+def voting_members(
+    rng: np.random.Generator, n: int, classes: int, members: int, right: float, shared: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Members each right with probability `right` and then `right` sure of it (calibrated), wrong votes on
+    a random other class; `shared`: every member makes the same prediction (fully correlated errors).
+    Returns ((K, n, C) logits, labels)."""
+    labels = rng.integers(0, classes, n)
+    logits = np.empty((members, n, classes))
+    for k in range(members):
+        if k == 0 or not shared:
+            ok = rng.random(n) < right
+            pred = np.where(ok, labels, (labels + rng.integers(1, classes, n)) % classes)
+        probs = np.full((n, classes), (1 - right) / (classes - 1))
+        probs[np.arange(n), pred] = right
+        logits[k] = np.log(probs)
+    return logits, labels
+
+
+def test_an_ensemble_of_independent_members_is_made_sharper_but_not_beyond_its_accuracy() -> None:
+    rng = np.random.default_rng(21)
+    logits, labels = voting_members(rng, 4000, 10, 5, right=0.8, shared=False)
+    sharp = cal.ensemble_temperature(logits, 10, 50, member_temperature=1.0, member_error=(0.22, "known"))
+    probs = cal.sharpened(cal.ensemble_probs(logits, 1.0), sharp.temperature)
+    accuracy = float((probs.argmax(axis=1) == labels).mean())
+    assert accuracy > 0.97  # five independent 80% votes
+    assert sharp.temperature < 1.0
+    assert cal.ensemble_probs(logits, 1.0).max(axis=1).mean() < 0.85 < sharp.implied_accuracy <= accuracy
+    assert "allow the ensemble temperature" in sharp.reason
+
+
+def test_identical_members_get_no_more_confidence_than_their_error_allows() -> None:
+    rng = np.random.default_rng(22)
+    logits, _ = voting_members(rng, 4000, 10, 5, right=0.8, shared=True)
+    sharp = cal.ensemble_temperature(logits, 10, 50, member_temperature=1.0, member_error=(0.25, "known"))
+    assert sharp.pool_disagreement == 0.0
+    assert sharp.temperature == 1.0  # the members' 0.8 is already above 1 - 0.25: never made softer
+    assert sharp.implied_accuracy == pytest.approx(0.8)
+    softer_members = cal.ensemble_temperature(logits, 10, 50, member_temperature=3.0, member_error=(0.25, "known"))
+    assert softer_members.implied_accuracy == pytest.approx(0.75, abs=0.005)
+
+
+def test_members_disagreeing_with_the_ensemble_more_than_they_err_are_not_sharpened() -> None:
+    rng = np.random.default_rng(23)
+    logits, _ = voting_members(rng, 2000, 10, 5, right=0.5, shared=False)
+    sharp = cal.ensemble_temperature(logits, 5, 50, member_temperature=1.3, member_error=(0.1, "known"))
+    assert sharp.temperature == 1.0
+    assert "the members' calibration is kept" in sharp.reason
+
+
+def test_the_members_error_comes_from_their_agreement_on_the_pool_unless_held_out_errors_contradict_it() -> None:
+    rng = np.random.default_rng(24)
+    logits, _ = voting_members(rng, 4000, 10, 5, right=0.9, shared=False)
+    # two members agree when both are right (0.81) or wrong on the same class (0.01 / 9)
+    eps, source = cal.member_error_from(logits, oof_errors=8, oof_points=50)
+    assert source == "pool" and eps == pytest.approx(1 - 0.81 - 0.01 / 9, abs=0.01)
+    eps, source = cal.member_error_from(logits, oof_errors=20, oof_points=50)  # 20 of 50: not 0.19
+    assert source == "held-out" and eps == pytest.approx(1 - cal.clopper_pearson_lower(30, 50, cal.SELECT_ALPHA))
