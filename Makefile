@@ -85,13 +85,18 @@ bench-detection: venv ## Detection benchmarks: 10 seeds x Fast/Precise, pre-labe
 	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_detection.py --part scaleout --shards 1,2,3,5 --pool 600
 	$(PY) benchmarks/bench_detection.py --part gpu
 
-bench-quality: venv ## Quality beyond the tuning set: report and tuning groups, oracle coverage, margin costs (docs/benchmarks.md; 1-2 h on 2 cores)
-	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --group report --datasets textures32,glyphs32 \
-		--seeds 0,1 --pool 300 --budget 300 --jobs 2 --json .bench/quality-report.json
-	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits-inv32 --seeds 0,1 --pool 300 \
-		--budget 300 --jobs 2 --json .bench/quality-tuning-inv32.json
-	AUTOLABEL_TORCH_THREADS=1 nice $(PY) benchmarks/bench_quality.py --datasets digits8 --seeds 0,1 --budget 600 \
-		--jobs 2 --json .bench/quality-tuning-digits8.json
+bench-quality: venv ## Quality beyond the tuning set: report and tuning groups, oracle coverage, margin costs, budget trade-off (docs/benchmarks.md; about 2 h on 2 cores)
+	AUTOLABEL_TORCH_THREADS=1 $(PY) benchmarks/bench_quality.py --datasets textures32,glyphs32,digits-inv64 \
+		--seeds 0,1,2,3,4 --algorithms Fast --pool 300 --budget 300 --jobs 2 --json .bench/quality-report-fast.json
+	AUTOLABEL_TORCH_THREADS=1 $(PY) benchmarks/bench_quality.py --datasets textures32,glyphs32,digits-inv64 \
+		--seeds 0,1,2 --algorithms Precise --pool 300 --budget 600 --jobs 2 --json .bench/quality-report-precise.json
+	AUTOLABEL_TORCH_THREADS=1 $(PY) benchmarks/bench_quality.py --datasets digits-inv32 --seeds 0,1,2,3 \
+		--algorithms Fast --pool 300 --budget 300 --jobs 2 --json .bench/quality-tuning-inv32.json
+	AUTOLABEL_TORCH_THREADS=1 $(PY) benchmarks/bench_quality.py --datasets digits8 --seeds 0,1,2,3,4,5,6,7,8,9 \
+		--budget 600 --jobs 2 --json .bench/quality-tuning-digits8.json
+	for budget in 60 180; do AUTOLABEL_TORCH_THREADS=1 $(PY) benchmarks/bench_quality.py --datasets textures32 \
+		--seeds 0,1,2,3,4 --algorithms Fast --pool 300 --budget $$budget --jobs 2 \
+		--json .bench/quality-budget-$$budget.json || exit 1; done
 
 bench-operator: venv ## Operator benchmarks: precondition check on 10k-1M lines, a queue of jobs on one dataset
 	$(PY) benchmarks/bench_operator.py

@@ -318,6 +318,8 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         }
 
     rec_c, rec_p = captured["cautious_records"], captured["point_records"]
+    if "pool_logits" in captured:  # the ensemble temperature of this checkout, whatever the run used
+        rec_c = {**with_ensemble_temperature(captured), "correct": rec_c["correct"]}
     right, passed = rec_c["correct"], ~rec_c["flag_all"]
     pass_right = passed[right].mean() if right.any() else 1.0
     pass_wrong = passed[~right].mean() if (~right).any() else 0.0
@@ -354,16 +356,19 @@ HELD_OUT_ALPHAS = (0.5, 0.2, 0.1)
 these upper Clopper-Pearson levels (0.5: about the point estimate), instead of the pool's agreement."""
 
 
-def with_ensemble_temperature(captured: dict[str, Any], alpha: float) -> dict[str, Any]:
+def with_ensemble_temperature(captured: dict[str, Any], alpha: float | None = None) -> dict[str, Any]:
     """The pool's records with confidences at the ensemble temperature `calibrate.ensemble_temperature`
-    gives with the members' error at the held-out bound `alpha` (flags and predictions do not depend on it)."""
+    gives (with the members' error at the held-out bound `alpha`; None: this checkout's rule). Flags and
+    predictions do not depend on it."""
     import numpy as np
     from autolabel_worker import calibrate as cal
 
     logits, (errors, points) = captured["pool_logits"], (int(v) for v in captured["oof_counts"])
     member_t = captured["cautious"]
-    bound = 1.0 - cal.clopper_pearson_lower(points - errors, points, alpha)
-    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=(bound, "held-out"))
+    given = None
+    if alpha is not None:
+        given = (1.0 - cal.clopper_pearson_lower(points - errors, points, alpha), "held-out")
+    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given)
     probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperature)
     rec = dict(captured["members_records"])
     rec["conf"] = probs[np.arange(len(probs)), rec["pred"]]
@@ -416,6 +421,29 @@ def replay(pattern: str) -> list[dict[str, Any]]:
             flush=True,
         )
     return rows
+
+
+def rescore(rows: list[dict[str, Any]], runs: Path) -> list[dict[str, Any]]:
+    """Rows of a results file with the calibration of this checkout replayed on each run's replay file:
+    what those runs would have auto-labeled with it (the models, the pool and the flags are the runs')."""
+    out = []
+    for row in rows:
+        path = runs / f"{row['dataset']}-{row['algorithm'].lower()}-s{row['seed']}.npz"
+        comp = margin_costs(load_replay(path))
+        worker, oracle = comp["worker"], comp["oracleAtCautious"]
+        out.append(
+            {
+                **row,
+                "coverage": worker["coverage"],
+                "precision": worker["precision"],
+                "estimatedPrecision": worker["estimatedPrecision"],
+                "oracleCoverage": oracle,
+                "coverageOverOracle": round(worker["coverage"] / oracle, 4) if oracle else None,
+                "components": comp,
+                "rescored": True,
+            }
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- parent
@@ -564,6 +592,12 @@ def main() -> None:
         metavar="GLOB",
         help="replay this checkout's calibration on recorded runs (a glob of .bench/quality-runs/*.npz)",
     )
+    parser.add_argument(
+        "--rescore",
+        metavar="JSON",
+        help="re-print a results file with this checkout's calibration replayed on its runs' files (--runs)",
+    )
+    parser.add_argument("--runs", default=str(BENCH / "quality-runs"), help="the replay files of --rescore")
     parser.add_argument("--one", nargs=3, metavar=("DATASET", "ALGORITHM", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import logging
@@ -572,6 +606,12 @@ def main() -> None:
     if args.one:
         pool = args.pool or None
         print(json.dumps(run_one(args.one[0], args.one[1], int(args.one[2]), pool, args.budget, args.train_steps)))
+        return
+    if args.rescore:
+        doc = json.loads(Path(args.rescore).read_text())
+        doc["runs"] = rescore(doc["runs"], Path(args.runs))
+        print_table(doc["runs"])
+        Path(args.json).write_text(json.dumps(doc, indent=2))
         return
     if args.replay:
         rows = replay(args.replay)
