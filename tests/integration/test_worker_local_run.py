@@ -87,6 +87,9 @@ def test_active_learning_then_sharded_prelabeling(
     assert summary["algorithm"] == "Fast" and summary["mode"] == "ActiveLearning"
     assert summary["durationSeconds"] > 0 and summary["imagesPerSecond"] > 0
     assert summary["unreadableImages"] == [] and summary["duplicates"] == []
+    ensemble = summary["calibration"]["ensemble"]  # the ensemble's own temperature, from the pool
+    assert 0 < ensemble["ensembleTemperature"] <= 1 and ensemble["memberErrorFrom"] in {"pool", "held-out"}
+    assert ensemble["poolSample"] == min(UNLABELED, 1000)
     assert json.loads(storage.read_bytes(out + "summary.json")) == summary
     progress = json.loads(storage.read_bytes(out + "progress.json"))
     assert progress["stage"] == "done" and progress["percent"] == 100
@@ -112,6 +115,10 @@ def test_active_learning_then_sharded_prelabeling(
     by_source = {line["source"]: line["annotation"][0]["name"] for line in lines}
     assert all(line["annotation"][0]["annotated-by"] == "autolabel/pre-labeling" for line in pre_lines)
     assert {line["source"]: line["annotation"][0]["name"] for line in pre_lines} == by_source
+    # the exported model carries the ensemble temperature: the same confidences as the run that made it
+    confidence = {line["source"]: line["annotation"][0]["confidence"] for line in lines}
+    pre_confidence = {line["source"]: line["annotation"][0]["confidence"] for line in pre_lines}
+    assert pre_confidence == pytest.approx(confidence, abs=1e-5)
 
     # Re-running a shard is idempotent: same objects, same merged result.
     run_job(pre_job, storage, pre_out, shard_index=1, shard_count=2)

@@ -380,7 +380,9 @@ def test_the_members_error_comes_from_their_agreement_on_the_pool_unless_held_ou
     eps, source = cal.member_error_from(logits, oof_errors=8, oof_points=50)
     assert source == "pool" and eps == pytest.approx(1 - 0.81 - 0.01 / 9, abs=0.01)
     eps, source = cal.member_error_from(logits, oof_errors=20, oof_points=50)  # 20 of 50: not 0.19
-    assert source == "held-out" and eps == pytest.approx(1 - cal.clopper_pearson_lower(30, 50, cal.SELECT_ALPHA))
+    # the smallest error rate the held-out errors do not reject
+    assert source == "held-out" and eps == pytest.approx(cal.clopper_pearson_lower(20, 50, cal.CHECK_ALPHA))
+    assert 0.19 < eps < 20 / 50 and cal.binom_tail_ge(20, 50, eps) == pytest.approx(cal.CHECK_ALPHA, abs=1e-6)
 
 
 def test_on_small_pools_the_realized_precision_holds_the_target_nine_times_in_ten() -> None:
