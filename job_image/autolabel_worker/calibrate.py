@@ -244,7 +244,7 @@ def member_error_from(member_logits: np.ndarray, oof_errors: int, oof_points: in
     Clopper-Pearson lower bound of their error), i.e. the pool's estimate raised only as far as the
     labels force it. Measured on the 32 px inverted digits (tuning runs, docs/benchmarks.md): the pool's
     estimate was within 0.03 of the members' pool error where 50 held-out points were 0.05-0.09 off in
-    either direction; on textures it was 0.01-0.06 low (docs/benchmarks.md). Jiang et al. explain the
+    either direction; on four textures32 runs it was between 0.06 too low and 0.01 too high. Jiang et al. explain the
     equality by the ensemble being calibrated, which need not hold on data unlike the labeled images
     (Kirsch & Gal, 2022): hence the check against the labels."""
     k_members = member_logits.shape[0]
