@@ -36,9 +36,10 @@ Four steps:
    has no labeled neighbours of its own), so the ratio is estimated low; it is never below 1. The ratio
    multiplies the odds of the unlabeled images' confidences before the histogram, and the thresholds are
    mapped back to plain confidences (the mapping is monotone), so the exported model and each image's
-   `confidence` stay the temperature-scaled probability. Also tried (docs/benchmarks.md): correcting
-   the ensemble's own sharpness (averaging logits, repeated or nested cross-validation, extrapolating
-   the temperature from pairs of held-out models): smaller gains, or precision lost, or 2-4x the training.
+   `confidence` stay the temperature-scaled probability. Tried on the digits before the ensemble
+   temperature of step 1 (docs/benchmarks.md): other corrections of the ensemble's sharpness (averaging
+   logits, repeated or nested cross-validation, extrapolating the temperature from pairs of held-out
+   models): smaller gains, or precision lost, or 2-4x the training.
 4. A check against the labeled images: the thresholds are applied to the out-of-fold predictions. If
    those contradict the target (a one-sided binomial test at 10%), the thresholds are raised to the
    conservative rule of threshold-based auto-labeling (Vishwakarma et al., NeurIPS 2023): the smallest
