@@ -214,7 +214,10 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
 
 def save_replay(path: Path, captured: dict[str, Any]) -> None:
     """Everything `calibrate.finish` saw, plus every pool image's prediction, confidence, flags and
-    correctness at both temperatures: a calibration change can be replayed on a run without training."""
+    correctness (at the run's temperatures, at the members' point temperature, and without the ensemble
+    temperature) and every member's logits on the pool: a calibration change, the ensemble temperature
+    included, can be replayed on a run without training. Only the worker's own variant and
+    `memberErrorHeldOut` recompute the ensemble temperature; the other margin variants use the run's."""
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
