@@ -22,7 +22,16 @@ from torch import nn
 from .augment import AugmentPolicy, apply_tta
 from .models import ModelSpec
 from .semi import train_fixmatch
-from .train import BudgetSchedule, ProgressFn, TrainConfig, TrainingRun, predict_logits, to_input, train_supervised
+from .train import (
+    BatchMix,
+    BudgetSchedule,
+    ProgressFn,
+    TrainConfig,
+    TrainingRun,
+    predict_logits,
+    to_input,
+    train_supervised,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +168,7 @@ def train_fold_ensemble(
     progress: ProgressFn | None = None,
     views: list[str] | None = None,
     init_members: list[nn.Module] | None = None,
+    mix: BatchMix | None = None,
 ) -> FoldEnsemble:
     """Train one model per fold and repeat (supervised, or FixMatch when `x_unlab` is given) in the budget.
 
@@ -169,6 +179,7 @@ def train_fold_ensemble(
 
     `init_members`: semi-supervised models start from these (an ensemble of the same folds and repeats,
     trained on the same labeled images: Fast's, so no held-out image leaks into its fold model).
+    `mix`: see `TrainingRun.mix` (supervised training only).
     """
     k = choose_folds(y_lab, cfg.folds)
     repeats = max(1, cfg.repeats)
@@ -203,6 +214,7 @@ def train_fold_ensemble(
                 seed=cfg.seed * 1000 + j,
                 progress=fold_progress,
                 schedule=schedule,
+                mix=mix,
             )
             if x_unlab is None:
                 model, steps, truncated = train_supervised(run)

@@ -24,6 +24,9 @@ from .models import ModelSpec, build_model
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps planned)
+BatchMix = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""Makes new training samples from a batch of labeled uint8 images (N x 3 x H x W -> the same shape and
+dtype), keeping each one's label: e.g. the object set on another background (detection/crops.py)."""
 
 
 @dataclass
@@ -73,6 +76,8 @@ class TrainingRun:
     schedule: BudgetSchedule | None = None
     """Fits the learning-rate schedule into the deadline (made from `cfg` and `deadline` when None); the
     caller keeps it to read how many steps were scheduled and whether the deadline cut them."""
+    mix: BatchMix | None = None
+    """Applied to each supervised batch before the weak/strong augmentation."""
 
     def budget_schedule(self, configured: int) -> BudgetSchedule:
         return self.schedule if self.schedule is not None else BudgetSchedule(configured, self.deadline)
@@ -206,7 +211,7 @@ def train_supervised(run: TrainingRun) -> tuple[nn.Module, int, bool]:
         idx = balanced_batch(y.cpu(), cfg.batch_size, gen).to(device)
         # Half the batch weakly, half strongly augmented: with 5 images per class the strong views are
         # what keeps the model from memorizing them.
-        xb = xf[idx]
+        xb = xf[idx] if run.mix is None else to_input(run.mix(run.images[idx.cpu()], gen), spec).to(device)
         half = cfg.batch_size // 2
         xb = torch.cat([weak(xb[:half], policy, gen), strong(xb[half:], policy, gen)])
         with autocast(device):

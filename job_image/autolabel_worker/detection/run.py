@@ -40,6 +40,7 @@ from ..preflight import PreflightResult, check_unreadable_share
 from ..stages import RunContext, decoded_images, read_and_check, read_prelabeling_model, run_summary, shard_share
 from ..train import TrainConfig
 from . import calibrate as dcal
+from .crops import BackgroundSwap
 from .model import (
     CROP_SIZE,
     ExportedDetector,
@@ -47,7 +48,6 @@ from .model import (
     crop_boxes,
     load_pretrained,
     script_detector,
-    stroke_map,
 )
 from .train import DetectorTrainConfig, Scene, detect, train_detector
 
@@ -278,7 +278,8 @@ def active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     if train_steps is not None:
         cfg.steps = cfg.ssl_steps = train_steps
     remaining = max(10.0, budget - (time.monotonic() - ctx.started))
-    ensemble = train_fold_ensemble(cls_spec, crops, crop_labels, AugmentPolicy(hflip=False), cfg, remaining)
+    swap = BackgroundSwap([s.image for s in scenes])
+    ensemble = train_fold_ensemble(cls_spec, crops, crop_labels, AugmentPolicy(hflip=False), cfg, remaining, mix=swap)
     temperature = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
     classifier = CalibratedEnsemble([m.cpu() for m in ensemble.members], temperature).eval()
     oof_class_probs = cal.ensemble_probs(ensemble.oof_logits, temperature)
@@ -455,7 +456,7 @@ def _labeled_crops(
         keep = np.flatnonzero(~difficult[i])
         if len(keep) == 0:
             continue
-        x = stroke_map(crop_boxes(scene.image[None].float() / 255.0, [scene.boxes[keep]]))
+        x = crop_boxes(scene.image[None].float() / 255.0, [scene.boxes[keep]])
         for n, b in enumerate(keep):
             crop_of[(i, int(b))] = len(labels)
             crops.append((x[n] * 255).round().clamp(0, 255).to(torch.uint8))
@@ -484,7 +485,7 @@ def _held_out_scores(
     if unmatched:
         with torch.inference_mode():
             crops = crop_boxes(scene.image[None].float() / 255.0, [torch.from_numpy(pred.boxes[unmatched]).float()])
-            x = (stroke_map(crops) - model.cls_mean) / model.cls_std  # type: ignore[operator]
+            x = (crops - model.cls_mean) / model.cls_std  # type: ignore[operator]
             p = torch.exp(model.classifier(x)).double().numpy()
         for row, n in enumerate(unmatched):
             labels[n], probs[n] = int(p[row].argmax()), float(p[row].max())
