@@ -375,22 +375,29 @@ def score(out: Path, folder: Path) -> dict[str, Any]:
     ]
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    import numpy as np
+    from autolabel_worker.calibrate import oracle_coverage
+
     rows = read_results(out, folder)
-    accepted = [r for r in rows if not r["hard"]]
-    right = sum(
-        image_right(
+    right = [
+        r["source"] in truth
+        and image_right(
             [(n, b) for n, b, _ in r["boxes"]], [(str(t[0]), [float(v) for v in t[1:5]]) for t in truth[r["source"]]]
         )
-        for r in accepted
-        if r["source"] in truth
-    )
+        for r in rows
+    ]
+    accepted = [ok for r, ok in zip(rows, right, strict=True) if not r["hard"]]
+    # the job's own ranking of the images (1 - hard coefficient): the ceiling for any threshold on it
+    ranking = np.array([1 - (r["coefficient"] or 1.0) for r in rows])
     return {
         "images": len(rows),
         "map50": coco_map50(rows, truth, unlabeled),
         "acceptedShare": len(accepted) / len(rows) if rows else float("nan"),
         "accepted": len(accepted),
-        "acceptedRight": right,
-        "precision": right / len(accepted) if accepted else float("nan"),
+        "acceptedRight": sum(accepted),
+        "precision": sum(accepted) / len(accepted) if accepted else float("nan"),
+        "imagesRight": sum(right) / len(rows) if rows else float("nan"),
+        "oracleShare": oracle_coverage(ranking, np.array(right), TARGET),
         "boxes": sum(len(r["boxes"]) for r in rows),
         "truthBoxes": sum(len(truth[s]) for s in unlabeled),
         "anomalies": anomalies(rows, summary, unlabeled),
@@ -490,7 +497,8 @@ def print_progress(r: dict[str, Any]) -> None:
         print(f"{head} FAILED after {r['processWallSeconds']}s: {r['error']}", flush=True)
         return
     print(
-        f"{head} mAP@0.5 {fmt(r['map50'])} accepted {fmt(r['acceptedShare'])} precision {fmt(r['precision'])} "
+        f"{head} mAP@0.5 {fmt(r['map50'])} images right {fmt(r.get('imagesRight'))} oracle "
+        f"{fmt(r.get('oracleShare'))} accepted {fmt(r['acceptedShare'])} precision {fmt(r['precision'])} "
         f"estimated {fmt(r['estimatedPrecision'])} verifiable {r['targetVerifiable']} "
         f"{r['wallSeconds']:.0f}s {r['peakRssMb']} MB",
         flush=True,
@@ -505,19 +513,20 @@ def holds(r: dict[str, Any]) -> bool:
 def print_quality(rows: list[dict[str, Any]]) -> None:
     print()
     print(
-        "| algorithm | seed | mAP@0.5 | accepted share | precision of accepted (right/accepted) "
-        "| estimatedPrecision | targetVerifiable | wall s | peak RSS MB | error |"
+        "| algorithm | seed | mAP@0.5 | images right | oracle share | accepted share | precision of accepted "
+        "(right/accepted) | estimatedPrecision | targetVerifiable | wall s | peak RSS MB | error |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(
-                f"| {r['algorithm']} | {r['seed']} | - | - | - | - | - | {r['processWallSeconds']:.0f} "
+                f"| {r['algorithm']} | {r['seed']} | - | - | - | - | - | - | - | {r['processWallSeconds']:.0f} "
                 f"| {r['peakRssMb']} | {r['error']} |"
             )
             continue
         print(
-            f"| {r['algorithm']} | {r['seed']} | {fmt(r['map50'])} | {fmt(r['acceptedShare'])} "
+            f"| {r['algorithm']} | {r['seed']} | {fmt(r['map50'])} | {fmt(r.get('imagesRight'))} "
+            f"| {fmt(r.get('oracleShare'))} | {fmt(r['acceptedShare'])} "
             f"| {fmt(r['precision'])} ({r['acceptedRight']}/{r['accepted']}) | {fmt(r['estimatedPrecision'])} "
             f"| {fmt(r['targetVerifiable'])} | {r['wallSeconds']:.0f} | {r['peakRssMb']} | |"
         )

@@ -262,20 +262,17 @@ def test_the_calibration_json_has_the_threshold_and_the_held_out_counts() -> Non
 LABELS = ["0", "1", "2"]
 
 
-def exported(seed: int = 0, empty_boxes: bool = False) -> ExportedDetector:
+def exported(seed: int = 0) -> ExportedDetector:
     """An untrained detector and crop classifier. The objectness map is steep (a = 40) around the
     untrained head's raw scores, the detector's class bias -0.5 (scores around 0.45) and the classifier sharp
     (temperature 0.02), so that some candidates are proposed and some not: the contract is not tested on
-    empty outputs.
-
-    The untrained box regression (ReLU of about 0) answers many boxes of zero width or height; unless
-    `empty_boxes`, its bias is set so that every box spans about a pyramid cell each side of its centre."""
+    empty outputs. The box regression's bias is set so that every box spans about a pyramid cell each side
+    of its centre (softplus(1) = 1.3 cells)."""
     torch.manual_seed(seed)
     detector = build_detector(choose_detector_spec([(64, 64)]))
     with torch.no_grad():  # detector scores around 0.5 (the untrained prior is 0.01): some boxes proposed
         detector.head.classification_head.cls_logits.bias.fill_(-0.5)
-        if not empty_boxes:
-            detector.head.regression_head.bbox_reg.bias.fill_(1.0)
+        detector.head.regression_head.bbox_reg.bias.fill_(1.0)
     classifier = CalibratedEnsemble([SmallCNN(len(LABELS), (CROP_SIZE, CROP_SIZE), 16)], 0.02)
     return ExportedDetector(detector, classifier, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 40.0, 97.0)
 

@@ -315,9 +315,8 @@ def test_hard_example_filtering_never_changes_the_predicted_boxes(sample: Sample
 
 
 class ZeroSize(nn.Module):
-    """On every image: one box of zero width (x1 == x2) and one ordinary box, both confident. An FCOS
-    head answers such boxes whenever its ReLU'd distances are 0 (the untrained exported detector does,
-    often: ``exported(empty_boxes=True)``)."""
+    """On every image: one box of zero width (x1 == x2) and one ordinary box, both confident. A user's
+    torchvision FCOS answers such boxes whenever its ReLU'd distances are 0 (ours uses softplus)."""
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         out: list[dict[str, torch.Tensor]] = []

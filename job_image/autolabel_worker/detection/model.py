@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from torchvision.ops import FeaturePyramidNetwork, roi_align
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,41 @@ class PyramidBody(nn.Module):
         return self.fpn(OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)]))
 
 
+class SoftplusRegressionHead(nn.Module):
+    """torchvision's FCOS regression head with softplus instead of ReLU on the box distances.
+
+    With ReLU, a box output whose input goes negative everywhere gets no gradient again: the detector
+    keeps scoring objects but answers zero-size boxes for every one (which the worker drops). Measured:
+    3 of 8 ActiveLearning runs on the digit-boxes sample (6 or 12 labeled images) ended with no box at
+    all on 300 unlabeled images; their final detectors, trained again alone, answered 20 candidates per
+    image scored up to 0.93, none within IoU 0.5 of an object. Softplus is never flat.
+    """
+
+    def __init__(self, head: FCOSRegressionHead):
+        super().__init__()  # takes over the head's layers: same parameter names, same initial weights
+        self.conv = head.conv
+        self.bbox_reg = head.bbox_reg
+        self.bbox_ctrness = head.bbox_ctrness
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        all_regression: list[torch.Tensor] = []
+        all_ctrness: list[torch.Tensor] = []
+        for features in x:
+            feature = self.conv(features)
+            regression = nn.functional.softplus(self.bbox_reg(feature))
+            ctrness = self.bbox_ctrness(feature)
+            n, _, h, w = regression.shape
+            all_regression.append(regression.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            all_ctrness.append(ctrness.view(n, -1, 1, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 1))
+        return torch.cat(all_regression, dim=1), torch.cat(all_ctrness, dim=1)
+
+
 def build_detector(spec: DetectorSpec) -> FCOS:
     """A one-class ("object") FCOS: torchvision's loss, box coding, NMS and resizing."""
     body = PyramidBody(spec.width, spec.fpn_channels)
     anchors = AnchorGenerator(sizes=((8,), (16,), (32,)), aspect_ratios=((1.0,),) * 3)
     head = FCOSHead(spec.fpn_channels, num_anchors=1, num_classes=2, num_convs=2)
+    head.regression_head = SoftplusRegressionHead(head.regression_head)
     return FCOS(
         body,
         num_classes=2,  # index 1 is "object"; FCOS's sigmoid head leaves index 0 unused
