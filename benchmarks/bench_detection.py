@@ -377,6 +377,7 @@ def score(out: Path, folder: Path) -> dict[str, Any]:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     import numpy as np
     from autolabel_worker.calibrate import oracle_coverage
+    from autolabel_worker.detection.run import LOW_CONFIDENCE
 
     rows = read_results(out, folder)
     right = [
@@ -387,8 +388,12 @@ def score(out: Path, folder: Path) -> dict[str, Any]:
         for r in rows
     ]
     accepted = [ok for r, ok in zip(rows, right, strict=True) if not r["hard"]]
-    # the job's own ranking of the images (1 - hard coefficient): the ceiling for any threshold on it
-    ranking = np.array([1 - (r["coefficient"] or 1.0) for r in rows])
+    # The job's own ranking of the images (1 - hard coefficient), for the images that only their
+    # confidence keeps back (reason 1); one hard for another reason (no box, unusual count, views) is
+    # never accepted whatever the threshold.
+    ranking = np.array(
+        [1 - (r["coefficient"] or 1.0) if set(r["reasons"]) <= {str(LOW_CONFIDENCE)} else -1.0 for r in rows]
+    )
     return {
         "images": len(rows),
         "map50": coco_map50(rows, truth, unlabeled),
