@@ -40,7 +40,9 @@ def foreground_alpha(crops: torch.Tensor) -> torch.Tensor:
 
 class BackgroundSwap:
     """A `train.BatchMix`: sets a share of the batch's crops on random patches of `images` (uint8
-    3 x H x W, the labeled images), each object recoloured (see the module docstring)."""
+    3 x H x W, the labeled images), each object recoloured (see the module docstring). Every fold model
+    draws patches from all labeled images, its held-out ones too: a patch is background, whatever it
+    shows, and never carries the held-out boxes' labels."""
 
     def __init__(self, images: list[torch.Tensor], share: float = SWAP_SHARE):
         if not images:
