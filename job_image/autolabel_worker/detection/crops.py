@@ -18,7 +18,7 @@ SWAP_SHARE = 0.8
 """Share of the samples of a batch set on another background (the rest keep their own)."""
 RECOLOUR_KEEP = 0.5
 """At most this much of the object's own (permuted, maybe inverted) colours is kept; the rest is a random
-flat colour. Objects whose class is their colour would need this at 1: see the docs' limits."""
+flat colour. Classes told apart by colour alone are therefore not learned (docs/detection.md)."""
 MIN_PATCH = 16
 """Smallest side, in pixels of the source image, of a background patch."""
 
