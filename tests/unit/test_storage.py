@@ -312,6 +312,10 @@ def test_client_errors_are_mapped() -> None:
     denied = mapped("s3://b/k", "read", err("AccessDenied", 403))
     assert type(denied) is StorageError and "check the credentials" in str(denied)
     assert type(mapped("s3://b/k", "read", err("SlowDown", 503))) is StorageUnreachable
+    # a store stopping in the middle of the request (MinIO), a timeout, throttling: the store, not the object
+    assert type(mapped("s3://b/k", "read", err("ClientDisconnected", 499))) is StorageUnreachable
+    assert type(mapped("s3://b/k", "read", err("RequestTimeout", 400))) is StorageUnreachable
+    assert type(mapped("s3://b/k", "read", err("TooManyRequests", 429))) is StorageUnreachable
     assert type(mapped("s3://b/k", "read", err("InvalidRange", 416))) is StorageError
 
 
