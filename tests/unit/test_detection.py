@@ -22,10 +22,17 @@ from autolabel_worker.detection.model import (
     choose_detector_spec,
     script_detector,
 )
-from autolabel_worker.detection.run import load_detection_model
+from autolabel_worker.detection.run import (
+    OTHER_MODEL_DISAGREES,
+    Judged,
+    _verdict,
+    load_detection_model,
+    with_teacher,
+)
 from autolabel_worker.errors import PipelineError
 from autolabel_worker.models import CalibratedEnsemble, SmallCNN
 
+from autolabel.manifest import VocBox
 from autolabel.preconditions import check_model
 from autolabel.storage import Storage, StorageConfig
 
@@ -254,6 +261,37 @@ def test_the_calibration_json_has_the_threshold_and_the_held_out_counts() -> Non
     assert doc["imageConfidenceExponent"] == 1.5 and doc["keepThreshold"] == dcal.KEEP
     assert (doc["heldOutImages"], doc["heldOutAccepted"], doc["heldOutAcceptedRight"]) == (80, 80, 80)
     json.dumps(doc)
+
+
+# --------------------------------------------------------------- Precise: the student judged by its teacher
+
+
+def judged(confidence: float, *objects: tuple[str, float, float, float, float]) -> Judged:
+    return Judged("s3://b/i.png", (64, 64, 3), [VocBox(*o, confidence=0.9) for o in objects], confidence)
+
+
+def test_a_student_that_agrees_with_its_teacher_takes_the_teachers_calibrated_confidence() -> None:
+    teacher = judged(0.93, ("cat", 0, 0, 10, 10), ("dog", 20, 20, 40, 40))
+    student = judged(0.99, ("dog", 21, 19, 40, 41), ("cat", 1, 0, 10, 10))  # same objects, other order
+    got = with_teacher(student, teacher)
+    assert got.confidence == 0.93 and not got.other_model_disagrees and got.boxes == student.boxes
+    hard, _, reasons = _verdict(got, threshold=0.9, max_boxes=2)
+    assert not hard and reasons == []
+
+
+def test_a_student_whose_boxes_differ_from_its_teachers_is_hard_for_another_model_disagreeing() -> None:
+    teacher = judged(0.95, ("cat", 0, 0, 10, 10))
+    for student in (
+        judged(0.99, ("dog", 0, 0, 10, 10)),  # another label
+        judged(0.99, ("cat", 0, 0, 10, 10), ("cat", 20, 20, 40, 40)),  # an extra box
+        judged(0.99),  # no box
+    ):
+        got = with_teacher(student, teacher)
+        assert got.other_model_disagrees and got.confidence == 0.95 and got.boxes == student.boxes
+        hard, _, reasons = _verdict(got, threshold=0.9, max_boxes=2)
+        assert hard and OTHER_MODEL_DISAGREES in reasons
+    less_sure = with_teacher(judged(0.4, ("dog", 0, 0, 10, 10)), teacher)
+    assert less_sure.confidence == 0.4
 
 
 # ------------------------------------------------------------------------------ the model
