@@ -152,7 +152,9 @@ def test_kueue_admits_two_gpu_jobs_at_a_time_in_order_and_a_deleted_queued_job_f
     assert "insufficient unused quota for nvidia.com/gpu" in queued_messages["c"], queued_messages
     assert queued_messages["c"].startswith(f"waiting for Kueue to admit the Job to queue {QUEUE} (Kueue: ")
     starts = {n: worker_job(kueue_cluster, ns, n)["status"]["startTime"] for n in ("a", "b", "c", "e")}  # type: ignore[index]
-    assert max(starts["a"], starts["b"]) <= starts["c"] <= starts["e"], starts
+    # The first two start first; among the waiting ones BestEffortFIFO does not promise creation order
+    # (Kueue requeues inadmissible workloads rate-limited: e started before c in one CI run, 2026-11-30).
+    assert max(starts["a"], starts["b"]) <= min(starts["c"], starts["e"]), starts
     # The deleted job's Workload goes with its Job (the garbage collector: owner references).
     wait_for(lambda: not any(owner.startswith("d-") for owner in workload_owners(kueue_cluster, ns)) or None,
              60, "the deleted job's Workload to go")  # fmt: skip
