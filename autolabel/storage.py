@@ -278,7 +278,7 @@ def _botocore_errors() -> None:
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 # Answers about the store's state, not the object: retried like a connection error. MinIO answers a
 # request it was serving when told to stop with 499 ClientDisconnected (seen in the outage test, 1 run
-# in 16 under load: 3 images were skipped as unreadable before this); 408 and 429 are timeouts and
+# in 18 under load: 3 images were skipped as unreadable before this); 408 and 429 are timeouts and
 # throttling.
 _TRANSIENT_STATUSES = {"408", "429", "499"}
 _TRANSIENT_CODES = {"ClientDisconnected", "RequestTimeout", "SlowDown", "Throttling", "ThrottlingException"}
