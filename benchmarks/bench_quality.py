@@ -4,13 +4,13 @@
     .venv/bin/python benchmarks/bench_quality.py --datasets digits8 --seeds 0 --algorithms Fast --json out.json
 
 Datasets (benchmarks/quality_data.py, all generated offline): ``digits8``, ``digits-inv32``, ``digits-inv64``,
-``textures32``, ``glyphs32``; 5 labeled images per class, a pool of unlabeled images drawn with the seed
+``textures32``, ``glyphs32``, ``photos32``, ``glyphs-lower32``; 5 labeled images per class, a pool of unlabeled images drawn with the seed
 (``--pool``; ``digits8`` keeps its whole pool of 1,747 unless ``--pool-digits8`` says otherwise).
 
 Groups, fixed here before any tuning (issue 12): the TUNING group is what the worker's rules and margins
 were designed or adjusted on (the 8x8 digits, and the upscaled inverted digits of the issue's report, on
-which the Precise fallback was designed); the REPORT group is what the headline table is measured on and
-nothing is tuned on.
+which the Precise fallback was designed; from round 4 also photo patches and lower-case glyphs); the REPORT
+group is what the headline table is measured on and nothing is tuned on.
 
 Per run (each the real worker, `run_job` on local files, in its own process, so wall time is per run):
 accuracy of all predictions, coverage (share auto-labeled, i.e. not hard), the precision of the
@@ -46,8 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / ".bench"
 TARGET = 0.95
 
-TUNING_GROUP = ("digits8", "digits-inv32")
-"""Designed or tuned on: never the headline."""
+TUNING_GROUP = ("digits8", "digits-inv32", "photos32", "glyphs-lower32")
+"""Designed or tuned on: never the headline. The last two were added in round 4 (2026-11-30), because the
+digits never showed the report group's failures: kin of textures32 and glyphs32, from other images and
+letters."""
 REPORT_GROUP = ("textures32", "glyphs32", "digits-inv64")
 """The headline: nothing in the worker was adjusted on these."""
 

@@ -15,6 +15,9 @@ fixed generator, so every seed shares the files); the seed draws which are label
   fonts-dejavu-core/-extra; Pillow's bundled default font at several sizes when none is installed, which
   makes an easier dataset: say which in the results), 15-26 px, rotated up to 15 degrees, shifted, grey
   noise, 32 px.
+- ``photos32``: as ``textures32``, from scikit-image's photographs (camera, coffee, astronaut, coins, the
+  Hubble deep field, an immunohistochemistry slide; colour ones made grey), one class per photograph.
+- ``glyphs-lower32``: as ``glyphs32``, with ten lower-case letters (a b d e g h n q r t).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ IMAGE_SEED = 20261129
 CLASSIFICATION_TYPE = "modelarts/image_classification"
 FONT_GLOB = "/usr/share/fonts/truetype/dejavu/*.ttf"
 LETTERS = "ABCDEFGHJK"
+LOWER_LETTERS = "abdeghnqrt"
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "text")
+PHOTOS = ("camera", "coffee", "astronaut", "coins", "hubble_deep_field", "immunohistochemistry")
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,17 @@ def _digits_inverted(side: int) -> Source:
     )
 
 
-def _textures(per_class: int = 300) -> Source:
+def _textures(names: tuple[str, ...] = TEXTURES, image_seed: int = IMAGE_SEED + 1, per_class: int = 300) -> Source:
     from skimage import data as skdata
+    from skimage.color import rgb2gray
 
-    rng = np.random.default_rng(IMAGE_SEED + 1)
-    sources = [np.asarray(getattr(skdata, name)(), dtype=np.uint8) for name in TEXTURES]
+    rng = np.random.default_rng(image_seed)
+    sources = []
+    for name in names:
+        image = getattr(skdata, name)()
+        if image.ndim == 3:  # the photos are RGB: grey like the textures
+            image = rgb2gray(image[..., :3]) * 255
+        sources.append(np.asarray(image, dtype=np.uint8))
     specs: list[tuple[int, int, int, int, int, bool, float, float]] = []
     labels: list[int] = []
     for cls, src in enumerate(sources):
@@ -139,7 +150,7 @@ def _textures(per_class: int = 300) -> Source:
         [f"{i:05d}" for i in range(len(specs))],
         np.array(labels, dtype=np.int64),
         write,
-        "scikit-image " + ", ".join(TEXTURES) + ": 32 px patches",
+        "scikit-image " + ", ".join(names) + ": 32 px patches",
     )
 
 
@@ -150,12 +161,12 @@ def _fonts() -> tuple[list[str], str]:
     return [], "Pillow's default font only (no DejaVu fonts installed)"
 
 
-def _glyphs(per_class: int = 200) -> Source:
-    rng = np.random.default_rng(IMAGE_SEED + 2)
+def _glyphs(letters: str = LETTERS, image_seed: int = IMAGE_SEED + 2, per_class: int = 200) -> Source:
+    rng = np.random.default_rng(image_seed)
     fonts, what = _fonts()
     specs: list[tuple[int, int, int, float, int, int, int, int]] = []
     labels: list[int] = []
-    for cls in range(len(LETTERS)):
+    for cls in range(len(letters)):
         for _ in range(per_class):
             specs.append(
                 (
@@ -177,7 +188,7 @@ def _glyphs(per_class: int = 200) -> Source:
         canvas = Image.new("L", (48, 48), color=paper)
         draw = ImageDraw.Draw(canvas)
         ink = max(0, paper - 160)
-        draw.text((24 + dx, 24 + dy), LETTERS[cls], fill=ink, font=font, anchor="mm")
+        draw.text((24 + dx, 24 + dy), letters[cls], fill=ink, font=font, anchor="mm")
         canvas = canvas.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=paper)
         arr = np.asarray(canvas.crop((8, 8, 40, 40)), dtype=np.float64)
         arr += np.random.default_rng(noise_seed).normal(0, 8, arr.shape)
@@ -189,7 +200,7 @@ def _glyphs(per_class: int = 200) -> Source:
         [f"{i:05d}" for i in range(len(specs))],
         np.array(labels, dtype=np.int64),
         write,
-        f"letters {LETTERS} in {what}, 32 px",
+        f"letters {letters} in {what}, 32 px",
     )
 
 
@@ -199,6 +210,8 @@ GENERATORS: dict[str, Callable[[], Source]] = {
     "digits-inv64": lambda: _digits_inverted(64),
     "textures32": _textures,
     "glyphs32": _glyphs,
+    "photos32": lambda: _textures(PHOTOS, IMAGE_SEED + 3),
+    "glyphs-lower32": lambda: _glyphs(LOWER_LETTERS, IMAGE_SEED + 4),
 }
 
 
