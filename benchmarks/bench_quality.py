@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/bench_quality.py --datasets digits8 --seeds 0 --algorithms Fast --json out.json
 
 Datasets (benchmarks/quality_data.py, all generated offline): ``digits8``, ``digits-inv32``, ``digits-inv64``,
-``textures32``, ``glyphs32``, ``photos32``, ``glyphs-lower32``; 5 labeled images per class, a pool of unlabeled images drawn with the seed
-(``--pool``; ``digits8`` keeps its whole pool of 1,747 unless ``--pool-digits8`` says otherwise).
+``textures32``, ``glyphs32``, ``photos32``, ``glyphs-lower32``; 5 labeled images per class, a pool of
+unlabeled images drawn with the seed (``--pool``; ``digits8`` keeps its whole pool of 1,747 unless
+``--pool-digits8`` says otherwise).
 
 Groups, fixed here before any tuning (issue 12): the TUNING group is what the worker's rules and margins
 were designed or adjusted on (the 8x8 digits, and the upscaled inverted digits of the issue's report, on
@@ -140,7 +141,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
         if args[5] is not None and "cautious" in captured:  # ActiveLearning: record both temperatures
             captured["cautious_records"] = records(args, flags)
             temperature, sharpening = predictor.model.temperature, predictor.model.ensemble_temperature
-            saved = float(temperature), float(sharpening)
+            saved = float(temperature), sharpening.clone()
             try:
                 temperature.fill_(captured["point"])
                 captured["point_records"] = records(args, flags)
@@ -149,7 +150,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
                 captured["members_records"] = records(args, flags)
             finally:
                 temperature.fill_(saved[0])
-                sharpening.fill_(saved[1])
+                sharpening.copy_(saved[1])
         return out
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
@@ -374,7 +375,7 @@ def with_ensemble_temperature(captured: dict[str, Any], alpha: float | None = No
     if alpha is not None:
         given = (1.0 - cal.clopper_pearson_lower(points - errors, points, alpha), "held-out")
     sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given)
-    probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperature)
+    probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperatures(logits.shape[2]))
     rec = dict(captured["members_records"])
     rec["conf"] = probs[np.arange(len(probs)), rec["pred"]]
     return rec

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,15 +159,23 @@ class CalibratedEnsemble(nn.Module):
     exported TorchScript model needs no extra post-processing by whoever loads it.
     """
 
-    def __init__(self, members: list[nn.Module], temperature: float = 1.0, ensemble_temperature: float = 1.0):
+    def __init__(
+        self,
+        members: list[nn.Module],
+        temperature: float = 1.0,
+        ensemble_temperature: float | Sequence[float] = 1.0,
+    ):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
-        self.register_buffer("ensemble_temperature", torch.tensor(float(ensemble_temperature)))
+        # one value, or one per class, applied by the predicted class (which a temperature does not change)
+        temps = torch.as_tensor(ensemble_temperature, dtype=torch.float32).reshape(-1)
+        self.register_buffer("ensemble_temperature", temps)
 
     def _combine(self, probs: torch.Tensor) -> torch.Tensor:
         log_mean = torch.log(probs / len(self.members) + 1e-12)
-        return torch.log_softmax(log_mean / self.ensemble_temperature, dim=1)  # type: ignore[operator]
+        temps = self.ensemble_temperature.expand(log_mean.shape[1])  # type: ignore[operator]
+        return torch.log_softmax(log_mean / temps[log_mean.argmax(dim=1)].unsqueeze(1), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.zeros(0)

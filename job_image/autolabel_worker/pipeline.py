@@ -217,7 +217,9 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     cautious_t = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
     sharpness = _ensemble_sharpness(ctx, ensemble, pre.unlabeled, model_spec, cautious_t, al.seed)
     log.info("ensemble temperature: %s", sharpness.reason)
-    model = CalibratedEnsemble([m.cpu() for m in ensemble.members], cautious_t, sharpness.temperature)
+    model = CalibratedEnsemble(
+        [m.cpu() for m in ensemble.members], cautious_t, sharpness.temperatures(model_spec.num_classes).tolist()
+    )
     model.eval()
     with torch.inference_mode():
         _, ref_feats_t = model.forward_with_features(to_input(x_lab, model_spec))

@@ -89,6 +89,7 @@ def test_active_learning_then_sharded_prelabeling(
     assert summary["unreadableImages"] == [] and summary["duplicates"] == []
     ensemble = summary["calibration"]["ensemble"]  # the ensemble's own temperature, from the pool
     assert 0 < ensemble["ensembleTemperature"] <= 1 and ensemble["memberErrorFrom"] in {"pool", "held-out"}
+    assert all(0 < t <= 1 for t in ensemble["classTemperatures"].values())  # per predicted class, by label
     assert ensemble["poolSample"] == min(UNLABELED, 1000)
     assert json.loads(storage.read_bytes(out + "summary.json")) == summary
     progress = json.loads(storage.read_bytes(out + "progress.json"))

@@ -373,6 +373,35 @@ def test_members_disagreeing_with_the_ensemble_more_than_they_err_are_not_sharpe
     assert "the members' calibration is kept" in sharp.reason
 
 
+def test_a_class_the_members_disagree_on_gets_less_confidence_than_one_they_agree_on() -> None:
+    """Classes 0-4: members right 90% of the time; classes 5-9: 70%. One temperature for all sharpens the
+    hard classes as much as the easy ones; each predicted class's own temperature sharpens it as far as
+    its members' agreement there allows: more confidence where they agree, less where they disagree,
+    and in both groups still no more than the accuracy."""
+    rng = np.random.default_rng(26)
+    easy, easy_labels = voting_members(rng, 1500, 5, 5, right=0.9, shared=False)
+    hard, hard_labels = voting_members(rng, 1500, 5, 5, right=0.7, shared=False)
+    logits = np.full((5, 3000, 10), -30.0)
+    logits[:, :1500, :5], logits[:, 1500:, 5:] = easy, hard
+    labels = np.concatenate([easy_labels, hard_labels + 5])
+    sharp = cal.ensemble_temperature(logits, 0, 0, member_temperature=1.0)
+    assert sorted(sharp.class_temperatures) == list(range(10))
+    temps = sharp.temperatures(10)
+    assert temps[:5].mean() < sharp.temperature < temps[5:].mean()
+    mean = cal.ensemble_probs(logits, 1.0)
+    pred = mean.argmax(axis=1)
+    one = cal.sharpened(mean, sharp.temperature).max(axis=1)
+    own = cal.sharpened(mean, temps)
+    rows = np.arange(len(pred))
+    np.testing.assert_allclose(mean[rows, own.argmax(axis=1)], mean[rows, pred])  # same labels (but exact ties)
+    own = own.max(axis=1)
+    assert own[:1500].mean() > one[:1500].mean() and own[1500:].mean() < one[1500:].mean()
+    for group in (slice(0, 1500), slice(1500, 3000)):
+        assert own[group].mean() <= float((pred[group] == labels[group]).mean())
+    assert "have their own temperature" in sharp.reason
+    assert set(sharp.to_json([str(c) for c in range(10)])["classTemperatures"]) == {str(c) for c in range(10)}
+
+
 def test_the_members_error_comes_from_their_agreement_on_the_pool_unless_held_out_errors_contradict_it() -> None:
     rng = np.random.default_rng(24)
     logits, _ = voting_members(rng, 4000, 10, 5, right=0.9, shared=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from autolabel_worker import calibrate as cal
 from autolabel_worker import ensemble
 from autolabel_worker.augment import AugmentPolicy, apply_tta
 from autolabel_worker.data import load_digits_arrays, split_labeled, write_digits_dataset
@@ -211,7 +212,8 @@ def test_export_and_load_round_trip(
     # every labeled image's held-out model also predicted each test-time view of it (calibrate.py)
     assert ens.oof_view_preds is not None and ens.oof_view_preds.shape == (1, 3, len(lab))
     assert_every_row_is_out_of_fold(ens, x[lab], spec, stratified_folds(labels[lab], 2, 0), trained_on, views)
-    model = CalibratedEnsemble(ens.members, temperature=0.8).eval()
+    class_temperatures = [0.5 + 0.05 * c for c in range(10)]  # the ensemble's, one per predicted class
+    model = CalibratedEnsemble(ens.members, temperature=0.8, ensemble_temperature=class_temperatures).eval()
     names = [str(i) for i in range(10)]
     model_path, labels_path = export_model(model, spec, names, tmp_path, task="ImageClassification")
     bundle = load_model(model_path.read_bytes(), labels_path.read_bytes(), str(tmp_path))
@@ -220,7 +222,11 @@ def test_export_and_load_round_trip(
     with torch.no_grad():
         np.testing.assert_allclose(bundle.model(xi).numpy(), model(xi).numpy(), atol=1e-5)
         probs = torch.exp(bundle.model(xi)).sum(1)
+        member_logits = torch.stack([m.eval()(xi) for m in ens.members]).double().numpy()
     np.testing.assert_allclose(probs.numpy(), 1.0, atol=1e-4)
+    # the exported model gives the confidences the calibration computed, each class at its own temperature
+    expected = cal.sharpened(cal.ensemble_probs(member_logits, 0.8), np.array(class_temperatures))
+    np.testing.assert_allclose(torch.exp(bundle.model(xi)).detach().numpy(), expected, atol=1e-4)
     assert bundle.has_features
     with pytest.raises(ValueError, match="labels"):
         load_model(model_path.read_bytes(), b'{"labels": ["only-one"]}', "m/")
