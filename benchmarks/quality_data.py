@@ -17,7 +17,7 @@ fixed generator, so every seed shares the files); the seed draws which are label
   noise, 32 px.
 - ``photos32``: as ``textures32``, from scikit-image's photographs (camera, coffee, astronaut, coins, the
   Hubble deep field, an immunohistochemistry slide; colour ones made grey), one class per photograph, with
-  120-200 px crops (40-64 px crops of these made a set no model here got 0.65 right on: nothing to tune).
+  120-200 px crops (with 40-64 px crops two runs got 0.55 and 0.62 right: nothing to tune on).
 - ``glyphs-lower32``: as ``glyphs32``, with ten lower-case letters (a b d e g h n q r t).
 """
 
