@@ -120,7 +120,7 @@ def workload_owners(cluster: LocalCluster, namespace: str) -> set[str]:
     return {ref["name"] for w in workloads(cluster, namespace) for ref in w["metadata"].get("ownerReferences") or []}
 
 
-def test_kueue_admits_two_gpu_jobs_at_a_time_in_order_and_a_deleted_queued_job_frees_its_place(
+def test_kueue_admits_two_gpu_jobs_at_a_time_the_waiting_ones_after_and_a_deleted_queued_job_frees_its_place(
     kueue_cluster: LocalCluster, s3_server: MinioServer, queue_namespace: str
 ) -> None:
     ns, names = queue_namespace, ["a", "b", "c", "d", "e"]
