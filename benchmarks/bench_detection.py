@@ -747,7 +747,7 @@ def gpu(images: int = 256, steps: int = 50) -> dict[str, Any]:
     import numpy as np
     import torch
     from autolabel_worker.detection.model import build_detector, choose_detector_spec
-    from autolabel_worker.detection.train import DetectorTrainConfig, Scene, augment
+    from autolabel_worker.detection.train import DetectorTrainConfig, Scene, SceneSampler
     from autolabel_worker.detection_data import write_detection_dataset
     from PIL import Image
 
@@ -770,13 +770,10 @@ def gpu(images: int = 256, steps: int = 50) -> dict[str, Any]:
             Scene(tensors[i], torch.tensor([b[1:5] for b in boxes], dtype=torch.float32).reshape(-1, 4))
             for i, boxes in enumerate(truth.values())
         ][:64]
-        rng = np.random.default_rng(0)
+        sampler = SceneSampler(scenes, spec.input_side, cfg, seed=0)
         batches = []
         for _ in range(10):  # augmentation (CPU) done up front: the table measures the GPU step
-            pairs = [
-                augment(scenes[int(i)], scenes, spec.input_side, cfg, rng)
-                for i in rng.integers(0, len(scenes), cfg.batch_size)
-            ]
+            pairs = [sampler.sample() for _ in range(cfg.batch_size)]
             batches.append(
                 (
                     [x.to(dev) for x, _ in pairs],

@@ -38,6 +38,17 @@ def foreground_alpha(crops: torch.Tensor) -> torch.Tensor:
     return (distance / scale).clamp(0, 1)
 
 
+def recolour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of `x` (float N x 3 x H x W in 0..1) in other colours: channels permuted, each maybe
+    inverted, then pulled at least halfway towards a random flat colour (see the module docstring)."""
+    permuted = torch.stack([x[i, torch.randperm(3, generator=gen)] for i in range(len(x))])
+    invert = (torch.rand(len(x), 3, 1, 1, generator=gen) < 0.5).float()
+    own = permuted * (1 - invert) + (1 - permuted) * invert
+    keep = torch.rand(len(x), 1, 1, 1, generator=gen) * RECOLOUR_KEEP
+    colour = torch.rand(len(x), 3, 1, 1, generator=gen)
+    return keep * own + (1 - keep) * colour
+
+
 class BackgroundSwap:
     """A `train.BatchMix`: sets a share of the batch's crops on random patches of `images` (uint8
     3 x H x W, the labeled images), each object recoloured (see the module docstring). Every fold model
@@ -67,12 +78,7 @@ class BackgroundSwap:
             return crops
         x = crops[swap].float() / 255.0
         alpha = foreground_alpha(x)
-        permuted = torch.stack([x[i, torch.randperm(3, generator=gen)] for i in range(len(swap))])
-        invert = (torch.rand(len(swap), 3, 1, 1, generator=gen) < 0.5).float()
-        own = permuted * (1 - invert) + (1 - permuted) * invert
-        keep = torch.rand(len(swap), 1, 1, 1, generator=gen) * RECOLOUR_KEEP
-        colour = torch.rand(len(swap), 3, 1, 1, generator=gen)
-        foreground = keep * own + (1 - keep) * colour
+        foreground = recolour(x, gen)
         background = torch.stack([self._patch(size, gen) for _ in range(len(swap))])
         mixed = background * (1 - alpha) + foreground * alpha
         out = crops.clone()
