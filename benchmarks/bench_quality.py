@@ -62,8 +62,11 @@ def group_of(dataset: str) -> str:
 # ------------------------------------------------------------------------------------------------ child
 
 
-def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: int, train_steps: int | None) -> dict:
-    """One worker run in this process, with the calibration's inputs recorded for the what-if variants."""
+def run_one(
+    dataset: str, algorithm: str, seed: int, pool: int | None, budget: int, train_steps: int | None, repeats: int | None
+) -> dict:
+    """One worker run in this process, with the calibration's inputs recorded for the what-if variants.
+    `repeats`: cross-validation repeats of the training (None: the worker's own choice)."""
     import numpy as np
     from autolabel_worker import calibrate as cal
     from autolabel_worker import pipeline
@@ -93,7 +96,13 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
     )
     captured: dict[str, Any] = {}
     real_cautious, real_finish, real_infer = cal.cautious_temperature, cal.finish, pipeline._infer
-    real_sharpness = pipeline._ensemble_sharpness
+    real_sharpness, real_train_config = pipeline._ensemble_sharpness, pipeline.train_config
+
+    def train_config(job: Any, steps: int | None = None) -> Any:
+        cfg, budget_s, semi = real_train_config(job, steps)
+        if repeats is not None:
+            cfg.repeats = repeats
+        return cfg, budget_s, semi
 
     def sharpness(ctx: Any, ensemble: Any, unlabeled: Any, spec: Any, member_t: float, seed: int) -> Any:
         """Also every member's logits on the whole pool, to replay the ensemble temperature's choices."""
@@ -154,14 +163,14 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
         return out
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
-    pipeline._ensemble_sharpness = sharpness
+    pipeline._ensemble_sharpness, pipeline.train_config = sharpness, train_config
     out = results_prefix(job)
     start = time.monotonic()
     try:
         summary = pipeline.run_job(job, Storage(), out, train_steps=train_steps)
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
-        pipeline._ensemble_sharpness = real_sharpness
+        pipeline._ensemble_sharpness, pipeline.train_config = real_sharpness, real_train_config
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     row = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -183,6 +192,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, budget: i
             "steps": training.get("steps"),
             "stepsScheduled": training.get("stepsScheduled"),
             "stepsConfigured": training.get("stepsConfigured"),
+            "models": training.get("folds"),
             "truncated": training.get("truncatedByTimeBudget"),
             "cutByDeadline": training.get("cutByDeadline"),
             "precise": summary.get("precise"),
@@ -463,7 +473,7 @@ def child_env() -> dict[str, str]:
 Plan = list[tuple[str, str, int, int | None]]
 
 
-def run_all(plan: Plan, budget: int, train_steps: int | None, jobs: int) -> list[dict]:
+def run_all(plan: Plan, budget: int, train_steps: int | None, repeats: int | None, jobs: int) -> list[dict]:
     rows: list[dict] = []
     pending = list(plan)
     running: list[tuple[subprocess.Popen[str], tuple[str, str, int, int | None], float]] = []
@@ -475,6 +485,8 @@ def run_all(plan: Plan, budget: int, train_steps: int | None, jobs: int) -> list
             cmd += ["--budget", str(budget), "--pool", str(pool if pool is not None else 0)]
             if train_steps is not None:
                 cmd += ["--train-steps", str(train_steps)]
+            if repeats is not None:
+                cmd += ["--repeats", str(repeats)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
             running.append((proc, item, time.monotonic()))
         time.sleep(1.0)
@@ -591,6 +603,9 @@ def main() -> None:
     parser.add_argument("--pool-digits8", type=int, default=0, help="digits8's pool (0: all 1,747, as bench_worker)")
     parser.add_argument("--budget", type=int, default=120, help="activeLearning.timeBudgetSeconds of every run")
     parser.add_argument("--train-steps", type=int, default=None)
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="cross-validation repeats of the training (default: the worker's)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))
     parser.add_argument(
@@ -611,7 +626,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.one:
         pool = args.pool or None
-        print(json.dumps(run_one(args.one[0], args.one[1], int(args.one[2]), pool, args.budget, args.train_steps)))
+        dataset, algorithm, seed = args.one
+        print(json.dumps(run_one(dataset, algorithm, int(seed), pool, args.budget, args.train_steps, args.repeats)))
         return
     if args.rescore:
         doc = json.loads(Path(args.rescore).read_text())
@@ -644,12 +660,13 @@ def main() -> None:
         "env": {k: v for k, v in os.environ.items() if k.startswith("AUTOLABEL_")},
         "budgetSeconds": args.budget,
         "trainSteps": args.train_steps,
+        "repeats": args.repeats,
         "jobs": args.jobs,
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"machine: {header}", flush=True)
-    rows = run_all(plan, args.budget, args.train_steps, args.jobs)
+    rows = run_all(plan, args.budget, args.train_steps, args.repeats, args.jobs)
     header["loadAverageAtEnd"] = os.getloadavg()
     header["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print_table(rows)
