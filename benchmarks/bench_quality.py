@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,32 @@ REPORT_GROUP = ("textures32", "glyphs32", "digits-inv64")
 """The headline: nothing in the worker was adjusted on these."""
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What every run of one benchmark invocation shares, passed on to each child process."""
+
+    budget: int
+    """activeLearning.timeBudgetSeconds"""
+    train_steps: int | None = None
+    repeats: int | None = None
+    """Cross-validation repeats of the training (None: the worker's own choice)."""
+    labeled: int = 5
+    """Labeled images per class."""
+
+    def child_args(self) -> list[str]:
+        args = ["--budget", str(self.budget), "--labeled", str(self.labeled)]
+        if self.train_steps is not None:
+            args += ["--train-steps", str(self.train_steps)]
+        if self.repeats is not None:
+            args += ["--repeats", str(self.repeats)]
+        return args
+
+
+def run_name(dataset: str, algorithm: str, seed: int, labeled: int = 5) -> str:
+    """The name of a run's job and replay file (the labeled count only when it is not the default 5)."""
+    return f"{dataset}-{algorithm.lower()}-s{seed}" + (f"-l{labeled}" if labeled != 5 else "")
+
+
 def group_of(dataset: str) -> str:
     return "tuning" if dataset in TUNING_GROUP else "report"
 
@@ -62,11 +89,8 @@ def group_of(dataset: str) -> str:
 # ------------------------------------------------------------------------------------------------ child
 
 
-def run_one(
-    dataset: str, algorithm: str, seed: int, pool: int | None, budget: int, train_steps: int | None, repeats: int | None
-) -> dict:
-    """One worker run in this process, with the calibration's inputs recorded for the what-if variants.
-    `repeats`: cross-validation repeats of the training (None: the worker's own choice)."""
+def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: RunOptions) -> dict:
+    """One worker run in this process, with the calibration's inputs recorded for the what-if variants."""
     import numpy as np
     from autolabel_worker import calibrate as cal
     from autolabel_worker import pipeline
@@ -75,8 +99,8 @@ def run_one(
     from autolabel.api import AutoLabelJob, results_prefix
     from autolabel.storage import Storage
 
-    ds = write_dataset(dataset, BENCH / "quality" / dataset, seed, pool=pool)
-    name = f"{dataset}-{algorithm.lower()}-s{seed}"
+    ds = write_dataset(dataset, BENCH / "quality" / dataset, seed, labeled_per_class=opts.labeled, pool=pool)
+    name = run_name(dataset, algorithm, seed, opts.labeled)
     job = AutoLabelJob.model_validate(
         {
             "metadata": {"name": name, "uid": f"bench-{name}-{time.time_ns()}"},
@@ -89,7 +113,7 @@ def run_one(
                     "algorithm": algorithm,
                     "seed": seed,
                     "targetPrecision": TARGET,
-                    "timeBudgetSeconds": budget,
+                    "timeBudgetSeconds": opts.budget,
                 },
             },
         }
@@ -100,8 +124,8 @@ def run_one(
 
     def train_config(job: Any, steps: int | None = None) -> Any:
         cfg, budget_s, semi = real_train_config(job, steps)
-        if repeats is not None:
-            cfg.repeats = repeats
+        if opts.repeats is not None:
+            cfg.repeats = opts.repeats
         return cfg, budget_s, semi
 
     def sharpness(ctx: Any, ensemble: Any, unlabeled: Any, spec: Any, member_t: float, seed: int) -> Any:
@@ -167,7 +191,7 @@ def run_one(
     out = results_prefix(job)
     start = time.monotonic()
     try:
-        summary = pipeline.run_job(job, Storage(), out, train_steps=train_steps)
+        summary = pipeline.run_job(job, Storage(), out, train_steps=opts.train_steps)
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
         pipeline._ensemble_sharpness, pipeline.train_config = real_sharpness, real_train_config
@@ -184,7 +208,8 @@ def run_one(
             "pool": ds.unlabeled,
             "classes": ds.classes,
             "data": ds.note,
-            "budgetSeconds": budget,
+            "budgetSeconds": opts.budget,
+            "labeledPerClass": opts.labeled,
             "estimatedPrecision": summary.get("estimatedPrecision"),
             "targetVerifiable": summary.get("targetVerifiable"),
             "wallSeconds": round(wall, 1),
@@ -384,7 +409,8 @@ def with_ensemble_temperature(captured: dict[str, Any], alpha: float | None = No
     given = None
     if alpha is not None:
         given = (1.0 - cal.clopper_pearson_lower(points - errors, points, alpha), "held-out")
-    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given)
+    pairs = cal.held_out_pairs(captured["oof_logits"], captured["labels"])
+    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given, pairs=pairs)
     probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperatures(logits.shape[2]))
     rec = dict(captured["members_records"])
     rec["conf"] = probs[np.arange(len(probs)), rec["pred"]]
@@ -444,7 +470,7 @@ def rescore(rows: list[dict[str, Any]], runs: Path) -> list[dict[str, Any]]:
     what those runs would have auto-labeled with it (the models, the pool and the flags are the runs')."""
     out = []
     for row in rows:
-        path = runs / f"{row['dataset']}-{row['algorithm'].lower()}-s{row['seed']}.npz"
+        path = runs / f"{run_name(row['dataset'], row['algorithm'], row['seed'], row.get('labeledPerClass', 5))}.npz"
         comp = margin_costs(load_replay(path))
         worker, oracle = comp["worker"], comp["oracleAtCautious"]
         out.append(
@@ -473,7 +499,7 @@ def child_env() -> dict[str, str]:
 Plan = list[tuple[str, str, int, int | None]]
 
 
-def run_all(plan: Plan, budget: int, train_steps: int | None, repeats: int | None, jobs: int) -> list[dict]:
+def run_all(plan: Plan, opts: RunOptions, jobs: int) -> list[dict]:
     rows: list[dict] = []
     pending = list(plan)
     running: list[tuple[subprocess.Popen[str], tuple[str, str, int, int | None], float]] = []
@@ -482,11 +508,7 @@ def run_all(plan: Plan, budget: int, train_steps: int | None, repeats: int | Non
             item = pending.pop(0)
             dataset, algorithm, seed, pool = item
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", dataset, algorithm, str(seed)]
-            cmd += ["--budget", str(budget), "--pool", str(pool if pool is not None else 0)]
-            if train_steps is not None:
-                cmd += ["--train-steps", str(train_steps)]
-            if repeats is not None:
-                cmd += ["--repeats", str(repeats)]
+            cmd += ["--pool", str(pool if pool is not None else 0), *opts.child_args()]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
             running.append((proc, item, time.monotonic()))
         time.sleep(1.0)
@@ -606,6 +628,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=None, help="cross-validation repeats of the training (default: the worker's)"
     )
+    parser.add_argument("--labeled", type=int, default=5, help="labeled images per class")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))
     parser.add_argument(
@@ -624,10 +647,11 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    opts = RunOptions(args.budget, args.train_steps, args.repeats, args.labeled)
     if args.one:
         pool = args.pool or None
         dataset, algorithm, seed = args.one
-        print(json.dumps(run_one(dataset, algorithm, int(seed), pool, args.budget, args.train_steps, args.repeats)))
+        print(json.dumps(run_one(dataset, algorithm, int(seed), pool, opts)))
         return
     if args.rescore:
         doc = json.loads(Path(args.rescore).read_text())
@@ -652,7 +676,8 @@ def main() -> None:
     for dataset in datasets:
         pool = (args.pool_digits8 if dataset == "digits8" else args.pool) or None
         for seed in [int(s) for s in args.seeds.split(",")]:
-            write_dataset(dataset, BENCH / "quality" / dataset, seed, pool=pool)  # images once, before the runs
+            # images once, before the runs
+            write_dataset(dataset, BENCH / "quality" / dataset, seed, labeled_per_class=args.labeled, pool=pool)
             plan += [(dataset, algorithm, seed, pool) for algorithm in args.algorithms.split(",")]
     header = {
         "cpus": os.cpu_count(),
@@ -661,12 +686,13 @@ def main() -> None:
         "budgetSeconds": args.budget,
         "trainSteps": args.train_steps,
         "repeats": args.repeats,
+        "labeledPerClass": args.labeled,
         "jobs": args.jobs,
         "command": " ".join(sys.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"machine: {header}", flush=True)
-    rows = run_all(plan, args.budget, args.train_steps, args.repeats, args.jobs)
+    rows = run_all(plan, opts, args.jobs)
     header["loadAverageAtEnd"] = os.getloadavg()
     header["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print_table(rows)

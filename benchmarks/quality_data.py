@@ -257,9 +257,10 @@ def write_dataset(
         src = f"images/{files[source.names[i]]}"
         lines.append(json.dumps({"source": src}))
         truth[src] = str(int(source.labels[i]))
-    manifest = root / f"s{seed}-p{pool}.manifest"
+    stem = f"s{seed}-p{pool}" + (f"-l{labeled_per_class}" if labeled_per_class != 5 else "")
+    manifest = root / f"{stem}.manifest"
     _atomic_write(manifest, "\n".join(lines) + "\n")
-    gt = root / f"s{seed}-p{pool}.ground_truth.json"
+    gt = root / f"{stem}.ground_truth.json"
     _atomic_write(gt, json.dumps(truth))
     return QualityDataset(
         name, root, manifest, gt, len(labeled), len(truth), len(np.unique(source.labels)), source.note
