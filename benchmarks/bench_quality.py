@@ -366,6 +366,7 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
     pass_wrong = passed[~right].mean() if (~right).any() else 0.0
     true_lr = float(pass_right / pass_wrong) if pass_wrong > 0 else float("inf")
     true_lr_used = min(true_lr, 1e6)
+    scale = shared_error_scale(oof, labels)
     return {
         "pointTemperature": round(captured["point"], 4),
         "cautiousTemperature": round(captured["cautious"], 4),
@@ -389,7 +390,32 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         }
         if "pool_logits" in captured
         else None,
+        "memberErrorSharedPairs": variant(with_ensemble_temperature(captured, scale=scale), lr)
+        if scale is not None and "pool_logits" in captured
+        else None,
     }
+
+
+SHARED_ERROR_PRIOR = 2.0
+
+
+def shared_error_scale(oof_logits: Any, labels: Any, prior: float = SHARED_ERROR_PRIOR) -> float | None:
+    """Issue 12 round 6 (measured, not adopted: docs/benchmarks.md). With two or more cross-validation
+    repeats (`--repeats`), each labeled image has one held-out member per repeat: their errors per
+    disagreement, (errors per member + prior) / (disagreements per pair of repeats + prior), at least 1.
+    Two members disagree on P(a wrong) + P(b wrong) - 2 P(both wrong) + P(both wrong, differently), so
+    the ratio is 1 only when they share errors about as often as calibrated members do (the pool's
+    disagreement is then their error, Jiang et al.); above 1, the members share more, and the pool's
+    disagreement times the ratio is their error rate. None with one repeat."""
+    import numpy as np
+
+    repeats = oof_logits.shape[0]
+    if repeats < 2:
+        return None
+    pred = oof_logits.argmax(axis=2)
+    errors = float((pred != labels[None, :]).sum()) / repeats
+    disagreements = float(np.mean([(pred[a] != pred[b]).sum() for a in range(repeats) for b in range(a + 1, repeats)]))
+    return max(1.0, (errors + prior) / (disagreements + prior))
 
 
 HELD_OUT_ALPHAS = (0.5, 0.2, 0.1)
@@ -397,10 +423,12 @@ HELD_OUT_ALPHAS = (0.5, 0.2, 0.1)
 these upper Clopper-Pearson levels (0.5: about the point estimate), instead of the pool's agreement."""
 
 
-def with_ensemble_temperature(captured: dict[str, Any], alpha: float | None = None) -> dict[str, Any]:
+def with_ensemble_temperature(
+    captured: dict[str, Any], alpha: float | None = None, scale: float | None = None
+) -> dict[str, Any]:
     """The pool's records with confidences at the ensemble temperature `calibrate.ensemble_temperature`
-    gives (with the members' error at the held-out bound `alpha`; None: this checkout's rule). Flags and
-    predictions do not depend on it."""
+    gives (with the members' error at the held-out bound `alpha`, or the pool's disagreement times
+    `scale`; neither: this checkout's rule). Flags and predictions do not depend on it."""
     import numpy as np
     from autolabel_worker import calibrate as cal
 
@@ -409,8 +437,13 @@ def with_ensemble_temperature(captured: dict[str, Any], alpha: float | None = No
     given = None
     if alpha is not None:
         given = (1.0 - cal.clopper_pearson_lower(points - errors, points, alpha), "held-out")
-    pairs = cal.held_out_pairs(captured["oof_logits"], captured["labels"])
-    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given, pairs=pairs)
+    if scale is not None:
+        # the pool's disagreement scaled, then the worker's check against the held-out errors
+        eps = min(1.0, cal.pairwise_disagreement(logits) * scale)
+        if points and cal.binom_tail_ge(errors, points, eps) < cal.CHECK_ALPHA:
+            eps = cal.clopper_pearson_lower(errors, points, cal.CHECK_ALPHA)
+        given = (eps, "pool x held-out pairs")
+    sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given)
     probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperatures(logits.shape[2]))
     rec = dict(captured["members_records"])
     rec["conf"] = probs[np.arange(len(probs)), rec["pred"]]

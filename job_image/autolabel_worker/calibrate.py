@@ -84,12 +84,6 @@ TEMPERATURE_PRIOR_SIGMA = 0.5
 CAUTIOUS_QUANTILE = 0.8
 HIST_BINS = 1000
 LR_PRIOR = 1.0
-SHARED_ERROR_PRIOR = 2.0
-"""`HeldOutPairs.error_per_disagreement`: pseudo-counts that pull the ratio towards 1 (as many errors as
-disagreements, what the pool's pairwise agreement alone assumes)."""
-SHARED_ERROR_FLOOR = 1.0
-"""The ratio is never below this: the pairs may raise the members' error above their disagreement, never
-lower it."""
 NEVER = 1.01  # a threshold no probability reaches
 
 
@@ -267,46 +261,7 @@ def pairwise_disagreement(member_logits: np.ndarray) -> float:
     return 1.0 - float(np.mean([(votes[a] == votes[b]).mean() for a, b in pairs]))
 
 
-@dataclass(frozen=True)
-class HeldOutPairs:
-    """Labeled images held out by one member of each cross-validation repeat (`TrainConfig.repeats` >= 2):
-    how often a held-out member is wrong, and how often two of them (one per repeat) disagree."""
-
-    points: int
-    errors: float
-    """Wrong held-out predictions per member: over all repeats, divided by the repeats."""
-    disagreements: float
-    """Labeled images on which the held-out members of two repeats disagree (mean over pairs of repeats)."""
-
-    def error_per_disagreement(self, prior: float | None = None, floor: float | None = None) -> float:
-        """Members' errors per disagreement between two of them: 1 when their errors are independent
-        enough for the pool's pairwise agreement to read their error rate (Jiang et al.), more when they
-        share errors (two members wrong *alike* do not disagree). Two members disagree on
-        P(a wrong) + P(b wrong) - 2 P(both wrong) + P(both wrong, differently); the ratio measured on the
-        labeled images scales the pool's disagreement into an error rate. With `prior` pseudo-counts
-        towards 1 (a few held-out errors say little), never below `floor`."""
-        prior = SHARED_ERROR_PRIOR if prior is None else prior
-        floor = SHARED_ERROR_FLOOR if floor is None else floor
-        return max(floor, (self.errors + prior) / (self.disagreements + prior))
-
-
-def held_out_pairs(oof_logits: np.ndarray, labels: np.ndarray) -> HeldOutPairs | None:
-    """`HeldOutPairs` of (R, n, C) out-of-fold logits, one held-out member per repeat; None when R < 2."""
-    repeats = oof_logits.shape[0]
-    if oof_logits.ndim != 3 or repeats < 2:
-        return None
-    pred = oof_logits.argmax(axis=2)
-    pairs = [(a, b) for a in range(repeats) for b in range(a + 1, repeats)]
-    return HeldOutPairs(
-        points=len(labels),
-        errors=float((pred != labels[None, :]).sum()) / repeats,
-        disagreements=float(np.mean([(pred[a] != pred[b]).sum() for a, b in pairs])),
-    )
-
-
-def member_error_from(
-    member_logits: np.ndarray, oof_errors: int, oof_points: int, pairs: HeldOutPairs | None = None
-) -> tuple[float, str]:
+def member_error_from(member_logits: np.ndarray, oof_errors: int, oof_points: int) -> tuple[float, str]:
     """The members' error rate on the unlabeled images: one minus their mean pairwise agreement there
     (the disagreement of two independently trained models tracks their test error, Jiang et al., ICLR
     2022), unless the held-out labeled predictions contradict it (more errors than it allows, a one-sided
@@ -317,20 +272,11 @@ def member_error_from(
     either direction; over the 15 Fast report runs it was 0.02 low on average, from 0.10 low to 0.03
     high, and the runs where it was low are the ones that missed the target precision. Jiang et al.
     explain the equality by the ensemble being calibrated, which need not hold on data unlike the
-    labeled images (Kirsch & Gal, 2022): hence the check against the labels.
-
-    With `pairs` (two or more cross-validation repeats), the pool's disagreement is first scaled by the
-    members' errors per disagreement on the labeled images (`HeldOutPairs.error_per_disagreement`): errors
-    the members share, which their disagreement cannot show, are read off the labels."""
+    labeled images (Kirsch & Gal, 2022): hence the check against the labels."""
     eps_pool = pairwise_disagreement(member_logits)
-    source = "pool"
-    if pairs is not None:
-        ratio = pairs.error_per_disagreement()
-        if ratio > 1.0:
-            eps_pool, source = min(1.0, eps_pool * ratio), f"pool x {ratio:.3f} (held-out pairs)"
     if oof_points and binom_tail_ge(oof_errors, oof_points, eps_pool) < CHECK_ALPHA:
         return clopper_pearson_lower(oof_errors, oof_points, CHECK_ALPHA), "held-out"
-    return eps_pool, source
+    return eps_pool, "pool"
 
 
 def ensemble_temperature(
@@ -340,7 +286,6 @@ def ensemble_temperature(
     member_temperature: float,
     member_error: tuple[float, str] | None = None,
     min_class_points: int = MIN_CLASS_POINTS,
-    pairs: HeldOutPairs | None = None,
 ) -> EnsembleSharpness:
     """The ensemble's own temperature (<= 1, applied to the log of its mean probability), from its members'
     disagreement on unlabeled images.
@@ -378,7 +323,7 @@ def ensemble_temperature(
     `member_logits`: (K, n, C) logits of each member on a sample of the unlabeled images, calibrated by
     `member_temperature`.
     """
-    eps, source = member_error or member_error_from(member_logits, oof_errors, oof_points, pairs)
+    eps, source = member_error or member_error_from(member_logits, oof_errors, oof_points)
     whole = _identity_temperature(member_logits, eps, source, member_temperature)
     k_members, n, _ = member_logits.shape
     if n == 0 or k_members < 2:

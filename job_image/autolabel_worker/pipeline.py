@@ -671,8 +671,7 @@ def _ensemble_sharpness(
     x_u8, _ = load_images(ctx, [unlabeled[i] for i in pick], spec.input_size, [])
     errors, points = held_out_member_errors(ensemble)
     logits = member_logits(ensemble.members, x_u8, spec, ctx.device)
-    pairs = cal.held_out_pairs(ensemble.oof_logits, ensemble.labels)
-    return cal.ensemble_temperature(logits, errors, points, member_temperature, pairs=pairs)
+    return cal.ensemble_temperature(logits, errors, points, member_temperature)
 
 
 def held_out_member_errors(ensemble: FoldEnsemble) -> tuple[int, int]:

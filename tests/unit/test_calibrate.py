@@ -414,64 +414,6 @@ def test_the_members_error_comes_from_their_agreement_on_the_pool_unless_held_ou
     assert 0.19 < eps < 20 / 50 and cal.binom_tail_ge(20, 50, eps) == pytest.approx(cal.CHECK_ALPHA, abs=1e-6)
 
 
-def members_sharing_errors(
-    rng: np.random.Generator, n: int, classes: int, members: int, right: float, shared: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Members each right with probability `right`; with probability `shared` a member copies one common
-    prediction (itself right with probability `right`), otherwise predicts on its own: errors the members
-    share. Confidence `right` on the predicted class. Returns ((K, n, C) logits, labels)."""
-    labels = rng.integers(0, classes, n)
-
-    def guess() -> np.ndarray:
-        ok = rng.random(n) < right
-        return np.where(ok, labels, (labels + rng.integers(1, classes, n)) % classes)
-
-    common = guess()
-    logits = np.empty((members, n, classes))
-    for k in range(members):
-        pred = np.where(rng.random(n) < shared, common, guess())
-        probs = np.full((n, classes), (1 - right) / (classes - 1))
-        probs[np.arange(n), pred] = right
-        logits[k] = np.log(probs)
-    return logits, labels
-
-
-def test_held_out_pairs_count_each_members_errors_and_the_disagreements_between_repeats() -> None:
-    labels = np.array([0, 1, 2, 0, 1, 2])
-    first = np.array([0, 1, 2, 1, 2, 2])  # wrong on images 3 and 4
-    second = np.array([0, 1, 2, 1, 0, 0])  # wrong on 3 (alike), 4 (differently) and 5
-    oof = np.stack([np.eye(3)[first], np.eye(3)[second]])
-    pairs = cal.held_out_pairs(oof, labels)
-    assert pairs == cal.HeldOutPairs(points=6, errors=2.5, disagreements=2.0)
-    assert cal.held_out_pairs(oof[:1], labels) is None  # one repeat: no pair
-
-
-def test_the_errors_per_disagreement_of_a_few_held_out_pairs_lean_towards_one_and_never_below() -> None:
-    assert cal.HeldOutPairs(50, errors=3, disagreements=1).error_per_disagreement() == pytest.approx(5 / 3)
-    assert cal.HeldOutPairs(50, errors=3, disagreements=1).error_per_disagreement(prior=0.0) == 3.0
-    assert cal.HeldOutPairs(50, errors=1, disagreements=5).error_per_disagreement() == 1.0
-    assert cal.HeldOutPairs(50, errors=0, disagreements=0).error_per_disagreement() == 1.0
-
-
-def test_errors_the_members_share_are_read_off_pairs_of_held_out_members() -> None:
-    """Members that copy one common prediction 85% of the time disagree far less often than they err:
-    the pool's agreement alone reads their error low; the same members' held-out pairs on labeled images
-    from the same data measure errors per disagreement, and the scaled rate is their true error."""
-    rng = np.random.default_rng(27)
-    pool, _ = members_sharing_errors(rng, 4000, 10, 5, right=0.7, shared=0.85)
-    held, labels = members_sharing_errors(rng, 4000, 10, 2, right=0.7, shared=0.85)
-    pairs = cal.held_out_pairs(held, labels)
-    assert pairs is not None
-    errors = round(pairs.errors)
-    alone, source_alone = cal.member_error_from(pool, oof_errors=errors, oof_points=0)
-    eps, source = cal.member_error_from(pool, oof_errors=errors, oof_points=0, pairs=pairs)
-    assert source_alone == "pool" and alone < 0.3 - 0.05
-    assert source.startswith("pool x") and eps == pytest.approx(0.3, abs=0.03)
-    sharp_alone = cal.ensemble_temperature(pool, errors, 0, member_temperature=1.0)
-    sharp = cal.ensemble_temperature(pool, errors, 0, member_temperature=1.0, pairs=pairs)
-    assert sharp.member_error == pytest.approx(eps) and sharp.implied_accuracy < sharp_alone.implied_accuracy
-
-
 def test_on_small_pools_the_realized_precision_holds_the_target_nine_times_in_ten() -> None:
     """A calibrated model: thresholds at an expected precision of exactly the target fall below it on about
     half of the 300-image pools; aiming higher by the pool's own sampling error holds it on about 9 in 10."""
