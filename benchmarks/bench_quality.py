@@ -28,6 +28,11 @@ held-out check (no check), the views' likelihood ratio (the true one, measured o
 ground truth; and none, 1.0), the distance check (left out). The coverage and precision each variant
 would reach are measured on the pool, so the cost of a margin is the coverage it takes away.
 
+``--labeled N`` draws N labeled images per class instead of 5 (the runs' names end in ``-lN``);
+``--repeats R`` trains with R cross-validation repeats instead of the worker's one (issue 12, round 6: the
+replay variant ``memberErrorSharedPairs`` then scales the pool's disagreement by the held-out members'
+errors per disagreement; measured, not adopted).
+
 Results: a table on stdout, every row in ``--json`` (default .bench/quality.json). Nothing is downloaded.
 """
 
