@@ -19,6 +19,8 @@ fixed generator, so every seed shares the files); the seed draws which are label
   Hubble deep field, an immunohistochemistry slide; colour ones made grey), one class per photograph, with
   120-200 px crops (with 40-64 px crops two runs got 0.55 and 0.62 right: nothing to tune on).
 - ``glyphs-lower32``: as ``glyphs32``, with ten lower-case letters (a b d e g h n q r t).
+- ``photos64`` / ``glyphs-lower64``: the same two at 64 px (glyphs drawn at twice the size, 30-52 px):
+  images larger than a 2-core CPU trains on fully within a 300 s budget (round 7).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def _textures(
     image_seed: int = IMAGE_SEED + 1,
     crop: tuple[int, int] = (40, 64),
     per_class: int = 300,
+    side: int = 32,
 ) -> Source:
     from skimage import data as skdata
     from skimage.color import rgb2gray
@@ -147,7 +150,7 @@ def _textures(
         if flip:
             patch = patch[:, ::-1]
         patch = (patch - patch.mean()) * contrast + patch.mean() + shift
-        img = Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        img = Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
         name = f"{i:05d}.png"
         img.save(folder / name, format="PNG")
         return name
@@ -156,7 +159,7 @@ def _textures(
         [f"{i:05d}" for i in range(len(specs))],
         np.array(labels, dtype=np.int64),
         write,
-        "scikit-image " + ", ".join(names) + ": 32 px patches",
+        "scikit-image " + ", ".join(names) + f": {side} px patches",
     )
 
 
@@ -167,7 +170,8 @@ def _fonts() -> tuple[list[str], str]:
     return [], "Pillow's default font only (no DejaVu fonts installed)"
 
 
-def _glyphs(letters: str = LETTERS, image_seed: int = IMAGE_SEED + 2, per_class: int = 200) -> Source:
+def _glyphs(letters: str = LETTERS, image_seed: int = IMAGE_SEED + 2, per_class: int = 200, scale: int = 1) -> Source:
+    """Letters on a 32 x `scale` px image; the random draws do not depend on `scale`."""
     rng = np.random.default_rng(image_seed)
     fonts, what = _fonts()
     specs: list[tuple[int, int, int, float, int, int, int, int]] = []
@@ -190,13 +194,14 @@ def _glyphs(letters: str = LETTERS, image_seed: int = IMAGE_SEED + 2, per_class:
 
     def write(folder: Path, i: int) -> str:
         cls, font_i, size, angle, dx, dy, paper, noise_seed = specs[i]
+        size, dx, dy = size * scale, dx * scale, dy * scale
         font = ImageFont.truetype(fonts[font_i], size) if fonts else ImageFont.load_default(size=size)
-        canvas = Image.new("L", (48, 48), color=paper)
+        canvas = Image.new("L", (48 * scale, 48 * scale), color=paper)
         draw = ImageDraw.Draw(canvas)
         ink = max(0, paper - 160)
-        draw.text((24 + dx, 24 + dy), letters[cls], fill=ink, font=font, anchor="mm")
+        draw.text((24 * scale + dx, 24 * scale + dy), letters[cls], fill=ink, font=font, anchor="mm")
         canvas = canvas.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=paper)
-        arr = np.asarray(canvas.crop((8, 8, 40, 40)), dtype=np.float64)
+        arr = np.asarray(canvas.crop((8 * scale, 8 * scale, 40 * scale, 40 * scale)), dtype=np.float64)
         arr += np.random.default_rng(noise_seed).normal(0, 8, arr.shape)
         name = f"{i:05d}.png"
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(folder / name, format="PNG")
@@ -206,7 +211,7 @@ def _glyphs(letters: str = LETTERS, image_seed: int = IMAGE_SEED + 2, per_class:
         [f"{i:05d}" for i in range(len(specs))],
         np.array(labels, dtype=np.int64),
         write,
-        f"letters {letters} in {what}, 32 px",
+        f"letters {letters} in {what}, {32 * scale} px",
     )
 
 
@@ -218,6 +223,8 @@ GENERATORS: dict[str, Callable[[], Source]] = {
     "glyphs32": _glyphs,
     "photos32": lambda: _textures(PHOTOS, IMAGE_SEED + 3, crop=(120, 200)),
     "glyphs-lower32": lambda: _glyphs(LOWER_LETTERS, IMAGE_SEED + 4),
+    "photos64": lambda: _textures(PHOTOS, IMAGE_SEED + 3, crop=(120, 200), side=64),
+    "glyphs-lower64": lambda: _glyphs(LOWER_LETTERS, IMAGE_SEED + 4, scale=2),
 }
 
 
