@@ -13,6 +13,7 @@ what its labels.json says.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -51,7 +52,7 @@ from .stages import (
     run_summary,
     shard_share,
 )
-from .train import ProgressFn, TrainConfig, to_input
+from .train import MIN_FITTED_SIDE, ProgressFn, TrainConfig, seconds_per_step, side_for_budget, to_input
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2).
     policy = AugmentPolicy(hflip=min(median_size(sizes)) >= MIRROR_MIN_SIDE)
     ctx.progress.set_stage(Stage.TRAIN, total=100)
+    fast_budget = budget * FAST_SHARE_OF_PRECISE if semi else budget
+    probe_started = time.monotonic()
+    model_spec, fitted_from = fit_input_to_budget(model_spec, policy, cfg, fast_budget)
+    probe_seconds = time.monotonic() - probe_started
     x_lab, kept = load_images(ctx, pre.labeled, model_spec.input_size, unreadable)
     check_unreadable_share(unreadable, pre.total_images, spec)
     labeled = [pre.labeled[i] for i in kept]
@@ -162,9 +167,8 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         x_unlab, _ = load_images(ctx, [pre.unlabeled[i] for i in pick], model_spec.input_size, [])
         if len(x_unlab) == 0:
             raise PipelineError("NoUnlabeledImages", "no unlabeled image could be decoded for semi-supervised training")
-    train_started = time.monotonic()
+    train_started = time.monotonic() - probe_seconds  # the probe's time is the training's
     views = tta_views(policy)
-    fast_budget = budget * FAST_SHARE_OF_PRECISE if semi else budget
     fast_share = 0.5 if semi else 1.0  # of the progress bar
 
     def report(start: float, share: float) -> ProgressFn:
@@ -176,7 +180,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         y_lab,
         policy,
         cfg,
-        fast_budget,
+        fast_budget - probe_seconds,
         progress=report(0.0, fast_share),
         views=views,
     )
@@ -247,7 +251,9 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         likelihood_ratio=likelihood_ratio,
     )
     calibration.sharpness = sharpness
-    calibration.notes[:0] = precise_notes + _schedule_notes(ensemble, budget)
+    calibration.notes[:0] = (
+        precise_notes + _input_notes(fitted_from, model_spec, budget) + _schedule_notes(ensemble, budget)
+    )
     rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
         export_model(
@@ -277,6 +283,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
                 "training": {
                     "architecture": model_spec.arch,
                     "inputSize": list(model_spec.input_size),
+                    "inputSizeFittedFrom": list(fitted_from) if fitted_from else None,
                     "folds": len(ensemble.members),
                     "steps": ensemble.steps_done,
                     "stepsScheduled": ensemble.steps_scheduled,
@@ -294,6 +301,44 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
             },
         )
     return summary
+
+
+def fit_input_to_budget(
+    spec: ModelSpec, policy: AugmentPolicy, cfg: TrainConfig, budget: float
+) -> tuple[ModelSpec, tuple[int, int] | None]:
+    """The model spec with the input side the time budget affords (`train.side_for_budget`), and the input
+    size it was reduced from (None when kept). Only the small CNN, which is trained from scratch: a
+    pretrained backbone keeps the input size its weights were trained at.
+
+    Why: on this 2-core machine 64 px images trained 458-508 of their 2,000 configured steps in 300 s
+    and the models came out starved (accuracy 0.71-0.78 on the 64 px inverted digits, where the same
+    digits at 32 px got 0.86-0.92, docs/benchmarks.md); fewer pixels, all the steps."""
+    side = spec.input_size[0]
+    if spec.arch != "smallcnn" or side <= MIN_FITTED_SIDE:
+        return spec, None
+    models = max(1, cfg.folds) * max(1, cfg.repeats)
+    fitted = side_for_budget(side, seconds_per_step(spec, policy, cfg), cfg.steps * models, budget)
+    if fitted == side:
+        return spec, None
+    log.info(
+        "input size %d px -> %d px: the budget of %.0f s cannot train %d steps at %d px",
+        side,
+        fitted,
+        budget,
+        cfg.steps * models,
+        side,
+    )
+    return dataclasses.replace(spec, input_size=(fitted, fitted)), spec.input_size
+
+
+def _input_notes(fitted_from: tuple[int, int] | None, spec: ModelSpec, budget: float) -> list[str]:
+    if not fitted_from:
+        return []
+    return [
+        f"the images were trained and labeled at {spec.input_size[1]}x{spec.input_size[0]} px instead of "
+        f"{fitted_from[1]}x{fitted_from[0]}: the time budget ({budget:g} s) could not train the configured steps "
+        "at the larger size on this machine (a larger activeLearning.timeBudgetSeconds keeps more detail)"
+    ]
 
 
 def _schedule_notes(ensemble: FoldEnsemble, budget: float) -> list[str]:

@@ -8,6 +8,7 @@ ensemble that calls them lives in ensemble.py; this module imports neither semi.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -114,6 +115,8 @@ class BudgetSchedule:
         self.clock = clock
         self.steps = 0
         self.cut = False
+        self.seconds_per_step: float | None = None
+        """The latest time per step measured since the warm-up (None before the first refit)."""
         self._mark: tuple[float, int] | None = None
 
     def expired(self) -> bool:
@@ -139,12 +142,47 @@ class BudgetSchedule:
         per_step = (now - self._mark[0]) / since
         if per_step <= 0:
             return
+        self.seconds_per_step = per_step
         affordable = step + int(max(0.0, self.deadline - now) * SCHEDULE_SAFETY / per_step)
         self.total = max(step, min(self.configured, affordable))
 
     @property
     def shortened(self) -> bool:
         return self.total < self.configured
+
+
+MIN_FITTED_SIDE = 32
+"""`side_for_budget` never goes below this: the 32 px benchmark sets train all their steps in 300 s on
+this 2-core machine, and smaller inputs lose the detail that made the images larger."""
+
+
+def seconds_per_step(spec: ModelSpec, policy: AugmentPolicy, cfg: TrainConfig) -> float:
+    """Seconds one supervised training step takes on this machine at `spec`'s input size: a throwaway
+    model trained on random images for `WARMUP_STEPS` + `PROBE_STEPS` steps, timed as `BudgetSchedule`
+    times a real one (after the warm-up)."""
+    n = 2 * spec.num_classes
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, *spec.input_size), generator=gen, dtype=torch.uint8)
+    probe = dataclasses.replace(cfg, steps=WARMUP_STEPS + PROBE_STEPS, pretrained=False)
+    schedule = BudgetSchedule(probe.steps, time.monotonic() + 3600.0)
+    labels = torch.arange(n) % spec.num_classes
+    train_supervised(TrainingRun(spec, images, labels, policy, probe, schedule.deadline, seed=0, schedule=schedule))
+    assert schedule.seconds_per_step is not None  # the probe's last step is a refit
+    return schedule.seconds_per_step
+
+
+def side_for_budget(side: int, step_seconds: float, steps: int, seconds: float) -> int:
+    """The input side (a multiple of 4, at least `MIN_FITTED_SIDE`, at most `side`) at which `steps`
+    training steps fit in `seconds` (with `SCHEDULE_SAFETY`), given that one step takes `step_seconds` at
+    `side`. A step's cost grows with the pixels (the small CNN's convolutions): on this machine, one
+    thread, 64 px steps took 4.8-5.2 times as long as 32 px ones (two probes each, two benchmark runs
+    beside them), a little more than the pixels' 4, so the fitted side can be a little too large; the
+    schedule (`BudgetSchedule`) then fits the steps to what is left."""
+    affordable = seconds * SCHEDULE_SAFETY / step_seconds if step_seconds > 0 else math.inf
+    if affordable >= steps or side <= MIN_FITTED_SIDE:
+        return side
+    fitted = int(side * math.sqrt(affordable / steps)) // 4 * 4
+    return max(MIN_FITTED_SIDE, fitted)
 
 
 def to_input(x_u8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

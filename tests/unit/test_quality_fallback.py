@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+from autolabel_worker.augment import AugmentPolicy
 from autolabel_worker.ensemble import FoldEnsemble, choose_precise
-from autolabel_worker.train import BudgetSchedule
+from autolabel_worker.models import ModelSpec, choose_model_spec
+from autolabel_worker.pipeline import fit_input_to_budget
+from autolabel_worker.train import MIN_FITTED_SIDE, BudgetSchedule, TrainConfig, side_for_budget
 
 
 def ensemble(right: int, n: int = 50, *, cut: bool = False, scheduled: int = 2000) -> FoldEnsemble:
@@ -108,3 +112,26 @@ def test_a_machine_that_slows_down_after_the_estimate_is_cut_by_the_deadline() -
         clock.now += 1.0 if step <= 7 else 30.0  # 30x slower after the first estimate (step 7)
         sched.done(step)
     assert sched.cut and step < sched.total
+
+
+def test_the_input_side_shrinks_with_the_pixels_a_budget_affords() -> None:
+    """A quarter of the steps fit at 64 px: half the side (a quarter of the pixels) fits them all."""
+    assert side_for_budget(64, step_seconds=1.0, steps=1000, seconds=1000 / 0.9) == 64
+    assert side_for_budget(64, step_seconds=1.0, steps=1000, seconds=250 / 0.9) == 32
+    assert side_for_budget(64, step_seconds=1.0, steps=1000, seconds=560 / 0.9) == 44  # 64 x 0.748 = 47.9
+    assert side_for_budget(64, step_seconds=1.0, steps=1000, seconds=1.0) == MIN_FITTED_SIDE
+    assert side_for_budget(24, step_seconds=1.0, steps=1000, seconds=1.0) == 24  # never enlarged
+
+
+def test_a_budget_too_short_for_64_px_trains_the_small_cnn_at_a_smaller_size() -> None:
+    """The probe trains a throwaway model for a few steps on this machine: 2 s cannot hold 2,000 steps
+    at 64 px, 10 days can; a pretrained backbone keeps its input size whatever the budget."""
+    torch.set_num_threads(1)
+    spec = choose_model_spec([(64, 64)] * 3, 4)
+    cfg = TrainConfig(steps=400)
+    short, fitted_from = fit_input_to_budget(spec, AugmentPolicy(hflip=True), cfg, budget=2.0)
+    assert short.input_size == (MIN_FITTED_SIDE, MIN_FITTED_SIDE) and fitted_from == (64, 64)
+    assert short.arch == spec.arch and short.num_classes == 4
+    assert fit_input_to_budget(spec, AugmentPolicy(hflip=True), cfg, budget=864_000.0) == (spec, None)
+    resnet = ModelSpec("resnet18", (224, 224), 4)
+    assert fit_input_to_budget(resnet, AugmentPolicy(hflip=True), cfg, budget=2.0) == (resnet, None)
