@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from autolabel_worker.augment import AugmentPolicy
 from autolabel_worker.ensemble import FoldEnsemble, choose_precise
 from autolabel_worker.models import ModelSpec, choose_model_spec
-from autolabel_worker.pipeline import fit_input_to_budget
+from autolabel_worker.pipeline import fit_input_to_budget, run_job
 from autolabel_worker.train import MIN_FITTED_SIDE, BudgetSchedule, TrainConfig, side_for_budget
+from PIL import Image
+from worker_fixtures import digits
+
+from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.storage import Storage
 
 
 def ensemble(right: int, n: int = 50, *, cut: bool = False, scheduled: int = 2000) -> FoldEnsemble:
@@ -135,3 +144,32 @@ def test_a_budget_too_short_for_64_px_trains_the_small_cnn_at_a_smaller_size() -
     assert fit_input_to_budget(spec, AugmentPolicy(hflip=True), cfg, budget=864_000.0) == (spec, None)
     resnet = ModelSpec("resnet18", (224, 224), 4)
     assert fit_input_to_budget(resnet, AugmentPolicy(hflip=True), cfg, budget=2.0) == (resnet, None)
+
+
+def test_64_px_images_on_a_short_budget_are_trained_and_labeled_at_32_px_and_the_summary_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
+    ds = digits(tmp_path, unlabeled=40)
+    for png in (ds.manifest.parent / "images").glob("*.png"):
+        Image.open(png).resize((64, 64), Image.Resampling.BILINEAR).save(png)
+    job = AutoLabelJob.model_validate(
+        {
+            "metadata": {"name": "big-images", "namespace": "test", "uid": "0f0f0f0f-0000-4000-8000-000000000064"},
+            "spec": {
+                "task": "ImageClassification",
+                "mode": "ActiveLearning",
+                "dataset": {"manifest": str(ds.manifest)},
+                "activeLearning": {"algorithm": "Fast", "seed": 0, "timeBudgetSeconds": 10},
+                "output": str(tmp_path / "out"),
+            },
+        }
+    )
+    out = results_prefix(job)
+    summary = run_job(job, Storage(), out)
+    assert summary["training"]["inputSize"] == [32, 32]
+    assert summary["training"]["inputSizeFittedFrom"] == [64, 64]
+    assert any("at 32x32 px instead of 64x64" in note for note in summary["notes"])
+    assert summary["total"] == 40 and summary["autoLabeled"] + summary["hardExamples"] == 40
+    exported = json.loads(Storage().read_bytes(out + "model/labels.json"))
+    assert exported["inputSize"] == [32, 32]  # PreLabeling with this model resizes to what it was trained at
