@@ -13,7 +13,6 @@ what its labels.json says.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import tempfile
@@ -52,7 +51,7 @@ from .stages import (
     run_summary,
     shard_share,
 )
-from .train import MIN_FITTED_SIDE, ProgressFn, TrainConfig, seconds_per_step, side_for_budget, to_input
+from .train import ProgressFn, TrainConfig, fit_input_to_budget, to_input
 
 log = logging.getLogger(__name__)
 
@@ -301,30 +300,6 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
             },
         )
     return summary
-
-
-def fit_input_to_budget(
-    spec: ModelSpec, policy: AugmentPolicy, cfg: TrainConfig, budget: float
-) -> tuple[ModelSpec, tuple[int, int] | None]:
-    """The model spec with the input side the time budget affords (`train.side_for_budget`), and the input
-    size it was reduced from (None when kept). Only the small CNN, which is trained from scratch: a
-    pretrained backbone keeps the input size its weights were trained at.
-
-    Why (docs/benchmarks.md, issue 12 round 7): on a 2-core machine in 300 s, 64 px images trained about
-    500 of their 2,000 configured steps; trained at 32 px with all of them, the 64 px inverted digits went
-    from 0.734 to 0.897 right (10 seeds) and 64 px lower-case glyphs from 0.44 to 0.82, while 64 px
-    photograph patches went from 0.774 to 0.760 (3 seeds), and every run took 60% of the time."""
-    side = spec.input_size[0]
-    if spec.arch != "smallcnn" or side <= MIN_FITTED_SIDE:
-        return spec, None
-    models = max(1, cfg.folds) * max(1, cfg.repeats)
-    fitted = side_for_budget(side, seconds_per_step(spec, policy, cfg), cfg.steps * models, budget)
-    if fitted == side:
-        return spec, None
-    log.info(
-        "input side %d px -> %d px: %d steps do not fit %.0f s at %d px", side, fitted, cfg.steps * models, budget, side
-    )
-    return dataclasses.replace(spec, input_size=(fitted, fitted)), spec.input_size
 
 
 def _input_notes(fitted_from: tuple[int, int] | None, spec: ModelSpec, budget: float) -> list[str]:

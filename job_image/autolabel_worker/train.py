@@ -185,6 +185,30 @@ def side_for_budget(side: int, step_seconds: float, steps: int, seconds: float) 
     return max(MIN_FITTED_SIDE, fitted)
 
 
+def fit_input_to_budget(
+    spec: ModelSpec, policy: AugmentPolicy, cfg: TrainConfig, budget: float
+) -> tuple[ModelSpec, tuple[int, int] | None]:
+    """The model spec with the input side the time budget affords (`side_for_budget`), and the input
+    size it was reduced from (None when kept). Only the small CNN, which is trained from scratch: a
+    pretrained backbone keeps the input size its weights were trained at.
+
+    Why (docs/benchmarks.md, issue 12 round 7): on a 2-core machine in 300 s, 64 px images trained about
+    500 of their 2,000 configured steps; trained at 32 px with all of them, the 64 px inverted digits went
+    from 0.734 to 0.897 right (10 seeds) and 64 px lower-case glyphs from 0.44 to 0.82, while 64 px
+    photograph patches went from 0.774 to 0.760 (3 seeds), and every run took 60% of the time."""
+    side = spec.input_size[0]
+    if spec.arch != "smallcnn" or side <= MIN_FITTED_SIDE:
+        return spec, None
+    models = max(1, cfg.folds) * max(1, cfg.repeats)
+    fitted = side_for_budget(side, seconds_per_step(spec, policy, cfg), cfg.steps * models, budget)
+    if fitted == side:
+        return spec, None
+    log.info(
+        "input side %d px -> %d px: %d steps do not fit %.0f s at %d px", side, fitted, cfg.steps * models, budget, side
+    )
+    return dataclasses.replace(spec, input_size=(fitted, fitted)), spec.input_size
+
+
 def to_input(x_u8: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """uint8 N x 3 x H x W -> normalized float tensor."""
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)

@@ -11,8 +11,8 @@ import torch
 from autolabel_worker.augment import AugmentPolicy
 from autolabel_worker.ensemble import FoldEnsemble, choose_precise
 from autolabel_worker.models import ModelSpec, choose_model_spec
-from autolabel_worker.pipeline import fit_input_to_budget, run_job
-from autolabel_worker.train import MIN_FITTED_SIDE, BudgetSchedule, TrainConfig, side_for_budget
+from autolabel_worker.pipeline import run_job
+from autolabel_worker.train import MIN_FITTED_SIDE, BudgetSchedule, TrainConfig, fit_input_to_budget, side_for_budget
 from PIL import Image
 from worker_fixtures import digits
 
