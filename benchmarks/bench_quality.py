@@ -1,6 +1,7 @@
 """Quality benchmark beyond the tuning set: several datasets, the oracle as the ceiling, what each margin costs.
 
-    .venv/bin/python benchmarks/bench_quality.py --group report --seeds 0,1,2 --pool 300 --budget 120
+    .venv/bin/python benchmarks/bench_quality.py --group report --seeds 0,1,2 --pool 300 --budget 300
+    .venv/bin/python benchmarks/bench_quality.py --datasets textures32 --algorithms Fast --budget 60,180,300
     .venv/bin/python benchmarks/bench_quality.py --datasets digits8 --seeds 0 --algorithms Fast --json out.json
 
 Datasets (benchmarks/quality_data.py, all generated offline): ``digits8``, ``digits-inv32``, ``digits-inv64``,
@@ -28,6 +29,8 @@ held-out check (no check), the views' likelihood ratio (the true one, measured o
 ground truth; and none, 1.0), the distance check (left out). The coverage and precision each variant
 would reach are measured on the pool, so the cost of a margin is the coverage it takes away.
 
+``--budget 60,180,300`` runs every seed at each budget, side by side, one table row per budget: what a
+shorter budget costs (the runs' names end in ``-b<seconds>``).
 ``--labeled N`` draws N labeled images per class instead of 5 (the runs' names end in ``-lN``);
 ``--repeats R`` trains with R cross-validation repeats instead of the worker's one (issue 12, round 6: the
 replay variant ``memberErrorSharedPairs`` then scales the pool's disagreement by the held-out members'
@@ -45,7 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +85,14 @@ class RunOptions:
         return args
 
 
-def run_name(dataset: str, algorithm: str, seed: int, labeled: int = 5) -> str:
-    """The name of a run's job and replay file (the labeled count only when it is not the default 5)."""
-    return f"{dataset}-{algorithm.lower()}-s{seed}" + (f"-l{labeled}" if labeled != 5 else "")
+def run_name(dataset: str, algorithm: str, seed: int, labeled: int = 5, budget: int | None = None) -> str:
+    """The name of a run's job and replay file (the labeled count only when it is not the default 5; the
+    budget when given: runs recorded before budget sweeps have none in their names)."""
+    return (
+        f"{dataset}-{algorithm.lower()}-s{seed}"
+        + (f"-l{labeled}" if labeled != 5 else "")
+        + (f"-b{budget}" if budget is not None else "")
+    )
 
 
 def group_of(dataset: str) -> str:
@@ -105,7 +113,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     from autolabel.storage import Storage
 
     ds = write_dataset(dataset, BENCH / "quality" / dataset, seed, labeled_per_class=opts.labeled, pool=pool)
-    name = run_name(dataset, algorithm, seed, opts.labeled)
+    name = run_name(dataset, algorithm, seed, opts.labeled, opts.budget)
     job = AutoLabelJob.model_validate(
         {
             "metadata": {"name": name, "uid": f"bench-{name}-{time.time_ns()}"},
@@ -215,6 +223,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             "data": ds.note,
             "budgetSeconds": opts.budget,
             "labeledPerClass": opts.labeled,
+            "replayFile": f"{name}.npz",
             "estimatedPrecision": summary.get("estimatedPrecision"),
             "targetVerifiable": summary.get("targetVerifiable"),
             "wallSeconds": round(wall, 1),
@@ -508,7 +517,8 @@ def rescore(rows: list[dict[str, Any]], runs: Path) -> list[dict[str, Any]]:
     what those runs would have auto-labeled with it (the models, the pool and the flags are the runs')."""
     out = []
     for row in rows:
-        path = runs / f"{run_name(row['dataset'], row['algorithm'], row['seed'], row.get('labeledPerClass', 5))}.npz"
+        recorded_before_sweeps = run_name(row["dataset"], row["algorithm"], row["seed"], row.get("labeledPerClass", 5))
+        path = runs / (row.get("replayFile") or f"{recorded_before_sweeps}.npz")
         comp = margin_costs(load_replay(path))
         worker, oracle = comp["worker"], comp["oracleAtCautious"]
         out.append(
@@ -534,19 +544,20 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-Plan = list[tuple[str, str, int, int | None]]
+Plan = list[tuple[str, str, int, int | None, int]]
+"""(dataset, algorithm, seed, pool, budget seconds) of each run."""
 
 
 def run_all(plan: Plan, opts: RunOptions, jobs: int) -> list[dict]:
     rows: list[dict] = []
     pending = list(plan)
-    running: list[tuple[subprocess.Popen[str], tuple[str, str, int, int | None], float]] = []
+    running: list[tuple[subprocess.Popen[str], tuple[str, str, int, int | None, int], float]] = []
     while pending or running:
         while pending and len(running) < jobs:
             item = pending.pop(0)
-            dataset, algorithm, seed, pool = item
+            dataset, algorithm, seed, pool, budget = item
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", dataset, algorithm, str(seed)]
-            cmd += ["--pool", str(pool if pool is not None else 0), *opts.child_args()]
+            cmd += ["--pool", str(pool if pool is not None else 0), *replace(opts, budget=budget).child_args()]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
             running.append((proc, item, time.monotonic()))
         time.sleep(1.0)
@@ -582,17 +593,22 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _table_key(row: dict) -> tuple[str, str, str, int]:
+    """A row of the summary tables: the runs of one dataset, algorithm and time budget."""
+    return row["group"], row["dataset"], row["algorithm"], row["budgetSeconds"]
+
+
 def print_table(rows: list[dict]) -> None:
     print()
     print(
-        "| group | dataset | algorithm | seeds | accuracy | coverage mean (min-max) | oracle coverage "
+        "| group | dataset | algorithm | budget s | seeds | accuracy | coverage mean (min-max) | oracle coverage "
         "| coverage / oracle mean (min) | precision mean (min) | seeds precision >= 0.95 | |est - prec| <= 0.03 "
         "| fell back to Fast | wall s mean |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    keys = sorted({(r["group"], r["dataset"], r["algorithm"]) for r in rows}, key=lambda k: (k[0] != "report", k))
-    for group, dataset, algorithm in keys:
-        sel = [r for r in rows if (r["group"], r["dataset"], r["algorithm"]) == (group, dataset, algorithm)]
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    keys = sorted({_table_key(r) for r in rows}, key=lambda k: (k[0] != "report", k))
+    for group, dataset, algorithm, budget in keys:
+        sel = [r for r in rows if _table_key(r) == (group, dataset, algorithm, budget)]
         cov = [r["coverage"] for r in sel]
         ratio = [r["coverageOverOracle"] if r["coverageOverOracle"] is not None else 0.0 for r in sel]
         prec = [r["precision"] for r in sel if r["precision"] is not None]
@@ -607,7 +623,8 @@ def print_table(rows: list[dict]) -> None:
         measurable = sum(1 for r in sel if r["precision"] is not None and r["estimatedPrecision"] is not None)
         fell = [r for r in sel if (r.get("precise") or {}).get("fellBackToFast")]
         print(
-            f"| {group} | {dataset} | {algorithm} | {len(sel)} | {statistics.mean(r['accuracy'] for r in sel):.3f} "
+            f"| {group} | {dataset} | {algorithm} | {budget} | {len(sel)} "
+            f"| {statistics.mean(r['accuracy'] for r in sel):.3f} "
             f"| {statistics.mean(cov):.3f} ({min(cov):.3f}-{max(cov):.3f}) "
             f"| {statistics.mean(r['oracleCoverage'] for r in sel):.3f} "
             f"| {statistics.mean(ratio):.3f} ({min(ratio):.3f}) "
@@ -631,14 +648,10 @@ def print_table(rows: list[dict]) -> None:
         "allMarginsOff",
         "noEnsembleTemperature",
     ]
-    print("| group | dataset | algorithm | runs | " + " | ".join(names) + " | oracle |")
-    print("|---|---|---|---|" + "---|" * len(names) + "---|")
-    for group, dataset, algorithm in keys:
-        sel = [
-            r["components"]
-            for r in comp_rows
-            if (r["group"], r["dataset"], r["algorithm"]) == (group, dataset, algorithm)
-        ]
+    print("| group | dataset | algorithm | budget s | runs | " + " | ".join(names) + " | oracle |")
+    print("|---|---|---|---|---|" + "---|" * len(names) + "---|")
+    for key in keys:
+        sel = [r["components"] for r in comp_rows if _table_key(r) == key]
         if not sel:
             continue
         cells = []
@@ -650,7 +663,7 @@ def print_table(rows: list[dict]) -> None:
             precs = [c[n]["precision"] for c in sel if c[n]["precision"] is not None]
             cells.append(f"{cov:.3f} ({fmt(min(precs) if precs else None, 3)})")
         oracle = statistics.mean(c["oracleAtCautious"] for c in sel)
-        print(f"| {group} | {dataset} | {algorithm} | {len(sel)} | " + " | ".join(cells) + f" | {oracle:.3f} |")
+        print(f"| {' | '.join(map(str, key))} | {len(sel)} | " + " | ".join(cells) + f" | {oracle:.3f} |")
 
 
 def main() -> None:
@@ -661,7 +674,12 @@ def main() -> None:
     parser.add_argument("--algorithms", default="Fast,Precise")
     parser.add_argument("--pool", type=int, default=300, help="unlabeled images per run (0: all)")
     parser.add_argument("--pool-digits8", type=int, default=0, help="digits8's pool (0: all 1,747, as bench_worker)")
-    parser.add_argument("--budget", type=int, default=120, help="activeLearning.timeBudgetSeconds of every run")
+    parser.add_argument(
+        "--budget",
+        default="300",
+        help="activeLearning.timeBudgetSeconds of every run; several, comma-separated, run each seed at each "
+        "budget side by side (the quality/time trade-off)",
+    )
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument(
         "--repeats", type=int, default=None, help="cross-validation repeats of the training (default: the worker's)"
@@ -685,7 +703,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    opts = RunOptions(args.budget, args.train_steps, args.repeats, args.labeled)
+    budgets = [int(b) for b in args.budget.split(",")]
+    opts = RunOptions(budgets[0], args.train_steps, args.repeats, args.labeled)
     if args.one:
         pool = args.pool or None
         dataset, algorithm, seed = args.one
@@ -710,18 +729,22 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from quality_data import write_dataset
 
-    plan: list[tuple[str, str, int, int | None]] = []
+    plan: Plan = []
     for dataset in datasets:
         pool = (args.pool_digits8 if dataset == "digits8" else args.pool) or None
         for seed in [int(s) for s in args.seeds.split(",")]:
             # images once, before the runs
             write_dataset(dataset, BENCH / "quality" / dataset, seed, labeled_per_class=args.labeled, pool=pool)
-            plan += [(dataset, algorithm, seed, pool) for algorithm in args.algorithms.split(",")]
+            plan += [
+                (dataset, algorithm, seed, pool, budget)
+                for budget in budgets
+                for algorithm in args.algorithms.split(",")
+            ]
     header = {
         "cpus": os.cpu_count(),
         "loadAverageAtStart": os.getloadavg(),
         "env": {k: v for k, v in os.environ.items() if k.startswith("AUTOLABEL_")},
-        "budgetSeconds": args.budget,
+        "budgetSeconds": budgets,
         "trainSteps": args.train_steps,
         "repeats": args.repeats,
         "labeledPerClass": args.labeled,
