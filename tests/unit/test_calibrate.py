@@ -121,6 +121,39 @@ def test_finish_falls_back_to_the_bound_when_held_out_labels_contradict_it() -> 
     assert any("contradict" in note for note in calib.notes)
 
 
+def test_uncontradicted_threshold_stops_at_the_first_cut_the_labels_contradict() -> None:
+    conf = np.linspace(0.999, 0.9, 23)
+    correct = np.array([True] * 10 + [False] * 3 + [True] * 10)
+    # 10 of 10 right: P(X <= 10) = 1; 10 of 11: 1 - 0.95 ** 11 = 0.43 < 0.5, the scan stops there, so the
+    # 10 right below the errors do not bring the threshold down
+    assert cal.uncontradicted_threshold(conf, correct, 0.95) == pytest.approx(conf[9])
+    assert cal.uncontradicted_threshold(conf, np.arange(23) > 0, 0.95) == cal.NEVER  # the top one wrong
+    ties = np.full(20, 0.98)
+    assert cal.uncontradicted_threshold(ties, np.arange(20) > 0, 0.95) == pytest.approx(0.98)  # 19 of 20, as one cut
+
+
+def test_a_contradicted_calibration_is_raised_past_the_held_out_errors_not_out_of_reach() -> None:
+    """Held-out: the 24 most confident predictions right, the 6 least confident wrong, all above the
+    pool's thresholds. The check contradicts them (24 of 30 right); the raise stops where the labels stop
+    agreeing with the target (24 of 25 right above it still do: P(X <= 24) = 0.72 for X ~ Binomial(25,
+    0.95); 24 of 26 do not: 0.38), so the pool's more confident predictions are still auto-labeled."""
+    hist = cal.ConfidenceHistogram(2, bins=1000)
+    pool = np.linspace(0.97, 0.999, 1000)
+    for c in range(2):
+        hist.add(np.full(1000, c), pool)
+    margin = np.linspace(6.0, 3.5, 30)
+    oof = np.stack([margin, np.zeros(30)], axis=1)
+    labels = np.array([0] * 24 + [1] * 6)
+    calib = cal.finish(hist, oof, labels, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    held_out_conf = 1.0 / (1.0 + np.exp(-margin))
+    assert calib.fallback and calib.failed_classes == []
+    assert calib.global_threshold == pytest.approx(held_out_conf[24])
+    assert calib.threshold_for(0) == calib.threshold_for(1) == pytest.approx(held_out_conf[24])
+    assert 0.3 < (pool >= calib.global_threshold).mean() < 0.9
+    assert (calib.oof_accepted, calib.oof_accepted_correct) == (25, 24)
+    assert calib.estimated_precision is not None and calib.estimated_precision > 0.98
+
+
 def test_verifiable_only_with_enough_held_out_support() -> None:
     hist = cal.ConfidenceHistogram(2, bins=100)
     hist.add(np.zeros(100, dtype=np.int64), np.full(100, 0.99))
