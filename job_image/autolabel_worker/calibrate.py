@@ -663,7 +663,7 @@ def finish(
             adjusted_t = {c: max(t, float(flag_adjusted(bound_t, likelihood_ratio))) for c, t in adjusted_t.items()}
             notes.append(
                 f"held-out labeled images contradict the calibration ({k} of {n} accepted are correct): "
-                f"thresholds raised to where they do not ({bound_t:.4f})"
+                f"thresholds raised until the held-out predictions above them no longer do ({bound_t:.4f})"
             )
             accepted = eligible & (conf >= calib.thresholds_array(num_classes)[pred])
             n, k = int(accepted.sum()), int((accepted & correct).sum())
@@ -682,7 +682,7 @@ def finish(
             calib.failed_classes.append(cls)
             notes.append(
                 f"held-out labeled images predicted as class {cls} contradict the calibration ({k_c} of {n_c} "
-                f"accepted are correct): its threshold raised to where they do not ({bound_c:.4f})"
+                f"accepted are correct): its threshold raised until those above it no longer do ({bound_c:.4f})"
             )
         if calib.failed_classes:
             accepted = eligible & (conf >= calib.thresholds_array(num_classes)[pred])
