@@ -69,6 +69,7 @@ in 15 of 20 runs and at most 0.009 above it in the others (docs/benchmarks.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,24 +162,27 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     return lo
 
 
+def threshold_cuts(conf: np.ndarray, correct: np.ndarray) -> Iterator[tuple[float, int, int]]:
+    """The candidate thresholds over held-out predictions, most confident first: (threshold, predictions
+    at or above it, right ones among them). Candidates are the observed confidences; with ties, only the
+    last of a run is a valid cut."""
+    order = np.argsort(-conf, kind="stable")
+    c_sorted, cum_ok = conf[order], np.cumsum(correct[order].astype(np.int64))
+    for i in range(len(c_sorted)):
+        if i + 1 < len(c_sorted) and c_sorted[i + 1] == c_sorted[i]:
+            continue
+        yield float(c_sorted[i]), i + 1, int(cum_ok[i])
+
+
 def smallest_threshold(conf: np.ndarray, correct: np.ndarray, target: float, alpha: float) -> float:
     """Smallest confidence t such that the predictions with conf >= t pass the lower-bound test.
 
     Returns NEVER when no threshold passes.
     """
-    if len(conf) == 0:
-        return NEVER
-    order = np.argsort(-conf, kind="stable")
-    c_sorted, ok_sorted = conf[order], correct[order].astype(np.int64)
-    cum_ok = np.cumsum(ok_sorted)
     best = NEVER
-    # Candidate thresholds are the observed confidences; with ties, only the last of a run is a valid cut.
-    for i in range(len(c_sorted)):
-        if i + 1 < len(c_sorted) and c_sorted[i + 1] == c_sorted[i]:
-            continue
-        n, k = i + 1, int(cum_ok[i])
+    for t, n, k in threshold_cuts(conf, correct):
         if clopper_pearson_lower(k, n, alpha) >= target:
-            best = float(c_sorted[i])
+            best = t
     return best
 
 
@@ -188,15 +192,11 @@ def uncontradicted_threshold(conf: np.ndarray, correct: np.ndarray, target: floa
     right at least as often as `level` of Binomial(n, target) outcomes are (P(X <= right) >= level).
     The first cut that fails stops the scan: a threshold is never lowered past held-out errors the labels
     contradict the target with. NEVER when the most confident prediction already fails (it is wrong)."""
-    order = np.argsort(-conf, kind="stable")
-    c_sorted, cum_ok = conf[order], np.cumsum(correct[order].astype(np.int64))
     best = NEVER
-    for i in range(len(c_sorted)):
-        if i + 1 < len(c_sorted) and c_sorted[i + 1] == c_sorted[i]:
-            continue  # with ties, only the last of a run is a valid cut
-        if binom_cdf_le(int(cum_ok[i]), i + 1, target) < level:
+    for t, n, k in threshold_cuts(conf, correct):
+        if binom_cdf_le(k, n, target) < level:
             break
-        best = float(c_sorted[i])
+        best = t
     return best
 
 
