@@ -544,14 +544,15 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-Plan = list[tuple[str, str, int, int | None, int]]
-"""(dataset, algorithm, seed, pool, budget seconds) of each run."""
+PlannedRun = tuple[str, str, int, int | None, int]
+"""(dataset, algorithm, seed, pool, budget seconds) of one run."""
+Plan = list[PlannedRun]
 
 
 def run_all(plan: Plan, opts: RunOptions, jobs: int) -> list[dict]:
     rows: list[dict] = []
     pending = list(plan)
-    running: list[tuple[subprocess.Popen[str], tuple[str, str, int, int | None, int], float]] = []
+    running: list[tuple[subprocess.Popen[str], PlannedRun, float]] = []
     while pending or running:
         while pending and len(running) < jobs:
             item = pending.pop(0)
