@@ -71,22 +71,8 @@ def choose_model_spec(
     return ModelSpec(arch, (LARGE_INPUT, LARGE_INPUT), num_classes)
 
 
-def standardize_per_image(x: torch.Tensor) -> torch.Tensor:
-    """Each image minus its own mean, over its own standard deviation (all channels together).
-
-    Makes the small CNN blind to an image's overall brightness and contrast, which 5 labeled images per
-    class cannot teach it to ignore. Measured before adoption (docs/benchmarks.md, round 9): two models
-    per run, 400 steps, on the tuning group, pool accuracy rose on 7 of 8 runs (photographs +0.007 to
-    +0.057, lower-case glyphs +0.026 to +0.066, 32 px digits +0.007 and -0.010).
-    """
-    mean = x.mean(dim=[1, 2, 3], keepdim=True)
-    std = x.std(dim=[1, 2, 3], keepdim=True)
-    return (x - mean) / std.clamp_min(1e-3)  # a blank image stays blank instead of dividing by zero
-
-
 class SmallCNN(nn.Module):
-    """Per-image standardization, then three conv stages (w, 2w, 4w channels) with batch norm; pooling
-    only while the map is >= 4 px."""
+    """Three conv stages (w, 2w, 4w channels) with batch norm; pooling only while the map is >= 4 px."""
 
     def __init__(self, num_classes: int, input_size: tuple[int, int], width: int = 32):
         super().__init__()
@@ -106,7 +92,7 @@ class SmallCNN(nn.Module):
         self.feature_dim = channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.body(standardize_per_image(x)), 1), 1)
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))
