@@ -35,6 +35,8 @@ shorter budget costs (the runs' names end in ``-b<seconds>``).
 ``--repeats R`` trains with R cross-validation repeats instead of the worker's one (issue 12, round 6: the
 replay variant ``memberErrorSharedPairs`` then scales the pool's disagreement by the held-out members'
 errors per disagreement; measured, not adopted).
+``--standardized-members N`` makes N of the five fold models (the 2nd, 4th) standardize each image by its
+own mean and deviation (issue 12, round 9: members that make other mistakes).
 
 Results: a table on stdout, every row in ``--json`` (default .bench/quality.json). Nothing is downloaded.
 """
@@ -75,6 +77,8 @@ class RunOptions:
     """Cross-validation repeats of the training (None: the worker's own choice)."""
     labeled: int = 5
     """Labeled images per class."""
+    standardized_members: int | None = None
+    """Fold models that standardize each image (None: the worker's own choice; round 9)."""
 
     def child_args(self) -> list[str]:
         args = ["--budget", str(self.budget), "--labeled", str(self.labeled)]
@@ -82,6 +86,8 @@ class RunOptions:
             args += ["--train-steps", str(self.train_steps)]
         if self.repeats is not None:
             args += ["--repeats", str(self.repeats)]
+        if self.standardized_members is not None:
+            args += ["--standardized-members", str(self.standardized_members)]
         return args
 
 
@@ -139,6 +145,8 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         cfg, budget_s, semi = real_train_config(job, steps)
         if opts.repeats is not None:
             cfg.repeats = opts.repeats
+        if opts.standardized_members is not None:
+            cfg.standardized_members = opts.standardized_members
         return cfg, budget_s, semi
 
     def sharpness(ctx: Any, ensemble: Any, unlabeled: Any, spec: Any, member_t: float, seed: int) -> Any:
@@ -686,6 +694,12 @@ def main() -> None:
         "--repeats", type=int, default=None, help="cross-validation repeats of the training (default: the worker's)"
     )
     parser.add_argument("--labeled", type=int, default=5, help="labeled images per class")
+    parser.add_argument(
+        "--standardized-members",
+        type=int,
+        default=None,
+        help="fold models that standardize each image (default: the worker's; issue 12 round 9)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))
     parser.add_argument(
@@ -705,7 +719,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     budgets = [int(b) for b in args.budget.split(",")]
-    opts = RunOptions(budgets[0], args.train_steps, args.repeats, args.labeled)
+    opts = RunOptions(budgets[0], args.train_steps, args.repeats, args.labeled, args.standardized_members)
     if args.one:
         pool = args.pool or None
         dataset, algorithm, seed = args.one
@@ -748,6 +762,7 @@ def main() -> None:
         "budgetSeconds": budgets,
         "trainSteps": args.train_steps,
         "repeats": args.repeats,
+        "standardizedMembers": args.standardized_members,
         "labeledPerClass": args.labeled,
         "jobs": args.jobs,
         "command": " ".join(sys.argv),

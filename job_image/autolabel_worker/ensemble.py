@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -144,6 +144,13 @@ def choose_folds(labels: np.ndarray, wanted: int) -> int:
     return max(2, min(wanted, smallest))
 
 
+def member_spec(spec: ModelSpec, fold: int, folds: int, standardized: int) -> ModelSpec:
+    """The spec of one fold's model: `standardized` of the folds (the 2nd, 4th, ...) standardize each image."""
+    if spec.arch == "smallcnn" and fold in range(1, folds, 2)[:standardized]:
+        return replace(spec, standardize=True)
+    return spec
+
+
 def predict_held_out(
     model: nn.Module, x_held: torch.Tensor, spec: ModelSpec, views: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +212,7 @@ def train_fold_ensemble(
             deadline = start + budget_seconds * (j + 1) / total_models
             schedule = BudgetSchedule(planned, deadline)
             run = TrainingRun(
-                spec=spec,
+                spec=member_spec(spec, f, k, cfg.standardized_members),
                 images=x_lab[train_idx],
                 labels=y_t[train_idx],
                 policy=policy,

@@ -41,6 +41,8 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     width: int = 32
+    standardize: bool = False
+    """Small CNN only: each image standardized by its own mean and deviation (`standardize_per_image`)."""
 
 
 def median_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
@@ -71,11 +73,22 @@ def choose_model_spec(
     return ModelSpec(arch, (LARGE_INPUT, LARGE_INPUT), num_classes)
 
 
-class SmallCNN(nn.Module):
-    """Three conv stages (w, 2w, 4w channels) with batch norm; pooling only while the map is >= 4 px."""
+def standardize_per_image(x: torch.Tensor) -> torch.Tensor:
+    """Each image minus its own mean, over its own standard deviation (all channels together): blind to
+    an image's overall brightness and contrast. As the only input of every member it cost the textures
+    0.01-0.09 of accuracy, whose classes differ in brightness (docs/benchmarks.md, issue 12 round 9)."""
+    mean = x.mean(dim=[1, 2, 3], keepdim=True)
+    std = x.std(dim=[1, 2, 3], keepdim=True)
+    return (x - mean) / std.clamp_min(1e-3)  # a blank image stays blank instead of dividing by zero
 
-    def __init__(self, num_classes: int, input_size: tuple[int, int], width: int = 32):
+
+class SmallCNN(nn.Module):
+    """Three conv stages (w, 2w, 4w channels) with batch norm; pooling only while the map is >= 4 px;
+    optionally each image standardized first."""
+
+    def __init__(self, num_classes: int, input_size: tuple[int, int], width: int = 32, standardize: bool = False):
         super().__init__()
+        self.standardize = standardize
         layers: list[nn.Module] = []
         channels, size = 3, min(input_size)
         for i, out in enumerate((width, width * 2, width * 4)):
@@ -92,6 +105,8 @@ class SmallCNN(nn.Module):
         self.feature_dim = channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardize:
+            x = standardize_per_image(x)
         return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +162,7 @@ def _load_pretrained(net: nn.Module, hub_file: str) -> None:
 
 def build_model(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
     if spec.arch == "smallcnn":
-        return SmallCNN(spec.num_classes, spec.input_size, spec.width)
+        return SmallCNN(spec.num_classes, spec.input_size, spec.width, spec.standardize)
     return TorchvisionClassifier(spec.arch, spec.num_classes, pretrained=pretrained)
 
 

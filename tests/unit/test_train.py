@@ -13,7 +13,7 @@ from autolabel_worker import calibrate as cal
 from autolabel_worker import ensemble
 from autolabel_worker.augment import AugmentPolicy, apply_tta
 from autolabel_worker.data import load_digits_arrays, split_labeled, write_digits_dataset
-from autolabel_worker.ensemble import predict_held_out, stratified_folds, train_fold_ensemble
+from autolabel_worker.ensemble import member_spec, predict_held_out, stratified_folds, train_fold_ensemble
 from autolabel_worker.models import (
     CalibratedEnsemble,
     ModelSpec,
@@ -74,6 +74,21 @@ def test_model_spec_follows_the_image_size() -> None:
     assert big.arch == "resnet18" and big.input_size == (224, 224)
     big_on_cpu = choose_model_spec([(640, 480)], 3)
     assert big_on_cpu.arch == "smallcnn" and big_on_cpu.input_size == (64, 64)
+
+
+def test_standardized_members_answer_the_same_for_an_image_brighter_or_with_more_contrast() -> None:
+    spec = choose_model_spec([(32, 32)], 6)
+    assert [member_spec(spec, f, 5, 2).standardize for f in range(5)] == [False, True, False, True, False]
+    assert not any(member_spec(spec, f, 5, 0).standardize for f in range(5))  # the worker's default
+    backbone = choose_model_spec([(640, 480)], 3, accelerated=True)
+    assert not member_spec(backbone, 1, 5, 2).standardize  # a pretrained backbone keeps its normalization
+    torch.manual_seed(0)
+    model = build_model(member_spec(spec, 1, 5, 2), pretrained=False).eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(1.7 * x + 0.4), atol=1e-4)  # contrast and brightness
+        assert torch.allclose(torch.jit.script(model)(x), model(x), atol=1e-5)  # the exported model does the same
+        assert torch.isfinite(model(torch.zeros(1, 3, 32, 32))).all()  # a blank image divides by no zero
 
 
 def test_supervised_training_learns_digits(digits: tuple[torch.Tensor, np.ndarray]) -> None:
