@@ -37,8 +37,9 @@ class TrainConfig:
     """Cross-validation repeats: the ensemble has folds x repeats models."""
     standardized_members: int = 0
     """Of each repeat's fold models (small CNN only), this many, every other one from the second, see each
-    image standardized (`models.standardize_per_image`): members that make other mistakes. 0 until
-    measured on the report group (issue 12 round 9; `bench_quality.py --standardized-members`)."""
+    image standardized (`models.standardize_per_image`): members that make other mistakes. Measured with 2
+    (issue 12 round 9, docs/benchmarks.md): on the report's textures more runs hold the target precision
+    and less of the pool is auto-labeled; 0 (off) until that trade is chosen."""
     steps: int = 400
     """Optimizer steps per fold model (Fast); the time budget may cut them short."""
     batch_size: int = 64
