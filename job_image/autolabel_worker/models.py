@@ -33,7 +33,8 @@ WEIGHTS_ENV = "AUTOLABEL_PRETRAINED_WEIGHTS"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What every model of a job shares: architecture, input size and normalization."""
+    """What every model of a job shares: architecture, input size and normalization (`standardize` may
+    differ between fold models: `ensemble.member_spec`)."""
 
     arch: str  # "smallcnn" | "resnet18" | "mobilenet_v3_small"
     input_size: tuple[int, int]  # (H, W)
