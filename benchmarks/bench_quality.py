@@ -37,6 +37,8 @@ replay variant ``memberErrorSharedPairs`` then scales the pool's disagreement by
 errors per disagreement; measured, not adopted).
 ``--standardized-members N`` makes N of the five fold models (the 2nd, 4th) standardize each image by its
 own mean and deviation (issue 12, round 9: members that make other mistakes).
+``--no-mirror-check`` trains images of 32 px and more with mirror images whatever the labeled images say
+(the worker before issue 12 round 10), for side-by-side comparisons.
 
 Results: a table on stdout, every row in ``--json`` (default .bench/quality.json). Nothing is downloaded.
 """
@@ -79,6 +81,8 @@ class RunOptions:
     """Labeled images per class."""
     standardized_members: int | None = None
     """Fold models that standardize each image (None: the worker's own choice; round 9)."""
+    mirror_check: bool = True
+    """False: mirror images whenever the size allows, as before round 10."""
 
     def child_args(self) -> list[str]:
         args = ["--budget", str(self.budget), "--labeled", str(self.labeled)]
@@ -88,6 +92,8 @@ class RunOptions:
             args += ["--repeats", str(self.repeats)]
         if self.standardized_members is not None:
             args += ["--standardized-members", str(self.standardized_members)]
+        if not self.mirror_check:
+            args.append("--no-mirror-check")
         return args
 
 
@@ -140,6 +146,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     captured: dict[str, Any] = {}
     real_cautious, real_finish, real_infer = cal.cautious_temperature, cal.finish, pipeline._infer
     real_sharpness, real_train_config = pipeline._ensemble_sharpness, pipeline.train_config
+    real_mirror_check = pipeline.mirror_check
 
     def train_config(job: Any, steps: int | None = None) -> Any:
         cfg, budget_s, semi = real_train_config(job, steps)
@@ -209,6 +216,8 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
     pipeline._ensemble_sharpness, pipeline.train_config = sharpness, train_config
+    if not opts.mirror_check:
+        pipeline.mirror_check = lambda x, labels: pipeline.MirrorCheck(True, "not checked (--no-mirror-check)")
     out = results_prefix(job)
     start = time.monotonic()
     try:
@@ -216,6 +225,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
         pipeline._ensemble_sharpness, pipeline.train_config = real_sharpness, real_train_config
+        pipeline.mirror_check = real_mirror_check
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     row = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -242,6 +252,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             "models": training.get("folds"),
             "truncated": training.get("truncatedByTimeBudget"),
             "cutByDeadline": training.get("cutByDeadline"),
+            "mirrorImages": training.get("mirrorImages"),
             "precise": summary.get("precise"),
             "calibration": {
                 k: summary.get("calibration", {}).get(k)
@@ -700,6 +711,11 @@ def main() -> None:
         default=None,
         help="fold models that standardize each image (default: the worker's; issue 12 round 9)",
     )
+    parser.add_argument(
+        "--no-mirror-check",
+        action="store_true",
+        help="mirror images of 32 px and more whatever the labeled images say (before issue 12 round 10)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))
     parser.add_argument(
@@ -719,7 +735,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     budgets = [int(b) for b in args.budget.split(",")]
-    opts = RunOptions(budgets[0], args.train_steps, args.repeats, args.labeled, args.standardized_members)
+    opts = RunOptions(
+        budgets[0], args.train_steps, args.repeats, args.labeled, args.standardized_members, not args.no_mirror_check
+    )
     if args.one:
         pool = args.pool or None
         dataset, algorithm, seed = args.one
@@ -763,6 +781,7 @@ def main() -> None:
         "trainSteps": args.train_steps,
         "repeats": args.repeats,
         "standardizedMembers": args.standardized_members,
+        "mirrorCheck": not args.no_mirror_check,
         "labeledPerClass": args.labeled,
         "jobs": args.jobs,
         "command": " ".join(sys.argv),

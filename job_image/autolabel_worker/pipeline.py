@@ -37,6 +37,7 @@ from .detection import run as detection_run
 from .ensemble import FoldEnsemble, choose_precise, train_fold_ensemble
 from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
+from .mirror import MirrorCheck, mirror_check
 from .models import CalibratedEnsemble, ModelSpec, choose_model_spec, export_model, load_model, median_size
 from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted, merge_shards
 from .predict import Predictor, iter_batches
@@ -142,7 +143,8 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     cfg, budget, semi = train_config(job, train_steps)
     sizes = [size for size, n in pre.sizes.items() for _ in range(min(n, 1000))]
     model_spec = choose_model_spec(sizes, len(classes), accelerated=ctx.device.type == "cuda")
-    # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2).
+    # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2);
+    # at MIRROR_MIN_SIDE and above the labeled images decide (`mirror_check`, once they are decoded).
     policy = AugmentPolicy(hflip=min(median_size(sizes)) >= MIRROR_MIN_SIDE)
     ctx.progress.set_stage(Stage.TRAIN, total=100)
     fast_budget = budget * FAST_SHARE_OF_PRECISE if semi else budget
@@ -154,6 +156,10 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     labeled = [pre.labeled[i] for i in kept]
     y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
     _check_counts_after_decoding(y_lab, classes)
+    too_small = MirrorCheck(False, f"images under {MIRROR_MIN_SIDE} px are never mirrored")
+    mirror = mirror_check(x_lab, y_lab) if policy.hflip else too_small
+    policy = AugmentPolicy(hflip=mirror.keeps_class)
+    log.info("mirror images %s: %s", "used" if mirror.keeps_class else "not used", mirror.reason)
     x_unlab = None
     precise_notes: list[str] = []
     if semi:
@@ -283,6 +289,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
                     "architecture": model_spec.arch,
                     "inputSize": list(model_spec.input_size),
                     "inputSizeFittedFrom": list(fitted_from) if fitted_from else None,
+                    "mirrorImages": {"used": mirror.keeps_class, "reason": mirror.reason},
                     "folds": len(ensemble.members),
                     "steps": ensemble.steps_done,
                     "stepsScheduled": ensemble.steps_scheduled,

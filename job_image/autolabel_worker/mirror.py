@@ -1,0 +1,102 @@
+"""Do mirror images keep their class? Read off the labeled images before training.
+
+Mirroring is a free doubling of the data for photographs and textures, and wrong for writing: a mirrored
+b is a d, a mirrored 2 no digit at all. Image size alone cannot tell them apart (glyphs and digits come at
+32 px and more), so the labeled images decide: each one is classified by its nearest labeled neighbour
+(itself left out), once as it is and once mirrored. Where mirroring keeps the class, a mirrored image is
+as often nearest to its own class as the original; where it does not, the mirrored images lose their
+class. Two views of an image are compared, because neither alone sees both kinds of data: its layout
+(grey, pooled to at most 16 px, standardized; it separates the digits) and its spectrum (the log
+magnitude of its Fourier transform around the lowest frequencies; blind to shifts, it separates glyphs
+drawn in many places and fonts, where the layout is near chance; blind to a half turn too, so it cannot
+tell a shape from its mirror image when that is the shape turned upside down, as '<' and '>'). Mirroring
+is kept unless one of them is significantly worse mirrored, by McNemar's exact one-sided test on the
+images whose nearest neighbour changes class (`MIRROR_ALPHA` each, Bonferroni over the two). With little
+evidence, the mirror stays.
+
+Chosen on the tuning group (issue 12, round 10, docs/benchmarks.md): every run of the digits and the
+lower-case glyphs tested significant, no run of the photographs did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .calibrate import binom_tail_ge
+
+MIRROR_ALPHA = 0.025
+"""The level of each of the two tests (0.05 over both)."""
+LAYOUT_SIDE = 16
+SPECTRUM_SIDE = 32
+"""Images are pooled to at most this side before their spectrum (as chosen, at 32 px; it bounds the cost
+of 224 px images)."""
+MAX_IMAGES = 2000
+"""At most this many labeled images, drawn at random, take part (the distances grow with the square)."""
+
+
+@dataclass(frozen=True)
+class MirrorCheck:
+    keeps_class: bool
+    reason: str
+
+
+def _standardized(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows.flatten(1)
+    return (rows - rows.mean(dim=1, keepdim=True)) / (rows.std(dim=1, keepdim=True) + 1e-6)
+
+
+def layout(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images -> (N, D) grey pixels pooled to at most `LAYOUT_SIDE` px a side, per image standardized."""
+    grey = x.float().mean(dim=1, keepdim=True)
+    side = min(LAYOUT_SIDE, grey.shape[-2]), min(LAYOUT_SIDE, grey.shape[-1])
+    return _standardized(F.adaptive_avg_pool2d(grey, side))
+
+
+def spectrum(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images -> (N, D) log magnitudes of the centred 2-D Fourier transform, the central half of
+    each side (the lower frequencies), per image standardized. A shift of the image leaves it unchanged; a
+    mirror image mirrors it."""
+    grey = x.float().mean(dim=1, keepdim=True)
+    side = min(SPECTRUM_SIDE, grey.shape[-2]), min(SPECTRUM_SIDE, grey.shape[-1])
+    grey = F.adaptive_avg_pool2d(grey, side)[:, 0]
+    grey = (grey - grey.mean(dim=(1, 2), keepdim=True)) / (grey.std(dim=(1, 2), keepdim=True) + 1e-6)
+    mag = torch.fft.fftshift(torch.fft.fft2(grey).abs(), dim=(-2, -1))
+    h, w = mag.shape[-2:]
+    top, left = h // 2 - h // 4, w // 2 - w // 4
+    return _standardized(torch.log1p(mag[:, top : top + max(1, h // 2), left : left + max(1, w // 2)]))
+
+
+def nearest_is_own_class(queries: torch.Tensor, references: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """Whether each query's nearest reference (the reference at the same index left out) has the query's
+    label; queries and references are (N, D) rows of the same N labeled images."""
+    dist = torch.cdist(queries, references)
+    dist.fill_diagonal_(float("inf"))
+    return labels[dist.argmin(dim=1).numpy()] == labels
+
+
+def mirror_check(x: torch.Tensor, labels: np.ndarray, alpha: float = MIRROR_ALPHA) -> MirrorCheck:
+    """Whether to train with mirror images: see the module docstring. `x`: (N, C, H, W) labeled images,
+    `labels`: their N class indices."""
+    labels = np.asarray(labels)
+    if len(labels) > MAX_IMAGES:
+        pick = np.sort(np.random.default_rng(0).permutation(len(labels))[:MAX_IMAGES])
+        x, labels = x[torch.from_numpy(pick)], labels[pick]
+    if len(labels) < 3 or len(np.unique(labels)) < 2:
+        return MirrorCheck(True, "too few labeled images to test whether mirroring keeps the class")
+    mirrored = torch.flip(x, dims=[3])
+    found = []
+    for name, features in (("layout", layout), ("spectrum", spectrum)):
+        reference = features(x)
+        as_is = nearest_is_own_class(reference, reference, labels)
+        flipped = nearest_is_own_class(features(mirrored), reference, labels)
+        lost, gained = int((as_is & ~flipped).sum()), int((~as_is & flipped).sum())
+        p = binom_tail_ge(lost, lost + gained, 0.5)
+        found.append((p < alpha, f"{name}: {int(as_is.sum())} -> {int(flipped.sum())} of {len(labels)}, p={p:.2g}"))
+    counts = "; ".join(text for _, text in found)
+    if any(significant for significant, _ in found):
+        return MirrorCheck(False, f"mirrored labeled images lose their class by nearest neighbour ({counts})")
+    return MirrorCheck(True, f"mirrored labeled images keep their class by nearest neighbour ({counts})")

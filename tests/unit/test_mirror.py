@@ -1,0 +1,74 @@
+"""Whether mirror images keep the class is read off the labeled images (`mirror.mirror_check`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from autolabel_worker.mirror import mirror_check, spectrum
+
+SIDE = 32
+
+
+def _images(draw, classes: int, per_class: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for cls in range(classes):
+        for _ in range(per_class):
+            image = draw(cls, rng) + 0.1 * rng.standard_normal((SIDE, SIDE))
+            images.append(np.repeat(image[None], 3, axis=0))
+            labels.append(cls)
+    return torch.tensor(np.stack(images), dtype=torch.float32), np.array(labels)
+
+
+def _stripes(cls: int, rng: np.random.Generator) -> np.ndarray:
+    """Class 0 horizontal stripes, class 1 vertical, class 2 a checkerboard; any phase: mirror-symmetric classes."""
+    rows, cols = np.mgrid[:SIDE, :SIDE]
+    phase = rng.uniform(0, 2 * np.pi)
+    waves = [np.sin(rows / 2 + phase), np.sin(cols / 2 + phase), np.sin(rows / 2 + phase) * np.sin(cols / 2)]
+    return waves[cls]
+
+
+def _chiral(cls: int, rng: np.random.Generator) -> np.ndarray:
+    """A 'Γ' (class 0), its mirror image (1), a '/' (2) and its mirror image, a '\\' (3), of random size
+    somewhere in the image, as b and d or 2 and a mirrored 2: mirroring turns each class into another."""
+    image = np.zeros((SIDE, SIDE))
+    top, left = rng.integers(2, 14, size=2)
+    size = int(rng.integers(10, 16))
+    if cls < 2:
+        image[top : top + size, left : left + 2] = 1.0
+        image[top : top + 2, left : left + size // 2 + 2] = 1.0
+    else:
+        for i in range(size):
+            image[top + i, left + size - 1 - i : left + size + 1 - i] = 1.0
+    return image[:, ::-1].copy() if cls % 2 else image
+
+
+def test_classes_that_look_the_same_mirrored_are_trained_with_mirror_images() -> None:
+    x, y = _images(_stripes, classes=3, per_class=5)
+    check = mirror_check(x, y)
+    assert check.keeps_class, check.reason
+    assert "keep their class" in check.reason and "layout" in check.reason and "spectrum" in check.reason
+
+
+def test_classes_whose_mirror_images_are_each_other_are_trained_without_them() -> None:
+    x, y = _images(_chiral, classes=4, per_class=5)
+    check = mirror_check(x, y)
+    assert not check.keeps_class, check.reason
+    assert "lose their class" in check.reason
+
+
+def test_with_too_few_labeled_images_mirror_images_stay() -> None:
+    x, y = _images(_chiral, classes=2, per_class=1)
+    assert mirror_check(x, y).keeps_class
+    x, y = _images(_chiral, classes=1, per_class=5)
+    assert mirror_check(x, y).keeps_class
+
+
+def test_the_spectrum_ignores_where_a_shape_is_and_sees_which_way_it_points() -> None:
+    shape = np.zeros((SIDE, SIDE))
+    shape[4:12, 4:6], shape[4:6, 4:10] = 1.0, 1.0  # an L drawn as a 'Γ'
+    moved = np.roll(shape, (9, 13), axis=(0, 1))
+    as_tensor = torch.tensor(np.stack([shape, moved, shape[:, ::-1].copy()])[:, None], dtype=torch.float32)
+    features = spectrum(as_tensor)
+    assert torch.allclose(features[0], features[1], atol=1e-4)
+    assert not torch.allclose(features[0], features[2], atol=1e-2)
