@@ -37,8 +37,8 @@ replay variant ``memberErrorSharedPairs`` then scales the pool's disagreement by
 errors per disagreement; measured, not adopted).
 ``--standardized-members N`` makes N of the five fold models (the 2nd, 4th) standardize each image by its
 own mean and deviation (issue 12, round 9: members that make other mistakes).
-``--no-mirror-check`` trains images of 32 px and more with mirror images whatever the labeled images say
-(the worker before issue 12 round 10), for side-by-side comparisons.
+``--mirror always`` trains images of 32 px and more with mirror images whatever the labeled images say
+(the worker before issue 12 round 10), ``--mirror never`` without; the default, ``check``, is the worker's.
 
 Results: a table on stdout, every row in ``--json`` (default .bench/quality.json). Nothing is downloaded.
 """
@@ -81,8 +81,9 @@ class RunOptions:
     """Labeled images per class."""
     standardized_members: int | None = None
     """Fold models that standardize each image (None: the worker's own choice; round 9)."""
-    mirror_check: bool = True
-    """False: mirror images whenever the size allows, as before round 10."""
+    mirror: str = "check"
+    """Mirror images of 32 px and more: "check" (the worker's `mirror_check`), "always" (before round 10),
+    "never"."""
 
     def child_args(self) -> list[str]:
         args = ["--budget", str(self.budget), "--labeled", str(self.labeled)]
@@ -92,8 +93,8 @@ class RunOptions:
             args += ["--repeats", str(self.repeats)]
         if self.standardized_members is not None:
             args += ["--standardized-members", str(self.standardized_members)]
-        if not self.mirror_check:
-            args.append("--no-mirror-check")
+        if self.mirror != "check":
+            args += ["--mirror", self.mirror]
         return args
 
 
@@ -216,8 +217,9 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
     pipeline._ensemble_sharpness, pipeline.train_config = sharpness, train_config
-    if not opts.mirror_check:
-        pipeline.mirror_check = lambda x, labels: pipeline.MirrorCheck(True, "not checked (--no-mirror-check)")
+    if opts.mirror != "check":
+        forced = pipeline.MirrorCheck(opts.mirror == "always", f"not checked (--mirror {opts.mirror})")
+        pipeline.mirror_check = lambda x, labels: forced
     out = results_prefix(job)
     start = time.monotonic()
     try:
@@ -712,9 +714,11 @@ def main() -> None:
         help="fold models that standardize each image (default: the worker's; issue 12 round 9)",
     )
     parser.add_argument(
-        "--no-mirror-check",
-        action="store_true",
-        help="mirror images of 32 px and more whatever the labeled images say (before issue 12 round 10)",
+        "--mirror",
+        choices=["check", "always", "never"],
+        default="check",
+        help="mirror images of 32 px and more: as the labeled images say (the worker's), always (before issue 12 "
+        "round 10), never",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))
@@ -735,9 +739,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     budgets = [int(b) for b in args.budget.split(",")]
-    opts = RunOptions(
-        budgets[0], args.train_steps, args.repeats, args.labeled, args.standardized_members, not args.no_mirror_check
-    )
+    opts = RunOptions(budgets[0], args.train_steps, args.repeats, args.labeled, args.standardized_members, args.mirror)
     if args.one:
         pool = args.pool or None
         dataset, algorithm, seed = args.one
@@ -781,7 +783,7 @@ def main() -> None:
         "trainSteps": args.train_steps,
         "repeats": args.repeats,
         "standardizedMembers": args.standardized_members,
-        "mirrorCheck": not args.no_mirror_check,
+        "mirror": args.mirror,
         "labeledPerClass": args.labeled,
         "jobs": args.jobs,
         "command": " ".join(sys.argv),
