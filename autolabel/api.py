@@ -51,6 +51,13 @@ class Mode(StrEnum):
     PRE_LABELING = "PreLabeling"
 
 
+class MirrorImages(StrEnum):
+    AUTO = "Auto"
+    """Images of 32 px and more, when their labeled images keep their class mirrored."""
+    ALWAYS = "Always"
+    NEVER = "Never"
+
+
 class Algorithm(StrEnum):
     FAST = "Fast"
     """Supervised training on the labeled images only."""
@@ -120,6 +127,13 @@ class ActiveLearningSpec(ApiModel):
         default=None, ge=10, description="Upper bound on training time. Default: the worker's (10 minutes)."
     )
     seed: int = Field(default=0, ge=0, description="Random seed; runs on CPU are deterministic for a seed.")
+    mirror_images: MirrorImages = Field(
+        default=MirrorImages.AUTO,
+        description="ImageClassification: train (and check predictions) with left-right mirror images. Auto: "
+        "for images of 32 px and more, unless the labeled images lose their class mirrored "
+        "(the results' summary.json says what was decided, training.mirrorImages). Never: text, digits, anything whose "
+        "mirror image is another class or none. Always: photographs.",
+    )
     pretrained_weights: str | None = Field(
         default=None,
         description="ObjectDetection: s3:// URI of a torchvision state_dict for the worker's detector or its "

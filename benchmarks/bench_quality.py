@@ -37,8 +37,8 @@ replay variant ``memberErrorSharedPairs`` then scales the pool's disagreement by
 errors per disagreement; measured, not adopted).
 ``--standardized-members N`` makes N of the five fold models (the 2nd, 4th) standardize each image by its
 own mean and deviation (issue 12, round 9: members that make other mistakes).
-``--mirror always`` trains images of 32 px and more with mirror images whatever the labeled images say
-(the worker before issue 12 round 10), ``--mirror never`` without; the default, ``check``, is the worker's.
+``--mirror Always|Never`` sets ``activeLearning.mirrorImages`` (Always: mirror images whatever the labeled
+images say, the worker before issue 12 round 10); the default, ``Auto``, is the worker's.
 
 Results: a table on stdout, every row in ``--json`` (default .bench/quality.json). Nothing is downloaded.
 """
@@ -81,9 +81,8 @@ class RunOptions:
     """Labeled images per class."""
     standardized_members: int | None = None
     """Fold models that standardize each image (None: the worker's own choice; round 9)."""
-    mirror: str = "check"
-    """Mirror images of 32 px and more: "check" (the worker's `mirror_check`), "always" (before round 10),
-    "never"."""
+    mirror: str = "Auto"
+    """activeLearning.mirrorImages (Always: as before round 10)."""
 
     def child_args(self) -> list[str]:
         args = ["--budget", str(self.budget), "--labeled", str(self.labeled)]
@@ -93,7 +92,7 @@ class RunOptions:
             args += ["--repeats", str(self.repeats)]
         if self.standardized_members is not None:
             args += ["--standardized-members", str(self.standardized_members)]
-        if self.mirror != "check":
+        if self.mirror != "Auto":
             args += ["--mirror", self.mirror]
         return args
 
@@ -140,6 +139,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
                     "seed": seed,
                     "targetPrecision": TARGET,
                     "timeBudgetSeconds": opts.budget,
+                    "mirrorImages": opts.mirror,
                 },
             },
         }
@@ -147,7 +147,6 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     captured: dict[str, Any] = {}
     real_cautious, real_finish, real_infer = cal.cautious_temperature, cal.finish, pipeline._infer
     real_sharpness, real_train_config = pipeline._ensemble_sharpness, pipeline.train_config
-    real_mirror_check = pipeline.mirror_check
 
     def train_config(job: Any, steps: int | None = None) -> Any:
         cfg, budget_s, semi = real_train_config(job, steps)
@@ -217,9 +216,6 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
     pipeline._ensemble_sharpness, pipeline.train_config = sharpness, train_config
-    if opts.mirror != "check":
-        forced = pipeline.MirrorCheck(opts.mirror == "always", f"not checked (--mirror {opts.mirror})")
-        pipeline.mirror_check = lambda x, labels: forced
     out = results_prefix(job)
     start = time.monotonic()
     try:
@@ -227,7 +223,6 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
         pipeline._ensemble_sharpness, pipeline.train_config = real_sharpness, real_train_config
-        pipeline.mirror_check = real_mirror_check
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     row = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -715,10 +710,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--mirror",
-        choices=["check", "always", "never"],
-        default="check",
-        help="mirror images of 32 px and more: as the labeled images say (the worker's), always (before issue 12 "
-        "round 10), never",
+        choices=["Auto", "Always", "Never"],
+        default="Auto",
+        help="activeLearning.mirrorImages (Always: the worker before issue 12 round 10)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
     parser.add_argument("--json", default=str(BENCH / "quality.json"))

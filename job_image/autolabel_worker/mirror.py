@@ -26,8 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autolabel.api import MirrorImages
+
 from .calibrate import binom_tail_ge
 
+MIRROR_MIN_SIDE = 32
+"""Smaller images (8x8 digits and the like) are never mirrored under `MirrorImages.AUTO`."""
 MIRROR_ALPHA = 0.025
 """The level of each of the two tests (0.05 over both)."""
 LAYOUT_SIDE = 16
@@ -42,6 +46,18 @@ MAX_IMAGES = 2000
 class MirrorCheck:
     keeps_class: bool
     reason: str
+    tested: bool = False
+    """The labeled images decided (not the job's setting or the images' size)."""
+
+    def notes(self) -> list[str]:
+        """For the summary's notes, when the labeled images decided: how to overrule them."""
+        if not self.tested:
+            return []
+        used = "used" if self.keeps_class else "left out"
+        return [
+            f"mirror images were {used} in training: {self.reason}; activeLearning.mirrorImages: Never (text, "
+            "digits) or Always (photographs) overrules this"
+        ]
 
 
 def _standardized(rows: torch.Tensor) -> torch.Tensor:
@@ -98,5 +114,15 @@ def mirror_check(x: torch.Tensor, labels: np.ndarray, alpha: float = MIRROR_ALPH
         found.append((p < alpha, f"{name}: {int(as_is.sum())} -> {int(flipped.sum())} of {len(labels)}, p={p:.2g}"))
     counts = "; ".join(text for _, text in found)
     if any(significant for significant, _ in found):
-        return MirrorCheck(False, f"mirrored labeled images lose their class by nearest neighbour ({counts})")
-    return MirrorCheck(True, f"mirrored labeled images keep their class by nearest neighbour ({counts})")
+        return MirrorCheck(False, f"mirrored labeled images lose their class by nearest neighbour ({counts})", True)
+    return MirrorCheck(True, f"mirrored labeled images keep their class by nearest neighbour ({counts})", True)
+
+
+def mirror_images(setting: MirrorImages, image_side: int, x: torch.Tensor, labels: np.ndarray) -> MirrorCheck:
+    """The job's `activeLearning.mirrorImages`: as set, or under Auto, never below `MIRROR_MIN_SIDE` (the
+    images' median side) and else as `mirror_check` finds."""
+    if setting != MirrorImages.AUTO:
+        return MirrorCheck(setting == MirrorImages.ALWAYS, f"activeLearning.mirrorImages is {setting}")
+    if image_side < MIRROR_MIN_SIDE:
+        return MirrorCheck(False, f"images under {MIRROR_MIN_SIDE} px are never mirrored")
+    return mirror_check(x, labels)

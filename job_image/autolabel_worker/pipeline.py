@@ -37,7 +37,7 @@ from .detection import run as detection_run
 from .ensemble import FoldEnsemble, choose_precise, train_fold_ensemble
 from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
-from .mirror import MirrorCheck, mirror_check
+from .mirror import MIRROR_MIN_SIDE, mirror_images
 from .models import CalibratedEnsemble, ModelSpec, choose_model_spec, export_model, load_model, median_size
 from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted, merge_shards
 from .predict import Predictor, iter_batches
@@ -57,7 +57,6 @@ from .train import ProgressFn, TrainConfig, fit_input_to_budget, to_input
 log = logging.getLogger(__name__)
 
 UNLABELED_MEMORY_BYTES = 512 * 2**20
-MIRROR_MIN_SIDE = 32
 FAST_SHARE_OF_PRECISE = 1.0
 """Share of a Precise run's time budget that its Fast ensemble (the fallback and the starting point) may
 use: all of it, so that Precise starts from exactly the models a Fast run with the same budget would
@@ -143,9 +142,10 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     cfg, budget, semi = train_config(job, train_steps)
     sizes = [size for size, n in pre.sizes.items() for _ in range(min(n, 1000))]
     model_spec = choose_model_spec(sizes, len(classes), accelerated=ctx.device.type == "cuda")
-    # Mirror images keep the class of photos, not of small glyphs such as digits (a mirrored 2 is no 2);
-    # at MIRROR_MIN_SIDE and above the labeled images decide (`mirror_check`, once they are decoded).
-    policy = AugmentPolicy(hflip=min(median_size(sizes)) >= MIRROR_MIN_SIDE)
+    image_side = min(median_size(sizes))
+    # Whether to mirror is decided once the labeled images are decoded (`mirror_images`); a mirror costs
+    # the probe nothing measurable either way.
+    policy = AugmentPolicy(hflip=image_side >= MIRROR_MIN_SIDE)
     ctx.progress.set_stage(Stage.TRAIN, total=100)
     fast_budget = budget * FAST_SHARE_OF_PRECISE if semi else budget
     probe_started = time.monotonic()
@@ -156,8 +156,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     labeled = [pre.labeled[i] for i in kept]
     y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
     _check_counts_after_decoding(y_lab, classes)
-    too_small = MirrorCheck(False, f"images under {MIRROR_MIN_SIDE} px are never mirrored")
-    mirror = mirror_check(x_lab, y_lab) if policy.hflip else too_small
+    mirror = mirror_images(al.mirror_images, image_side, x_lab, y_lab)
     policy = AugmentPolicy(hflip=mirror.keeps_class)
     log.info("mirror images %s: %s", "used" if mirror.keeps_class else "not used", mirror.reason)
     x_unlab = None
@@ -257,7 +256,10 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     )
     calibration.sharpness = sharpness
     calibration.notes[:0] = (
-        precise_notes + _input_notes(fitted_from, model_spec, budget) + _schedule_notes(ensemble, budget)
+        precise_notes
+        + _input_notes(fitted_from, model_spec, budget)
+        + _schedule_notes(ensemble, budget)
+        + mirror.notes()
     )
     rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:

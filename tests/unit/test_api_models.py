@@ -80,6 +80,7 @@ def test_spec_defaults() -> None:
         ({"mode": "PreLabeling", "preLabeling": {"model": {"uri": "s3://m/x.pt"}}, "resources": {"computeNodes": 6}},
          "computeNodes"),
         ({"activeLearning": {"targetPrecision": 0}}, "targetPrecision"),
+        ({"activeLearning": {"mirrorImages": "Sometimes"}}, "mirrorImages"),
         ({"task": "Segmentation"}, "task"),
         ({"unknownField": 1}, "unknownField"),
         ({"activeLearning": {"pretrainedWeights": "s3://b/w.pt"}}, "pretrainedWeights is only used when task is"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from autolabel_worker.mirror import mirror_check, spectrum
+from autolabel_worker.mirror import mirror_check, mirror_images, spectrum
+
+from autolabel.api import MirrorImages
 
 SIDE = 32
 
@@ -55,6 +57,8 @@ def test_classes_whose_mirror_images_are_each_other_are_trained_without_them() -
     check = mirror_check(x, y)
     assert not check.keeps_class, check.reason
     assert "lose their class" in check.reason
+    (note,) = check.notes()  # the summary says how to overrule it
+    assert note.startswith("mirror images were left out in training") and "mirrorImages: Never" in note
 
 
 def test_with_too_few_labeled_images_mirror_images_stay() -> None:
@@ -72,3 +76,15 @@ def test_the_spectrum_ignores_where_a_shape_is_and_sees_which_way_it_points() ->
     features = spectrum(as_tensor)
     assert torch.allclose(features[0], features[1], atol=1e-4)
     assert not torch.allclose(features[0], features[2], atol=1e-2)
+
+
+def test_the_job_can_say_always_or_never_and_auto_never_mirrors_small_images() -> None:
+    x, y = _images(_stripes, classes=3, per_class=5)  # mirror-symmetric classes: Auto would mirror them
+    assert mirror_images(MirrorImages.AUTO, 32, x, y).keeps_class
+    never = mirror_images(MirrorImages.NEVER, 32, x, y)
+    assert not never.keeps_class and never.reason == "activeLearning.mirrorImages is Never"
+    assert never.notes() == []  # the job said so: nothing to add
+    x, y = _images(_chiral, classes=4, per_class=5)
+    assert mirror_images(MirrorImages.ALWAYS, 32, x, y).keeps_class
+    small = mirror_images(MirrorImages.AUTO, 8, x, y)
+    assert not small.keeps_class and small.reason == "images under 32 px are never mirrored"
