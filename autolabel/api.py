@@ -53,7 +53,7 @@ class Mode(StrEnum):
 
 class MirrorImages(StrEnum):
     AUTO = "Auto"
-    """Images of 32 px and more, when their labeled images keep their class mirrored."""
+    """Images of 32 px and more, unless the labeled images, mirrored, are farther from their class."""
     ALWAYS = "Always"
     NEVER = "Never"
 
@@ -130,7 +130,7 @@ class ActiveLearningSpec(ApiModel):
     mirror_images: MirrorImages = Field(
         default=MirrorImages.AUTO,
         description="ImageClassification: train (and check predictions) with left-right mirror images. Auto: "
-        "for images of 32 px and more, unless the labeled images lose their class mirrored "
+        "for images of 32 px and more, unless the labeled images, mirrored, are farther from their class "
         "(the results' summary.json says what was decided, training.mirrorImages). Never: text, digits, anything whose "
         "mirror image is another class or none. Always: photographs.",
     )

@@ -49,16 +49,37 @@ def test_classes_that_look_the_same_mirrored_are_trained_with_mirror_images() ->
     x, y = _images(_stripes, classes=3, per_class=5)
     check = mirror_check(x, y)
     assert check.keeps_class, check.reason
-    assert "keep their class" in check.reason and "layout" in check.reason and "spectrum" in check.reason
+    assert "as close to their class" in check.reason and "layout" in check.reason and "spectrum" in check.reason
 
 
 def test_classes_whose_mirror_images_are_each_other_are_trained_without_them() -> None:
     x, y = _images(_chiral, classes=4, per_class=5)
     check = mirror_check(x, y)
     assert not check.keeps_class, check.reason
-    assert "lose their class" in check.reason
+    assert "farther from their class" in check.reason
     (note,) = check.notes()  # the summary says how to overrule it
     assert note.startswith("mirror images were left out in training") and "mirrorImages: Never" in note
+
+
+def _chiral_and_ring(cls: int, rng: np.random.Generator) -> np.ndarray:
+    """A 'Γ' (class 0) and a '/' (1), neither of whose mirror images is a class, and a square ring (2)."""
+    if cls < 2:
+        return _chiral(2 * cls, rng)
+    image = np.zeros((SIDE, SIDE))
+    top, left = rng.integers(2, 14, size=2)
+    size = int(rng.integers(10, 16))
+    image[top : top + size, left : left + size] = 1.0
+    image[top + 2 : top + size - 2, left + 2 : left + size - 2] = 0.0
+    return image
+
+
+def test_shapes_whose_mirror_images_are_no_class_at_all_are_trained_without_them() -> None:
+    # as capital letters: a mirrored shape often stays nearest to its own class (round 10's test, which
+    # asked for a change of class, kept mirror images on 3 of these 8 draws), but is farther from it
+    for seed in range(8):
+        x, y = _images(_chiral_and_ring, classes=3, per_class=5, seed=seed)
+        check = mirror_check(x, y)
+        assert not check.keeps_class, (seed, check.reason)
 
 
 def test_with_too_few_labeled_images_mirror_images_stay() -> None:
