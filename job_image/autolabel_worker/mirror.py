@@ -138,14 +138,13 @@ def mirror_check(x: torch.Tensor, labels: np.ndarray, alpha: float = MIRROR_ALPH
     if len(labels) > MAX_IMAGES:
         pick = np.sort(np.random.default_rng(0).permutation(len(labels))[:MAX_IMAGES])
         x, labels = x[torch.from_numpy(pick)], labels[pick]
-    if len(labels) < 3 or len(np.unique(labels)) < 2:
+    classes, sizes = np.unique(labels, return_counts=True)
+    if len(labels) < 3 or len(classes) < 2 or sizes.max() < 2:
         return MirrorCheck(True, "too few labeled images to test whether mirroring keeps the class")
     mirrored = torch.flip(x, dims=[3])
     found = []
     for name, features in (("layout", layout), ("spectrum", spectrum)):
         blocks = class_distances(features(x), features(mirrored), labels)
-        if not blocks:
-            return MirrorCheck(True, "too few labeled images to test whether mirroring keeps the class")
         observed = mean_log_ratio(blocks, [torch.zeros(d.shape[0] // 2, dtype=torch.long) for d in blocks])
         draws = torch.Generator().manual_seed(0)
         as_large = sum(

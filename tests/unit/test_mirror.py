@@ -87,6 +87,8 @@ def test_with_too_few_labeled_images_mirror_images_stay() -> None:
     assert mirror_check(x, y).keeps_class
     x, y = _images(_chiral, classes=1, per_class=5)
     assert mirror_check(x, y).keeps_class
+    x, y = _images(_chiral, classes=4, per_class=1)  # no class has a second image to be near
+    assert mirror_check(x, y).reason.startswith("too few labeled images")
 
 
 def test_the_spectrum_ignores_where_a_shape_is_and_sees_which_way_it_points() -> None:
