@@ -25,6 +25,9 @@ SHORT_NAMES = ["alj"]
 
 MAX_PRELABELING_NODES = 5
 PRETRAINED_ONLY_DETECTION = "spec.activeLearning.pretrainedWeights is only used when task is ObjectDetection"
+MIRROR_ONLY_CLASSIFICATION = (
+    "spec.activeLearning.mirrorImages is only used when task is ImageClassification (the detector never mirrors)"
+)
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
 S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 """A bucket, or a folder in it. Local paths are for ``autolabel run --local`` only, which never reaches an
@@ -227,6 +230,12 @@ class AutoLabelJobSpec(ApiModel):
             errors.append("spec.preLabeling is required when mode is PreLabeling and not allowed otherwise")
         if self.task != Task.OBJECT_DETECTION and self.active_learning and self.active_learning.pretrained_weights:
             errors.append(PRETRAINED_ONLY_DETECTION)
+        if (
+            self.task != Task.IMAGE_CLASSIFICATION
+            and self.active_learning
+            and self.active_learning.mirror_images != MirrorImages.AUTO
+        ):
+            errors.append(MIRROR_ONLY_CLASSIFICATION)
         return errors
 
     @model_validator(mode="after")

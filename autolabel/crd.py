@@ -133,6 +133,12 @@ def spec_schema() -> dict[str, Any]:
             api.PRETRAINED_ONLY_DETECTION,
             ".activeLearning.pretrainedWeights",
         ),
+        _rule(
+            "self.task == 'ImageClassification' || !has(self.activeLearning) || "
+            "!has(self.activeLearning.mirrorImages) || self.activeLearning.mirrorImages == 'Auto'",
+            api.MIRROR_ONLY_CLASSIFICATION,
+            ".activeLearning.mirrorImages",
+        ),
     ]
     return schema
 

@@ -49,6 +49,8 @@ def test_crd_is_established_with_short_name_and_printer_columns(cluster: LocalCl
          "less than or equal to 1"),
         ({"dataset": {"manifest": "/data/digits.manifest"}}, "spec.dataset.manifest", "should match"),
         ({"task": "Segmentation"}, "spec.task", "Unsupported value"),
+        ({"task": "ObjectDetection", "activeLearning": {"mirrorImages": "Never"}},
+         "spec.activeLearning.mirrorImages", "only used when task is ImageClassification"),
         ({"output": "/etc/"}, "spec.output", "should match"),
         ({"mode": "PreLabeling", "preLabeling": {"model": {"uri": "/etc/passwd"}}}, "spec.preLabeling.model.uri",
          "should match"),

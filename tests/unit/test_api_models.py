@@ -84,6 +84,8 @@ def test_spec_defaults() -> None:
         ({"task": "Segmentation"}, "task"),
         ({"unknownField": 1}, "unknownField"),
         ({"activeLearning": {"pretrainedWeights": "s3://b/w.pt"}}, "pretrainedWeights is only used when task is"),
+        ({"task": "ObjectDetection", "activeLearning": {"mirrorImages": "Always"}},
+         "mirrorImages is only used when task is ImageClassification"),
     ],
 )
 def test_bad_specs_are_rejected_naming_the_field(overrides: dict, message: str) -> None:
