@@ -1,22 +1,22 @@
 """Do mirror images keep their class? Read off the labeled images before training.
 
-Mirroring is a free doubling of the data for photographs and textures, and wrong for writing: a mirrored
-b is a d, a mirrored 2 or F no character at all. Image size alone cannot tell them apart (glyphs and digits
-come at 32 px and more), so the labeled images decide. Where a class looks the same mirrored (its images
-as likely mirrored as not), a labeled image mirrored is as close to the other labeled images of its class
-as the image itself; where mirroring changes the shape, it is farther. So each labeled image's distance to
-its nearest other labeled image of its class is measured as it is and mirrored, and the statistic is the
-mean log ratio of the two. Its null distribution comes from the labeled images themselves: if mirroring
-kept the classes, the set with any of its images mirrored would be as likely as the set as it is, so the
-statistic is recomputed on `DRAWS` random mirrorings of the set (a randomization test, exact whatever the
-images share: two crops of one photograph are each other's nearest neighbour, which made a plain sign
-test over the images too eager). Two views of an image are compared, because neither alone sees both
-kinds of data: its layout (grey, pooled to at most 16 px, standardized; it separates the digits) and its
-spectrum (the log magnitude of its Fourier transform around the lowest frequencies; blind to shifts, it
-separates glyphs drawn in many places and fonts; blind to a half turn too, so it cannot tell a shape from
-its mirror image when that is the shape turned upside down, as '<' and '>'). Mirror images are left out
-when either view is significant (`MIRROR_ALPHA` each, Bonferroni over the two). With little evidence, the
-mirror stays.
+Mirroring is a free doubling of the data for photographs and textures, and wrong for writing: a mirrored b
+is a d, a mirrored 2 or F no character at all. Image size alone cannot tell them apart (glyphs and digits
+come at 32 px and more), so the labeled images decide. Where a class looks the same mirrored (its images as
+likely mirrored as not), a labeled image mirrored is as close to the other labeled images of its class as
+the image itself; where mirroring changes the shape, it is farther. So each labeled image's distance to its
+nearest other labeled image of its class is measured as it is and mirrored, and the statistic is the mean
+log ratio of the two. Its null distribution comes from the labeled images themselves: if mirroring kept the
+classes, the set with any of its images mirrored would be as likely as the set as it is, so the statistic is
+recomputed on `DRAWS` random mirrorings of the set (a randomization test, exact whatever the images share as
+long as each one's orientation is its own coin: two crops of one texture are each other's nearest neighbour,
+which made a plain sign test over the images too eager; near-duplicates facing the same way, such as frames
+of one video, are its blind spot). Two views of an image are compared, because neither alone sees both kinds
+of data: its layout (grey, pooled to at most 16 px, standardized; it separates the digits) and its spectrum
+(the log magnitude of its Fourier transform around the lowest frequencies; blind to shifts, it separates
+glyphs drawn in many places and fonts; blind to a half turn too, so it cannot tell a shape from its mirror
+image when that is the shape turned upside down, as '<' and '>'). Mirror images are left out when either
+view is significant (`MIRROR_ALPHA` each, Bonferroni over the two). With little evidence, the mirror stays.
 
 Chosen on the tuning group (issue 12, rounds 10 and 11, docs/benchmarks.md). Round 10 asked instead whether
 each image's nearest labeled neighbour changes class when mirrored: right for letters whose mirror images
@@ -117,9 +117,9 @@ def _nearest_other(dist: torch.Tensor, queries: torch.Tensor, standing: torch.Te
 
 
 def mean_log_ratio(blocks: list[torch.Tensor], flips: list[torch.Tensor]) -> float:
-    """Over the labeled images as they stand in a set where `flips` (per class block, 0/1 per image) says
-    which are mirrored: the mean log ratio of each image's distance to its nearest other image of its class
-    when it alone is turned the other way round to that distance as it stands (> 0: farther turned)."""
+    """The labeled set as it stands with the images `flips` marks mirrored (per class block, 0/1 per image):
+    over its images, the mean of log(d turned / d), d being an image's distance to its nearest other image
+    of its class in the set and "turned" that image alone turned the other way round (> 0: farther)."""
     total, count = 0.0, 0
     for dist, flip in zip(blocks, flips, strict=True):
         n = dist.shape[0] // 2
@@ -153,7 +153,8 @@ def mirror_check(x: torch.Tensor, labels: np.ndarray, alpha: float = MIRROR_ALPH
             for _ in range(DRAWS)
         )
         p = (1 + as_large) / (DRAWS + 1)
-        found.append((p < alpha, f"{name}: {math.expm1(observed):+.1%} farther, p={p:.2g}"))
+        change = math.expm1(observed)
+        found.append((p < alpha, f"{name}: {abs(change):.1%} {'farther' if change >= 0 else 'nearer'}, p={p:.2g}"))
     counts = "; ".join(text for _, text in found)
     if any(significant for significant, _ in found):
         return MirrorCheck(False, f"mirrored labeled images are farther from their class ({counts})", True)
