@@ -28,6 +28,10 @@ PRETRAINED_ONLY_DETECTION = "spec.activeLearning.pretrainedWeights is only used 
 MIRROR_ONLY_CLASSIFICATION = (
     "spec.activeLearning.mirrorImages is only used when task is ImageClassification (the detector never mirrors)"
 )
+MIN_CONFIDENCE_ONLY_CLASSIFICATION = (
+    "spec.activeLearning.minConfidence is only used when task is ImageClassification "
+    "(a detection result shows no image confidence to compare it with)"
+)
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
 S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 """A bucket, or a folder in it. Local paths are for ``autolabel run --local`` only, which never reaches an
@@ -125,6 +129,15 @@ class ActiveLearningSpec(ApiModel):
         "Thresholds are set from held-out predictions on the labeled images, with a safety margin; the "
         "precision reached is an estimate (status.result.estimatedPrecision), certified only when "
         "status.result.targetVerifiable is true (enough labeled images for 95% confidence).",
+    )
+    min_confidence: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="ImageClassification: no image is auto-labeled whose own confidence is below this, whatever "
+        "targetPrecision allows. targetPrecision is met on average: images a little less sure ride on surer "
+        "ones, which is right only if the surest confidences are not too high; this floor is a margin against "
+        'that, paid for in coverage (docs/datasets.md, "A floor under each auto-label"). Default: none.',
     )
     time_budget_seconds: int | None = Field(
         default=None, ge=10, description="Upper bound on training time. Default: the worker's (10 minutes)."
@@ -236,6 +249,12 @@ class AutoLabelJobSpec(ApiModel):
             and self.active_learning.mirror_images != MirrorImages.AUTO
         ):
             errors.append(MIRROR_ONLY_CLASSIFICATION)
+        if (
+            self.task != Task.IMAGE_CLASSIFICATION
+            and self.active_learning
+            and self.active_learning.min_confidence is not None
+        ):
+            errors.append(MIN_CONFIDENCE_ONLY_CLASSIFICATION)
         return errors
 
     @model_validator(mode="after")

@@ -139,6 +139,12 @@ def spec_schema() -> dict[str, Any]:
             api.MIRROR_ONLY_CLASSIFICATION,
             ".activeLearning.mirrorImages",
         ),
+        _rule(
+            "self.task == 'ImageClassification' || !has(self.activeLearning) || "
+            "!has(self.activeLearning.minConfidence)",
+            api.MIN_CONFIDENCE_ONLY_CLASSIFICATION,
+            ".activeLearning.minConfidence",
+        ),
     ]
     return schema
 

@@ -374,6 +374,7 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         use_distance: bool = True,
         check: bool = True,
         t: float | None = None,
+        min_confidence: float | None = None,
     ) -> dict[str, Any]:
         flagged = rec["flag_all"] if use_distance else rec["flag_views"]
         hist = cal.ConfidenceHistogram(num_classes)
@@ -388,6 +389,7 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
             cautious_temperature=t if t is not None else kw["cautious_temperature"],
             oof_flagged=kw.get("oof_flagged") if check else None,
             likelihood_ratio=likelihood_ratio,
+            min_confidence=min_confidence,
         )
         accepted = keep & (rec["conf"] >= calib.thresholds_array(num_classes)[rec["pred"]])
         return {
@@ -423,6 +425,7 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         "noDistanceCheck": variant(rec_c, lr, use_distance=False),
         "allMarginsOff": variant(rec_p, true_lr_used, check=False, t=captured["point"]),
         "noEnsembleTemperature": variant(captured["members_records"], lr) if "members_records" in captured else None,
+        "minConfidence": {str(floor): variant(rec_c, lr, min_confidence=floor) for floor in MIN_CONFIDENCES},
         "oracleAtCautious": round(cal.oracle_coverage(rec_c["conf"], right, TARGET), 4),
         "oracleAtPoint": round(cal.oracle_coverage(rec_p["conf"], rec_p["correct"], TARGET), 4),
         "memberErrorHeldOut": {
@@ -457,6 +460,10 @@ def shared_error_scale(oof_logits: Any, labels: Any, prior: float = SHARED_ERROR
     disagreements = float(np.mean([(pred[a] != pred[b]).sum() for a in range(repeats) for b in range(a + 1, repeats)]))
     return max(1.0, (errors + prior) / (disagreements + prior))
 
+
+MIN_CONFIDENCES = (0.8, 0.9)
+"""The job's `minConfidence` replayed at these floors (issue 12, round 12): what a floor under each auto-label
+buys in precision and costs in coverage, on the same models."""
 
 HELD_OUT_ALPHAS = (0.5, 0.2, 0.1)
 """The ensemble temperature replayed with the members' error taken from the held-out errors alone, at

@@ -538,6 +538,8 @@ class Calibration:
     """Classes whose own held-out predictions contradicted the target (step 4, per class)."""
     sharpness: EnsembleSharpness | None = None
     """The ensemble's temperature from its members' disagreement on unlabeled images (ActiveLearning)."""
+    min_confidence: float | None = None
+    """The job's floor under every threshold (`finish`), None when it set none."""
     notes: list[str] = field(default_factory=list)
 
     def threshold_for(self, cls: int) -> float:
@@ -557,6 +559,7 @@ class Calibration:
             "globalThreshold": round(self.global_threshold, 6),
             "classThresholds": {labels[c]: round(t, 6) for c, t in sorted(self.class_thresholds.items())},
             "targetPrecision": self.target,
+            "minConfidence": self.min_confidence,
             "expectedPrecisionAtThresholds": self.estimated_precision,
             "targetVerifiable": self.verifiable,
             "heldOutPoints": self.oof_points,
@@ -606,12 +609,16 @@ def finish(
     min_class_points: int = MIN_CLASS_POINTS,
     oof_flagged: np.ndarray | None = None,
     likelihood_ratio: float = 1.0,
+    min_confidence: float | None = None,
 ) -> Calibration:
     """Thresholds from the unlabeled confidences, checked against the held-out labeled predictions.
 
     `hist` holds confidences already adjusted by `likelihood_ratio` (see `flag_adjusted`); the thresholds
     returned apply to the unadjusted ones (the mapping is monotone). `oof_flagged` marks held-out labeled
     predictions that the test-time views flag, which are never accepted.
+
+    `min_confidence` (the job's `minConfidence`): every threshold is raised to at least this confidence
+    before the held-out check, so no image below it is auto-labeled and the estimate is over those above.
 
     `trusted`: the probabilities were calibrated here (on `oof_logits`), so the estimated precision is
     their expectation over the accepted unlabeled images. Untrusted (a given model's outputs), the estimate
@@ -629,6 +636,18 @@ def finish(
     adjusted_global = global_t
     global_t = raw_threshold(global_t, likelihood_ratio)
     class_t = {c: raw_threshold(t, likelihood_ratio) for c, t in class_t.items()}
+    if min_confidence is not None:
+        floored = [c for c, t in class_t.items() if t < min_confidence] + ([None] if global_t < min_confidence else [])
+        global_t = max(global_t, min_confidence)
+        class_t = {c: max(t, min_confidence) for c, t in class_t.items()}
+        adjusted_floor = float(flag_adjusted(min_confidence, likelihood_ratio))
+        adjusted_global = max(adjusted_global, adjusted_floor)
+        adjusted_t = {c: max(t, adjusted_floor) for c, t in adjusted_t.items()}
+        if floored:
+            notes.append(
+                f"minConfidence {min_confidence} raised {len(floored)} threshold(s) the target alone would have "
+                "set lower: images below it are hard (reason 1), whatever the target allows"
+            )
     if len(class_t) < num_classes:
         notes.append(
             f"{num_classes - len(class_t)} class(es) with fewer than {min_class_points} predictions "
@@ -644,6 +663,7 @@ def finish(
         verifiable=False,
         trusted=trusted,
         likelihood_ratio=likelihood_ratio,
+        min_confidence=min_confidence,
         notes=notes,
     )
     if oof_logits is not None and labels is not None and len(labels):

@@ -253,6 +253,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         cautious_temperature=cautious_t,
         oof_flagged=check_flagged,
         likelihood_ratio=likelihood_ratio,
+        min_confidence=al.min_confidence,
     )
     calibration.sharpness = sharpness
     calibration.notes[:0] = (
@@ -372,6 +373,7 @@ def _pre_labeling(ctx: RunContext) -> dict:
         ctx, predictor, pre.unlabeled, len(bundle.labels), unreadable, None, None, flags
     )
     target = spec.active_learning.target_precision if spec.active_learning else 0.95
+    min_confidence = spec.active_learning.min_confidence if spec.active_learning else None
     # Never trusted: whoever made the model (labels.json's createdBy is the user's to write), its precision
     # is what it achieves on the labeled images, checked the way ActiveLearning's held-out predictions are.
     calibration = cal.finish(
@@ -383,6 +385,7 @@ def _pre_labeling(ctx: RunContext) -> dict:
         cautious_temperature=1.0,
         trusted=False,
         oof_flagged=evidence.flagged,
+        min_confidence=min_confidence,
     )
     calibration.notes.extend(evidence.notes)
     rule = HardExampleRule(calibration.thresholds_array(len(bundle.labels)), TTA_REASONS, None)

@@ -219,3 +219,22 @@ def test_same_seed_same_results_on_cpu(tmp_path: Path, monkeypatch: pytest.Monke
         outputs.append(Path(out, "result.manifest").read_text())
     assert outputs[0] == outputs[1]
     assert len(outputs[0].splitlines()) == 100
+
+
+def test_no_image_below_min_confidence_is_auto_labeled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
+    ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=2, max_unlabeled=100)
+    job = make_job(str(ds.manifest))
+    spec = job.spec.to_wire()
+    spec["activeLearning"]["minConfidence"] = 0.9
+    job = AutoLabelJob.model_validate(
+        {**job.model_dump(by_alias=True, mode="json"), "spec": {**spec, "output": str(tmp_path / "out")}}
+    )
+    out = results_prefix(job)
+    summary = run_job(job, Storage(), out, train_steps=150)
+    lines = [json.loads(line) for line in Path(out, "result.manifest").read_text().splitlines()]
+    below = [line for line in lines if line["annotation"][0]["confidence"] < 0.9]
+    assert below, "the model is sure of everything: the floor is not tested"
+    assert all(line["hard"] and "1" in line["hard-reasons"].split("-") for line in below)
+    assert summary["calibration"]["minConfidence"] == 0.9
+    assert all(t >= 0.9 for t in summary["calibration"]["classThresholds"].values())

@@ -86,6 +86,9 @@ def test_spec_defaults() -> None:
         ({"activeLearning": {"pretrainedWeights": "s3://b/w.pt"}}, "pretrainedWeights is only used when task is"),
         ({"task": "ObjectDetection", "activeLearning": {"mirrorImages": "Always"}},
          "mirrorImages is only used when task is ImageClassification"),
+        ({"activeLearning": {"minConfidence": 1.2}}, "minConfidence"),
+        ({"task": "ObjectDetection", "activeLearning": {"minConfidence": 0.8}},
+         "minConfidence is only used when task is ImageClassification"),
     ],
 )
 def test_bad_specs_are_rejected_naming_the_field(overrides: dict, message: str) -> None:

@@ -106,6 +106,23 @@ def test_finish_uses_per_class_thresholds_when_a_class_has_enough_predictions() 
     assert calib.verifiable is False  # no held-out labeled predictions: nothing certified
 
 
+def test_a_floor_under_each_auto_label_raises_only_the_thresholds_below_it() -> None:
+    hist = cal.ConfidenceHistogram(2, bins=100)
+    hist.add(np.zeros(100, dtype=np.int64), np.full(100, 0.99))
+    # class 1: the target alone lets 5 images at 0.75 ride on 95 sure ones
+    hist.add(np.ones(100, dtype=np.int64), np.concatenate([np.full(95, 0.999), np.full(5, 0.75)]))
+    plain = cal.finish(hist, None, None, target=0.95, temperature=1.0, cautious_temperature=1.0)
+    floored = cal.finish(hist, None, None, target=0.95, temperature=1.0, cautious_temperature=1.0, min_confidence=0.8)
+    assert plain.class_thresholds[1] == pytest.approx(0.75)
+    assert floored.class_thresholds[1] == pytest.approx(0.8)
+    assert floored.class_thresholds[0] == plain.class_thresholds[0]  # already above the floor
+    assert floored.global_threshold >= 0.8
+    assert floored.estimated_precision == pytest.approx((100 * 0.99 + 95 * 0.999) / 195)
+    assert plain.estimated_precision == pytest.approx((100 * 0.99 + 95 * 0.999 + 5 * 0.75) / 200)
+    assert floored.to_json(["a", "b"])["minConfidence"] == 0.8
+    assert any("minConfidence 0.8" in note for note in floored.notes)
+
+
 def test_finish_falls_back_to_the_bound_when_held_out_labels_contradict_it() -> None:
     hist = cal.ConfidenceHistogram(2, bins=100)
     hist.add(np.zeros(500, dtype=np.int64), np.full(500, 0.97))
