@@ -539,7 +539,11 @@ def replay(pattern: str) -> list[dict[str, Any]]:
         print(
             f"  {path.stem:28s} cov {w['coverage']:.3f} prec {w['precision']} est {w['estimatedPrecision']} "
             f"failing classes {w['classesFailing']} fallback {w['fallbackToBound']} "
-            f"oracle {comp['oracleAtCautious']:.3f}",
+            f"oracle {comp['oracleAtCautious']:.3f}"
+            + "".join(
+                f" | minConfidence {floor}: cov {v['coverage']:.3f} prec {v['precision']} est {v['estimatedPrecision']}"
+                for floor, v in comp["minConfidence"].items()
+            ),
             flush=True,
         )
     return rows

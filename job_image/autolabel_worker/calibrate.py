@@ -22,7 +22,8 @@ Four steps:
    are not hard for another reason (test-time disagreement, distance), so the estimate is about exactly
    the set that gets auto-labeled;
    the removed images are less often right than their confidence says. No label of an unlabeled image is
-   used; the labeled images decide T.
+   used; the labeled images decide T. A job's `minConfidence` is a floor under every threshold: where the
+   surest confidences are too high, the mean lets images at 0.6-0.8 ride on them (issue 12 round 12).
 3. Credit for the test-time checks (Bayes' rule). A temperature fitted on all held-out predictions says
    how often a prediction with confidence c is right; the images left for thresholds are only those the
    test-time views and the distance check did *not* flag, and those are right more often than c, because
