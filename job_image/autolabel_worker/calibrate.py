@@ -638,15 +638,15 @@ def finish(
     global_t = raw_threshold(global_t, likelihood_ratio)
     class_t = {c: raw_threshold(t, likelihood_ratio) for c, t in class_t.items()}
     if min_confidence is not None:
-        floored = [c for c, t in class_t.items() if t < min_confidence] + ([None] if global_t < min_confidence else [])
+        raised = sum(t < min_confidence for t in [*class_t.values(), global_t])
         global_t = max(global_t, min_confidence)
         class_t = {c: max(t, min_confidence) for c, t in class_t.items()}
         adjusted_floor = float(flag_adjusted(min_confidence, likelihood_ratio))
         adjusted_global = max(adjusted_global, adjusted_floor)
         adjusted_t = {c: max(t, adjusted_floor) for c, t in adjusted_t.items()}
-        if floored:
+        if raised:
             notes.append(
-                f"minConfidence {min_confidence} raised {len(floored)} threshold(s) the target alone would have "
+                f"minConfidence {min_confidence} raised {raised} threshold(s) the target alone would have "
                 "set lower: images below it are hard (reason 1), whatever the target allows"
             )
     if len(class_t) < num_classes:
