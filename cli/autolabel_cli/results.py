@@ -212,6 +212,12 @@ def _notes(summary: dict[str, Any]) -> list[str]:
     return [str(note) for note in notes[:RESULT_NOTES]] if isinstance(notes, list) else []
 
 
+def _min_confidence(summary: dict[str, Any]) -> float | None:
+    """The job's `activeLearning.minConfidence`, as the worker's calibration repeats it (None: unset)."""
+    calibration = summary.get("calibration")
+    return _number(calibration.get("minConfidence")) if isinstance(calibration, dict) else None
+
+
 def report_document(job: dict[str, Any], report: Report) -> dict[str, Any]:
     """What ``results -o json|yaml`` prints."""
     summary = report.summary
@@ -225,6 +231,7 @@ def report_document(job: dict[str, Any], report: Report) -> dict[str, Any]:
             "hardExamples": _number(summary.get("hardExamples")),
             "estimatedPrecision": _number(summary.get("estimatedPrecision")),
             "targetPrecision": _number(summary.get("targetPrecision")),
+            "minConfidence": _min_confidence(summary),
             "targetVerifiable": summary.get("targetVerifiable"),
             "notes": _notes(summary),
         },
@@ -300,7 +307,9 @@ def render_report(console: Console, job: dict[str, Any], report: Report) -> None
     facts.add_row("hard examples", _fmt(hard))
     precision = _fmt(summary.get("estimatedPrecision"))
     if summary.get("targetPrecision") is not None:
-        precision += f" (target {_fmt(summary.get('targetPrecision'), 2)})"
+        floor = _min_confidence(summary)
+        precision += f" (target {_fmt(summary.get('targetPrecision'), 2)}"
+        precision += f", none auto-labeled under {_fmt(floor, 2)})" if floor is not None else ")"
     facts.add_row("estimated precision", precision)
     facts.add_row("target verifiable", _fmt(summary.get("targetVerifiable")))
     for note in _notes(summary):

@@ -168,6 +168,7 @@ def test_results_summary_labels_reasons_and_hardest(api: FakeApi, tmp_path: Path
     assert out.exit_code == 0, out.output
     text = out.stdout
     assert "estimated precision  0.970" in text and "target verifiable    false" in text
+    assert "auto-labeled under" not in text  # no floor set
     assert "low confidence" in text and "disagrees under blur" in text and "far from same-class training data" in text
     hardest = text[text.index("Hardest examples") :]
     assert hardest.index("c.png") < hardest.index("e.png") and "b.png" not in hardest
@@ -191,6 +192,17 @@ def test_results_show_the_workers_notes_such_as_a_precise_fallback(api: FakeApi,
     assert out.exit_code == 0, out.output
     assert "Precise fell back to the Fast models" in out.stdout
     assert json.loads(invoke("results", "al-3", "-o", "json").stdout)["summary"]["notes"] == [note]
+
+
+def test_results_say_the_floor_a_job_set_under_its_auto_labels(api: FakeApi, tmp_path: Path) -> None:
+    summary = {"total": 5, "autoLabeled": 2, "estimatedPrecision": 0.99, "targetPrecision": 0.95,
+               "calibration": {"minConfidence": 0.8}}
+    uri = write_results(tmp_path / "run", LINES, summary)
+    api.jobs = [job("al-4", "Succeeded", result={"uri": uri})]
+    out = invoke("results", "al-4")
+    assert out.exit_code == 0, out.output
+    assert "0.990 (target 0.95, none auto-labeled under 0.80)" in out.stdout
+    assert json.loads(invoke("results", "al-4", "-o", "json").stdout)["summary"]["minConfidence"] == 0.8
 
 
 @pytest.mark.parametrize(
