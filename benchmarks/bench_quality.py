@@ -123,12 +123,22 @@ def group_of(dataset: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ child
 
+FLAG_KEYS = ("flag_views", "flag_all", "flag_views_nb", "flag_all_nb")
+"""Per pool image: flagged by the test-time views, by the views or the distance check; and the same
+without the brightness views (`_nb`, issue 12 round 13: the worker as it was before them)."""
+
+
+def without_brightness(rule: Any) -> Any:
+    """The hard-example rule of the worker before round 13: no decisive brightness views."""
+    return replace(rule, decisive_views=frozenset())
+
 
 def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: RunOptions) -> dict:
     """One worker run in this process, with the calibration's inputs recorded for the what-if variants."""
     import numpy as np
     from autolabel_worker import calibrate as cal
     from autolabel_worker import pipeline
+    from autolabel_worker.augment import BRIGHTNESS_VIEWS
     from quality_data import write_dataset
 
     from autolabel.api import AutoLabelJob, results_prefix
@@ -156,6 +166,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     )
     captured: dict[str, Any] = {}
     real_cautious, real_finish, real_infer = cal.cautious_temperature, cal.finish, pipeline._infer
+    real_held_out = pipeline._held_out_view_flags
     real_sharpness, real_train_config = pipeline._ensemble_sharpness, pipeline.train_config
 
     def train_config(job: Any, steps: int | None = None) -> Any:
@@ -184,27 +195,36 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         captured["oof_logits"], captured["labels"], captured["finish_kw"] = oof_logits, labels, kw
         return real_finish(hist, oof_logits, labels, **kw)
 
+    def held_out(ensemble: Any, flags: Any, views: list[str]) -> Any:
+        """Also the held-out flags and likelihood ratio the worker would have without the brightness views."""
+        out = real_held_out(ensemble, flags, views)
+        kept = [i for i, v in enumerate(views) if v not in BRIGHTNESS_VIEWS]
+        if ensemble.oof_view_preds is not None and len(kept) < len(views):
+            without = replace(ensemble, oof_view_preds=ensemble.oof_view_preds[:, kept])
+            correct, flagged, check = real_held_out(without, without_brightness(flags), [views[i] for i in kept])
+            captured["noBrightness"] = {"likelihood_ratio": cal.views_likelihood_ratio(correct, flagged)}
+            captured["noBrightness"]["oof_flagged"] = check
+        return out
+
     def records(args: tuple, flags: Any) -> dict[str, Any]:
         replay: Any = real_infer
         scratch, _, _ = replay(*args[:4], [], *args[5:8], 1.0)
         sources: list[str] = []
-        pred, conf, flag_views, flag_all = [], [], [], []
+        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", *FLAG_KEYS)}
         for src, rec in scratch.read():
             p = rec["pred"].astype(np.int64)
             views = pipeline.unpack_view_flags(rec["tta"], p, scratch.views)
+            geometric = {v: pred for v, pred in views.items() if v not in BRIGHTNESS_VIEWS}
+            dist = rec["dist"].astype(np.float64)
             sources += src
-            pred.append(p)
-            conf.append(rec["conf"])
-            flag_views.append(flags.flagged_apart_from_confidence(p, views, None))
-            flag_all.append(flags.flagged_apart_from_confidence(p, views, rec["dist"].astype(np.float64)))
+            found["pred"].append(p)
+            found["conf"].append(rec["conf"])
+            found["flag_views"].append(flags.flagged_apart_from_confidence(p, views, None))
+            found["flag_all"].append(flags.flagged_apart_from_confidence(p, views, dist))
+            found["flag_views_nb"].append(without_brightness(flags).flagged_apart_from_confidence(p, geometric, None))
+            found["flag_all_nb"].append(without_brightness(flags).flagged_apart_from_confidence(p, geometric, dist))
         scratch.close()
-        return {
-            "sources": sources,
-            "pred": np.concatenate(pred),
-            "conf": np.concatenate(conf),
-            "flag_views": np.concatenate(flag_views),
-            "flag_all": np.concatenate(flag_all),
-        }
+        return {"sources": sources, **{key: np.concatenate(parts) for key, parts in found.items()}}
 
     def infer(*args: Any) -> Any:
         out = real_infer(*args)
@@ -226,6 +246,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
     pipeline._ensemble_sharpness, pipeline.train_config = sharpness, train_config
+    pipeline._held_out_view_flags = held_out
     out = results_prefix(job)
     start = time.monotonic()
     try:
@@ -233,6 +254,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
         pipeline._ensemble_sharpness, pipeline.train_config = real_sharpness, real_train_config
+        pipeline._held_out_view_flags = real_held_out
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
     row = score(Path(out) / "result.manifest", truth, ds.folder)
@@ -310,11 +332,15 @@ def save_replay(path: Path, captured: dict[str, Any]) -> None:
     }
     for which in ("cautious", "point", "members"):
         rec = captured[f"{which}_records"]
-        for key in ("pred", "conf", "flag_views", "flag_all", "correct"):
+        for key in ("pred", "conf", *FLAG_KEYS, "correct"):
             arrays[f"{which}_{key}"] = rec[key]
     if "pool_logits" in captured:
         arrays["pool_logits"] = captured["pool_logits"]
         arrays["oof_counts"] = np.array(captured["oof_counts"])
+    if "noBrightness" in captured:
+        nb = captured["noBrightness"]
+        arrays["nb_likelihood_ratio"] = np.array(nb["likelihood_ratio"])
+        arrays["nb_oof_flagged"] = nb["oof_flagged"] if nb["oof_flagged"] is not None else np.zeros(0, dtype=bool)
     np.savez_compressed(path, **arrays)
 
 
@@ -375,8 +401,12 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         check: bool = True,
         t: float | None = None,
         min_confidence: float | None = None,
+        brightness: bool = True,
     ) -> dict[str, Any]:
-        flagged = rec["flag_all"] if use_distance else rec["flag_views"]
+        """`brightness=False`: the flags and the held-out check without the brightness views."""
+        suffix = "" if brightness else "_nb"
+        flagged = rec["flag_all" + suffix] if use_distance else rec["flag_views" + suffix]
+        oof_flagged = kw.get("oof_flagged") if brightness else captured["noBrightness"]["oof_flagged"]
         hist = cal.ConfidenceHistogram(num_classes)
         keep = ~flagged
         hist.add(rec["pred"][keep], np.asarray(cal.flag_adjusted(rec["conf"][keep], likelihood_ratio)))
@@ -387,7 +417,7 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
             target=kw["target"],
             temperature=kw["temperature"],
             cautious_temperature=t if t is not None else kw["cautious_temperature"],
-            oof_flagged=kw.get("oof_flagged") if check else None,
+            oof_flagged=oof_flagged if check else None,
             likelihood_ratio=likelihood_ratio,
             min_confidence=min_confidence,
         )
@@ -426,6 +456,9 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         "allMarginsOff": variant(rec_p, true_lr_used, check=False, t=captured["point"]),
         "noEnsembleTemperature": variant(captured["members_records"], lr) if "members_records" in captured else None,
         "minConfidence": {str(floor): variant(rec_c, lr, min_confidence=floor) for floor in MIN_CONFIDENCES},
+        "noBrightnessViews": variant(rec_c, captured["noBrightness"]["likelihood_ratio"], brightness=False)
+        if "noBrightness" in captured
+        else None,
         "oracleAtCautious": round(cal.oracle_coverage(rec_c["conf"], right, TARGET), 4),
         "oracleAtPoint": round(cal.oracle_coverage(rec_p["conf"], rec_p["correct"], TARGET), 4),
         "memberErrorHeldOut": {
@@ -520,9 +553,14 @@ def load_replay(path: Path) -> dict[str, Any]:
         captured["pool_logits"], captured["oof_counts"] = z["pool_logits"], z["oof_counts"]
     for which in ("cautious", "point", "members"):
         if f"{which}_pred" in z:  # replays made before the ensemble temperature have no "members"
-            captured[f"{which}_records"] = {
-                key: z[f"{which}_{key}"] for key in ("pred", "conf", "flag_views", "flag_all", "correct")
-            }
+            # (and those before round 13 no flags without the brightness views)
+            keys = [key for key in ("pred", "conf", *FLAG_KEYS, "correct") if f"{which}_{key}" in z]
+            captured[f"{which}_records"] = {key: z[f"{which}_{key}"] for key in keys}
+    if "nb_likelihood_ratio" in z:
+        captured["noBrightness"] = {
+            "likelihood_ratio": float(z["nb_likelihood_ratio"]),
+            "oof_flagged": z["nb_oof_flagged"] if len(z["nb_oof_flagged"]) else None,
+        }
     return captured
 
 
@@ -543,6 +581,12 @@ def replay(pattern: str) -> list[dict[str, Any]]:
             + "".join(
                 f" | minConfidence {floor}: cov {v['coverage']:.3f} prec {v['precision']} est {v['estimatedPrecision']}"
                 for floor, v in comp["minConfidence"].items()
+            )
+            + (
+                f" | without brightness views: cov {nb['coverage']:.3f} prec {nb['precision']} "
+                f"est {nb['estimatedPrecision']}"
+                if (nb := comp["noBrightnessViews"])
+                else ""
             ),
             flush=True,
         )
@@ -702,6 +746,41 @@ def print_table(rows: list[dict]) -> None:
             cells.append(f"{cov:.3f} ({fmt(min(precs) if precs else None, 3)})")
         oracle = statistics.mean(c["oracleAtCautious"] for c in sel)
         print(f"| {' | '.join(map(str, key))} | {len(sel)} | " + " | ".join(cells) + f" | {oracle:.3f} |")
+    print_brightness_table([r["components"] for r in comp_rows], [_table_key(r) for r in comp_rows])
+
+
+def print_brightness_table(comps: list[dict], keys: list[tuple]) -> None:
+    """The worker's calibration replayed with and without the brightness views (reason 28), same models."""
+    with_views = [(k, c) for k, c in zip(keys, comps, strict=True) if c.get("noBrightnessViews")]
+    if not with_views:
+        return
+    print()
+    print("Reason 28 (brightness views), replayed on the same models: with / without")
+    print(
+        "| group | dataset | algorithm | budget s | runs | coverage | coverage / oracle | runs holding 0.95 "
+        "| |est - prec| <= 0.03 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key in sorted(set(k for k, _ in with_views), key=lambda k: (k[0] != "report", k)):
+        sel = [c for k, c in with_views if k == key]
+        cells = []
+        for fmt_cell in (
+            lambda v, c: v["coverage"],
+            lambda v, c: v["coverage"] / c["oracleAtCautious"] if c["oracleAtCautious"] else 0.0,
+        ):
+            a, b = (statistics.mean(fmt_cell(c[n], c) for c in sel) for n in ("worker", "noBrightnessViews"))
+            cells.append(f"{a:.3f} / {b:.3f}")
+        for test in (
+            lambda v: v["precision"] is None or v["precision"] >= TARGET,
+            lambda v: (
+                v["precision"] is not None
+                and v["estimatedPrecision"] is not None
+                and abs(v["estimatedPrecision"] - v["precision"]) <= 0.03
+            ),
+        ):
+            a, b = (sum(1 for c in sel if test(c[n])) for n in ("worker", "noBrightnessViews"))
+            cells.append(f"{a} / {b}")
+        print(f"| {' | '.join(map(str, key))} | {len(sel)} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ HARD_REASONS = {
     25: "disagrees under shear",
     26: "disagrees under superpixels",
     27: "disagrees under sharpening",
-    28: "disagrees under added noise",
+    28: "disagrees when brightened or darkened",
     29: "disagrees under inversion",
     30: "predicted abnormal",
 }

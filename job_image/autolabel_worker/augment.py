@@ -9,6 +9,7 @@ mirror images are different symbols (and then test-time augmentation does not us
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,20 +98,33 @@ def strong(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Generator) -
 
 # Test-time augmentations for hard examples, numbered as ModelArts' hard-example reasons
 # (docs/architecture.md, "Sources"):
-# 20 flip left-right, 21 crop, 23 scale, 24 translate.
-TTA_REASONS = {"flip_lr": 20, "crop": 21, "scale": 23, "translate": 24}
+# 20 flip left-right, 21 crop, 23 scale, 24 translate, 28 add (a brightness shift, either way).
+TTA_REASONS = {"flip_lr": 20, "crop": 21, "scale": 23, "translate": 24, "brighter": 28, "darker": 28}
+
+BRIGHTNESS_VIEWS = ("brighter", "darker")
+"""Views whose disagreement alone makes an image hard (hard_examples.py): a prediction that a small change
+of brightness overturns rests on the image's grey level, not on what it shows. On the textures of issue 12
+(near-uniform grey patches taken for one another with all members agreeing) this flag caught 26-36% of
+the wrong auto-labels against 0.6-1.3% of the right ones on letters (docs/benchmarks.md, round 13)."""
+
+BRIGHTNESS_SHIFT = 0.05
+"""The brightness views' shift, as a share of the pixel range (0.05: about 13 of 255 grey levels)."""
 
 
 def tta_views(policy: AugmentPolicy) -> list[str]:
-    """The test-time augmentations that the model was trained to be invariant to."""
-    views = ["crop", "scale", "translate"]
+    """The test-time augmentations that the model was trained to be invariant to, then the brightness
+    views (small enough that a person would give the same label)."""
+    views = ["crop", "scale", "translate", *BRIGHTNESS_VIEWS]
     if policy.hflip:
         views.insert(0, "flip_lr")
     return views
 
 
-def apply_tta(x: torch.Tensor, view: str) -> torch.Tensor:
-    """One deterministic test-time view of a batch."""
+def apply_tta(
+    x: torch.Tensor, view: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """One deterministic test-time view of a batch normalized with `mean` and `std` (per channel; needed by
+    the brightness views, which shift the pixels and keep them inside the pixel range)."""
     n = x.shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n)
     if view == "flip_lr":
@@ -121,4 +135,11 @@ def apply_tta(x: torch.Tensor, view: str) -> torch.Tensor:
         return _affine(x, zeros, ones * 0.85, zeros, zeros, zeros, ones)
     if view == "translate":  # shift by 1/8 of the side, right and down
         return _affine(x, zeros, ones, zeros, ones * -0.25, ones * -0.25, ones)
+    if view in BRIGHTNESS_VIEWS:
+        if mean is None or std is None:
+            raise ValueError(f"test-time view {view!r} needs the normalization's mean and std")
+        m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        shift = BRIGHTNESS_SHIFT if view == "brighter" else -BRIGHTNESS_SHIFT
+        return torch.clamp(x + shift / s, min=-m / s, max=(1.0 - m) / s)
     raise ValueError(f"unknown test-time augmentation {view!r}")

@@ -160,7 +160,7 @@ def predict_held_out(
     logits = predict_logits(model, x).double().numpy()
     view_preds = np.zeros((len(views), len(x_held)), dtype=np.int64)
     for v, view in enumerate(views):
-        view_preds[v] = predict_logits(model, apply_tta(x, view)).argmax(dim=1).numpy()
+        view_preds[v] = predict_logits(model, apply_tta(x, view, spec.mean, spec.std)).argmax(dim=1).numpy()
     return logits, view_preds
 
 

@@ -6,12 +6,14 @@ Reason IDs follow ModelArts' numbering (docs/architecture.md, "Sources"):
 - 3: far from the training data of its class: in the models' feature space, the nearest labeled image of
   the predicted class is farther away than labeled images of one class usually are from each other;
 - 20, 21, 23, 24: the prediction changes under a test-time augmentation (flip left-right, crop, scale,
-  translate) that the model was trained to be invariant to.
+  translate) that the model was trained to be invariant to;
+- 28: the prediction changes when the image is made a little brighter or darker (augment.BRIGHTNESS_VIEWS).
 
 Reason 0 ("no object found") does not apply to classification.
 
-What makes an image hard: reason 1 alone; or at least two test-time views disagreeing; or being far from
-its class *and* one view disagreeing. A single signal of the weaker kinds does not: on the digits
+What makes an image hard: reason 1 alone; or reason 28 alone; or at least two of the other test-time views
+disagreeing; or being far from its class *and* one view disagreeing. A single signal of the weaker kinds
+does not: on the digits
 benchmark, images whose only flag was one disagreeing view were labeled right 100% of the time and those
 only far from their class 86% (docs/benchmarks.md), so flagging them cost coverage for no precision.
 Reasons are listed on hard lines only. The hard coefficient (0..1, higher means more in need of a person)
@@ -21,9 +23,11 @@ views that agree and halved when the image is far from its class; it ranks every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .augment import BRIGHTNESS_VIEWS
 
 LOW_CONFIDENCE = 1
 FAR_FROM_CLASS = 3
@@ -46,6 +50,8 @@ class HardExampleRule:
     """Per class: feature distances above this get reason 3 (None: reason 3 not used)."""
     min_disagreeing_views: int = 2
     """Test-time views that must disagree for an image to be hard on that ground alone."""
+    decisive_views: frozenset[str] = field(default_factory=lambda: frozenset(BRIGHTNESS_VIEWS))
+    """Views whose disagreement alone makes an image hard."""
 
     def judge(
         self,
@@ -68,22 +74,31 @@ class HardExampleRule:
                 found[i].append(FAR_FROM_CLASS)
 
         views = sorted((tta_pred or {}).items(), key=lambda kv: self.tta_reasons[kv[0]])
-        disagree = np.zeros(n, dtype=np.int64)
+        disagree, decisive = self._disagreements(pred, dict(views))
         for view, view_pred in views:
-            differs = view_pred != pred
-            disagree += differs
-            for i in np.flatnonzero(differs):
+            for i in np.flatnonzero(view_pred != pred):
                 found[i].append(self.tta_reasons[view])
-        flagged = low | self._other_flags(disagree, far, len(views))
+        flagged = low | self._other_flags(disagree, decisive, far, len(views))
         agreement = 1.0 - disagree / max(len(views), 1)
         nearness = np.where(far, 0.5, 1.0)
         coefficient = np.clip(1.0 - conf * agreement * nearness, 0.0, 1.0)
-        reasons = [sorted(r) if flagged[i] else [] for i, r in enumerate(found)]
+        reasons = [sorted(set(r)) if flagged[i] else [] for i, r in enumerate(found)]
         return Verdicts(flagged, coefficient, reasons)
 
-    def _other_flags(self, disagree: np.ndarray, far: np.ndarray, views: int) -> np.ndarray:
+    def _disagreements(self, pred: np.ndarray, views: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: how many views disagree, and whether a decisive one does."""
+        disagree = np.zeros(len(pred), dtype=np.int64)
+        decisive = np.zeros(len(pred), dtype=bool)
+        for view, view_pred in views.items():
+            differs = view_pred != pred
+            disagree += differs
+            if view in self.decisive_views:
+                decisive |= differs
+        return disagree, decisive
+
+    def _other_flags(self, disagree: np.ndarray, decisive: np.ndarray, far: np.ndarray, views: int) -> np.ndarray:
         needed = min(self.min_disagreeing_views, views) if views else 1
-        return ((disagree >= needed) & (views > 0)) | (far & (disagree >= 1))
+        return ((disagree >= needed) & (views > 0)) | decisive | (far & (disagree >= 1))
 
     def flagged_apart_from_confidence(
         self, pred: np.ndarray, tta_pred: dict[str, np.ndarray] | None = None, distance: np.ndarray | None = None
@@ -94,13 +109,11 @@ class HardExampleRule:
         auto-labeled (not flagged here and above its threshold) is the one whose precision is estimated.
         """
         views = tta_pred or {}
-        disagree = np.zeros(len(pred), dtype=np.int64)
-        for view_pred in views.values():
-            disagree += view_pred != pred
+        disagree, decisive = self._disagreements(pred, views)
         far = np.zeros(len(pred), dtype=bool)
         if distance is not None and self.distance_limits is not None:
             far = distance > self.distance_limits[pred]
-        return self._other_flags(disagree, far, len(views))
+        return self._other_flags(disagree, decisive, far, len(views))
 
 
 def nearest_same_class_distance(

@@ -313,6 +313,7 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.eval()
         self.input_size = input_size
+        self.normalization = (tuple(mean), tuple(std))
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.tta_views = list(tta_views)
@@ -337,7 +338,7 @@ class Predictor:
     def predict(self, x_u8: torch.Tensor) -> BatchOutput:
         n = len(x_u8)
         x = self._normalize(x_u8)
-        views = [x] + [apply_tta(x, v) if not self.cuda else apply_tta(x.float(), v) for v in self.tta_views]
+        views = [x] + [apply_tta(x if not self.cuda else x.float(), v, *self.normalization) for v in self.tta_views]
         probs_all, feats = self._run(torch.cat(views) if len(views) > 1 else x, self.with_features)
         probs = probs_all[:n]
         tta_pred = {

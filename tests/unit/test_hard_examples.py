@@ -44,6 +44,22 @@ def test_tta_disagreement_gives_the_view_reasons_in_order() -> None:
     assert one_view.judge(pred, conf, tta).reasons[1] == [24]
 
 
+def test_a_prediction_that_a_small_brightness_change_overturns_is_hard_alone_as_reason_28() -> None:
+    pred = np.array([0, 1, 0, 1])
+    conf = np.full(4, 0.99)
+    tta = {
+        "brighter": np.array([1, 1, 0, 1]),  # image 0 turns into class 1 when brightened
+        "darker": np.array([0, 0, 1, 1]),  # images 1 and 2 change when darkened
+        "crop": np.array([0, 1, 0, 0]),  # image 3: one geometric view alone, as before
+    }
+    v = rule().judge(pred, conf, tta)
+    assert v.hard.tolist() == [True, True, True, False]
+    assert v.reasons[:3] == [[28], [28], [28]]  # one reason for the shift either way
+    assert rule().flagged_apart_from_confidence(pred, tta).tolist() == [True, True, True, False]
+    geometric_only = HardExampleRule(np.array([0.9, 0.6]), TTA_REASONS, decisive_views=frozenset())
+    assert geometric_only.judge(pred, conf, tta).hard.tolist() == [False, False, False, False]
+
+
 def test_far_from_its_class_is_reason_3_with_a_disagreeing_view() -> None:
     pred = np.array([0, 1, 0])
     conf = np.array([0.99, 0.99, 0.99])
@@ -91,6 +107,22 @@ def test_tta_views_follow_the_augmentation_policy() -> None:
         assert y.shape == x.shape and not torch.equal(y, x)
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         apply_tta(x, "invert")
+    assert tta_views(AugmentPolicy(hflip=False))[-2:] == ["brighter", "darker"]
+
+
+def test_brightness_views_shift_the_pixels_and_keep_them_in_the_pixel_range() -> None:
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.1)
+    pixels = torch.tensor([0.0, 0.02, 0.5, 0.98, 1.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x = (pixels - m) / s
+    brighter = apply_tta(x, "brighter", mean, std) * s + m
+    darker = apply_tta(x, "darker", mean, std) * s + m
+    expected_up = torch.tensor([0.05, 0.07, 0.55, 1.0, 1.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    expected_down = torch.tensor([0.0, 0.0, 0.45, 0.93, 0.95]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    assert torch.allclose(brighter, expected_up, atol=1e-5)
+    assert torch.allclose(darker, expected_down, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the normalization's mean and std"):
+        apply_tta(x, "darker")
 
 
 def test_flags_apart_from_confidence_match_the_verdicts_of_confident_predictions() -> None:

@@ -148,7 +148,7 @@ def assert_every_row_is_out_of_fold(
         assert not np.allclose(rows, predict_logits(trained_on_them, xi).double().numpy())
         for v, view in enumerate(views):
             assert ens.oof_view_preds is not None
-            expected = predict_logits(ens.members[f], apply_tta(xi, view)).argmax(dim=1).numpy()
+            expected = predict_logits(ens.members[f], apply_tta(xi, view, spec.mean, spec.std)).argmax(dim=1).numpy()
             np.testing.assert_array_equal(ens.oof_view_preds[0, v, held], expected)
 
 
@@ -159,7 +159,7 @@ def test_fold_ensemble_is_deterministic_and_out_of_fold(
     lab, _ = split(labels, 5)
     spec = choose_model_spec([(8, 8)], 10)
     cfg = TrainConfig(folds=5, steps=60, seed=7)
-    views = ["crop", "translate"]
+    views = ["crop", "translate", "darker"]
     trained_on = record_training_images(monkeypatch)
     a = train_fold_ensemble(spec, x[lab], labels[lab], POLICY, cfg, budget_seconds=300, views=views)
     folds = stratified_folds(labels[lab], 5, 7)
