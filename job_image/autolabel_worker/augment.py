@@ -103,9 +103,10 @@ TTA_REASONS = {"flip_lr": 20, "crop": 21, "scale": 23, "translate": 24, "brighte
 
 BRIGHTNESS_VIEWS = ("brighter", "darker")
 """Views whose disagreement alone makes an image hard (hard_examples.py): a prediction that a small change
-of brightness overturns rests on the image's grey level, not on what it shows. On the textures of issue 12
-(near-uniform grey patches taken for one another with all members agreeing) this flag caught 26-36% of
-the wrong auto-labels against 0.6-1.3% of the right ones on letters (docs/benchmarks.md, round 13)."""
+of brightness overturns rests on the image's grey level, not on what it shows. On the 32 px textures of
+issue 12 (near-uniform grey patches taken for one another with all five members agreeing) this caught 42%
+of the wrong auto-labels and 5.2% of the right ones; on letters 10% and 0.8%, on 8x8 digits 4% and 0.3%
+(docs/benchmarks.md, issue 12 round 13)."""
 
 BRIGHTNESS_SHIFT = 0.05
 """The brightness views' shift, as a share of the pixel range (0.05: about 13 of 255 grey levels)."""

@@ -73,7 +73,7 @@ def test_active_learning_then_sharded_prelabeling(
         assert isinstance(line["hard"], bool) and 0.0 <= line["hard-coefficient"] <= 1.0
         reasons = line["hard-reasons"]
         assert (reasons == "") == (not line["hard"])
-        assert all(r in {"1", "3", "21", "23", "24"} for r in reasons.split("-") if r)
+        assert all(r in {"1", "3", "21", "23", "24", "28"} for r in reasons.split("-") if r)
     correct = sum(truth[line["source"]] == line["annotation"][0]["name"] for line in lines)
     assert correct / len(lines) > 0.6, "the model did not learn"
 
@@ -100,6 +100,7 @@ def test_active_learning_then_sharded_prelabeling(
     # --- the exported model is a loadable TorchScript model with its labels
     labels_json = json.loads(storage.read_bytes(out + "model/labels.json"))
     assert labels_json["task"] == "ImageClassification" and labels_json["inputSize"] == [8, 8]
+    assert labels_json["ttaViews"] == ["crop", "scale", "translate", "brighter", "darker"]  # PreLabeling reruns them
     bundle = load_model(storage.read_bytes(out + "model/model.pt"), json.dumps(labels_json).encode(), out)
     assert bundle.labels == summary["labels"]
 

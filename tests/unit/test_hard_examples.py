@@ -60,6 +60,33 @@ def test_a_prediction_that_a_small_brightness_change_overturns_is_hard_alone_as_
     assert geometric_only.judge(pred, conf, tta).hard.tolist() == [False, False, False, False]
 
 
+class _BrightOrDark(torch.nn.Module):
+    """Class 1 when the image's mean pixel (undoing the normalization) is above 0.5."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        brightness = (x * self.std + self.mean).mean(dim=(1, 2, 3))
+        score = (brightness - 0.5) * 100
+        return torch.stack([-score, score], dim=1)
+
+
+def test_the_predictor_flags_images_whose_class_rests_on_their_grey_level_alone() -> None:
+    from autolabel_worker.predict import Predictor
+
+    grey = torch.tensor([0.30, 0.47, 0.53, 0.70])  # mean pixel of four uniform images
+    x_u8 = (grey * 255).round().to(torch.uint8).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    predictor = Predictor(_BrightOrDark(0.5, 0.25), (8, 8), (0.5,) * 3, (0.25,) * 3, ["brighter", "darker"])
+    out = predictor.predict(x_u8)
+    pred = out.probs.argmax(axis=1)
+    assert pred.tolist() == [0, 0, 1, 1]
+    verdicts = rule().judge(pred, np.full(4, 0.99), out.tta_pred)
+    assert verdicts.hard.tolist() == [False, True, True, False]  # 0.47 and 0.53 are 0.05 from the boundary
+    assert verdicts.reasons[1] == verdicts.reasons[2] == [28]
+
+
 def test_far_from_its_class_is_reason_3_with_a_disagreeing_view() -> None:
     pred = np.array([0, 1, 0])
     conf = np.array([0.99, 0.99, 0.99])
