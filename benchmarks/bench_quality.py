@@ -211,6 +211,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         scratch, _, _ = replay(*args[:4], [], *args[5:8], 1.0)
         sources: list[str] = []
         found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", *FLAG_KEYS)}
+        before_round_13 = without_brightness(flags)
         for src, rec in scratch.read():
             p = rec["pred"].astype(np.int64)
             views = pipeline.unpack_view_flags(rec["tta"], p, scratch.views)
@@ -221,8 +222,8 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             found["conf"].append(rec["conf"])
             found["flag_views"].append(flags.flagged_apart_from_confidence(p, views, None))
             found["flag_all"].append(flags.flagged_apart_from_confidence(p, views, dist))
-            found["flag_views_nb"].append(without_brightness(flags).flagged_apart_from_confidence(p, geometric, None))
-            found["flag_all_nb"].append(without_brightness(flags).flagged_apart_from_confidence(p, geometric, dist))
+            found["flag_views_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, None))
+            found["flag_all_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, dist))
         scratch.close()
         return {"sources": sources, **{key: np.concatenate(parts) for key, parts in found.items()}}
 
@@ -764,11 +765,11 @@ def print_brightness_table(comps: list[dict], keys: list[tuple]) -> None:
     for key in sorted(set(k for k, _ in with_views), key=lambda k: (k[0] != "report", k)):
         sel = [c for k, c in with_views if k == key]
         cells = []
-        for fmt_cell in (
+        for value in (
             lambda v, c: v["coverage"],
             lambda v, c: v["coverage"] / c["oracleAtCautious"] if c["oracleAtCautious"] else 0.0,
         ):
-            a, b = (statistics.mean(fmt_cell(c[n], c) for c in sel) for n in ("worker", "noBrightnessViews"))
+            a, b = (statistics.mean(value(c[n], c) for c in sel) for n in ("worker", "noBrightnessViews"))
             cells.append(f"{a:.3f} / {b:.3f}")
         for test in (
             lambda v: v["precision"] is None or v["precision"] >= TARGET,

@@ -13,9 +13,9 @@ Reason 0 ("no object found") does not apply to classification.
 
 What makes an image hard: reason 1 alone; or reason 28 alone; or at least two of the other test-time views
 disagreeing; or being far from its class *and* one view disagreeing. A single signal of the weaker kinds
-does not: on the digits
-benchmark, images whose only flag was one disagreeing view were labeled right 100% of the time and those
-only far from their class 86% (docs/benchmarks.md), so flagging them cost coverage for no precision.
+does not: on the digits benchmark, images whose only flag was one disagreeing view were labeled right 100%
+of the time and those only far from their class 86% (docs/benchmarks.md), so flagging them cost coverage
+for no precision.
 Reasons are listed on hard lines only. The hard coefficient (0..1, higher means more in need of a person)
 is ``1 - confidence * agreement * nearness``: the calibrated confidence, discounted by the share of test-time
 views that agree and halved when the image is far from its class; it ranks every image, hard or not.
