@@ -21,6 +21,9 @@ fixed generator, so every seed shares the files); the seed draws which are label
 - ``glyphs-lower32``: as ``glyphs32``, with ten lower-case letters (a b d e g h n q r t).
 - ``glyphs-upper32``: as ``glyphs32``, with ten other capitals (L M N P Q R S T U Z), for tuning what
   `glyphs32` showed (round 11: whether mirror images keep the class).
+- ``photos32-upright``: the crops of ``photos32`` as the photographs hold them (neither turned nor
+  mirrored): a collection whose images all face one way and overlap, as photographs of one scene do (round
+  14: whether mirrored images are like the images to label).
 - ``photos64`` / ``glyphs-lower64``: the same two at 64 px (glyphs drawn at twice the size, 30-52 px):
   images larger than a 2-core CPU trains on fully within a 300 s budget (round 7).
 """
@@ -125,7 +128,10 @@ def _textures(
     crop: tuple[int, int] = (40, 64),
     per_class: int = 300,
     side: int = 32,
+    dihedral: bool = True,
 ) -> Source:
+    """`dihedral`: each patch turned by a multiple of 90 degrees and mirrored half the time (the draws are
+    made either way, so `dihedral=False` gives the same crops upright)."""
     from skimage import data as skdata
     from skimage.color import rgb2gray
 
@@ -150,9 +156,10 @@ def _textures(
     def write(folder: Path, i: int) -> str:
         y, x, size, rot, cls, flip, contrast, shift = specs[i]
         patch = sources[cls][y : y + size, x : x + size].astype(np.float64)
-        patch = np.rot90(patch, rot)
-        if flip:
-            patch = patch[:, ::-1]
+        if dihedral:
+            patch = np.rot90(patch, rot)
+            if flip:
+                patch = patch[:, ::-1]
         patch = (patch - patch.mean()) * contrast + patch.mean() + shift
         img = Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
         name = f"{i:05d}.png"
@@ -230,6 +237,7 @@ GENERATORS: dict[str, Callable[[], Source]] = {
     "photos64": lambda: _textures(PHOTOS, IMAGE_SEED + 3, crop=(120, 200), side=64),
     "glyphs-lower64": lambda: _glyphs(LOWER_LETTERS, IMAGE_SEED + 4, scale=2),
     "glyphs-upper32": lambda: _glyphs(OTHER_CAPITALS, IMAGE_SEED + 5),
+    "photos32-upright": lambda: _textures(PHOTOS, IMAGE_SEED + 3, crop=(120, 200), dihedral=False),
 }
 
 
