@@ -37,7 +37,7 @@ from .detection import run as detection_run
 from .ensemble import FoldEnsemble, choose_precise, train_fold_ensemble
 from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
-from .mirror import MIRROR_MIN_SIDE, mirror_images
+from .mirror import MIRROR_MIN_SIDE, MIRROR_POOL_SAMPLE, mirror_images
 from .models import CalibratedEnsemble, ModelSpec, choose_model_spec, export_model, load_model, median_size
 from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted, merge_shards
 from .predict import Predictor, iter_batches
@@ -156,7 +156,12 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     labeled = [pre.labeled[i] for i in kept]
     y_lab = np.array([pre.class_index[_single_label(e)] for e in labeled], dtype=np.int64)
     _check_counts_after_decoding(y_lab, classes)
-    mirror = mirror_images(al.mirror_images, image_side, x_lab, y_lab)
+
+    def unlabeled_sample() -> torch.Tensor:
+        pick = np.sort(np.random.default_rng(al.seed).permutation(len(pre.unlabeled))[:MIRROR_POOL_SAMPLE])
+        return load_images(ctx, [pre.unlabeled[i] for i in pick], model_spec.input_size, [])[0]
+
+    mirror = mirror_images(al.mirror_images, image_side, x_lab, y_lab, unlabeled_sample)
     policy = AugmentPolicy(hflip=mirror.keeps_class)
     log.info("mirror images %s: %s", "used" if mirror.keeps_class else "not used", mirror.reason)
     x_unlab = None

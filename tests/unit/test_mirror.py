@@ -1,4 +1,4 @@
-"""Whether mirror images keep the class is read off the labeled images (`mirror.mirror_check`)."""
+"""Whether mirror images keep the class is read off the labeled and unlabeled images (`mirror.mirror_check`)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def _images(draw, classes: int, per_class: int, seed: int = 0) -> tuple[torch.Te
 def _stripes(cls: int, rng: np.random.Generator) -> np.ndarray:
     """Class 0 horizontal stripes, class 1 vertical, class 2 a checkerboard; any phase: mirror-symmetric classes."""
     rows, cols = np.mgrid[:SIDE, :SIDE]
-    phase = rng.uniform(0, 2 * np.pi)
-    waves = [np.sin(rows / 2 + phase), np.sin(cols / 2 + phase), np.sin(rows / 2 + phase) * np.sin(cols / 2)]
+    phase, across = rng.uniform(0, 2 * np.pi, size=2)
+    waves = [np.sin(rows / 2 + phase), np.sin(cols / 2 + phase), np.sin(rows / 2 + phase) * np.sin(cols / 2 + across)]
     return waves[cls]
 
 
@@ -88,7 +88,36 @@ def test_with_too_few_labeled_images_mirror_images_stay() -> None:
     x, y = _images(_chiral, classes=1, per_class=5)
     assert mirror_check(x, y).keeps_class
     x, y = _images(_chiral, classes=4, per_class=1)  # no class has a second image to be near
-    assert mirror_check(x, y).reason.startswith("too few labeled images")
+    assert mirror_check(x, y).reason.startswith("too few images")
+
+
+def test_unlabeled_images_unlike_their_mirror_images_leave_mirror_images_out_where_the_labels_are_too_few() -> None:
+    # one labeled image per class: the labeled test cannot be made; 120 unlabeled shapes facing one way can
+    x, y = _images(_chiral_and_ring, classes=3, per_class=1)
+    assert mirror_check(x, y).keeps_class
+    pool, _ = _images(_chiral_and_ring, classes=3, per_class=40, seed=1)
+    check = mirror_check(x, y, pool)
+    assert not check.keeps_class, check.reason
+    assert check.reason.startswith("mirrored unlabeled images are farther from one another (layout: ")
+
+
+def test_unlabeled_images_as_likely_mirrored_as_not_keep_mirror_images() -> None:
+    x, y = _images(_stripes, classes=3, per_class=5)
+    pool, _ = _images(_stripes, classes=3, per_class=40, seed=1)
+    check = mirror_check(x, y, pool)
+    assert check.keeps_class, check.reason
+    assert "labeled images are as close to their class" in check.reason
+    assert "unlabeled images are as close to one another" in check.reason
+
+
+def test_classes_that_are_each_others_mirror_images_are_seen_by_the_labels_not_by_the_pool() -> None:
+    # a pool of b's and d's looks the same mirrored; only the labels say a mirrored b is no b
+    x, y = _images(_chiral, classes=4, per_class=5)
+    pool, _ = _images(_chiral, classes=4, per_class=30, seed=1)
+    check = mirror_check(x, y, pool)
+    assert not check.keeps_class, check.reason
+    assert "labeled images are farther from their class" in check.reason
+    assert "unlabeled images are as close to one another" in check.reason
 
 
 def test_the_spectrum_ignores_where_a_shape_is_and_sees_which_way_it_points() -> None:
@@ -109,5 +138,10 @@ def test_the_job_can_say_always_or_never_and_auto_never_mirrors_small_images() -
     assert never.notes() == []  # the job said so: nothing to add
     x, y = _images(_chiral, classes=4, per_class=5)
     assert mirror_images(MirrorImages.ALWAYS, 32, x, y).keeps_class
-    small = mirror_images(MirrorImages.AUTO, 8, x, y)
+    small = mirror_images(MirrorImages.AUTO, 8, x, y, unlabeled=_never_decoded)
     assert not small.keeps_class and small.reason == "images under 32 px are never mirrored"
+    assert mirror_images(MirrorImages.NEVER, 32, x, y, unlabeled=_never_decoded).reason.endswith("Never")
+
+
+def _never_decoded() -> torch.Tensor:
+    raise AssertionError("the unlabeled images are decoded only when they decide")
