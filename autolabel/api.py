@@ -60,7 +60,8 @@ class Mode(StrEnum):
 
 class MirrorImages(StrEnum):
     AUTO = "Auto"
-    """Images of 32 px and more, unless the labeled images, mirrored, are farther from their class."""
+    """Images of 32 px and more, unless mirrored, the labeled images are farther from their class or the unlabeled
+    images from one another."""
     ALWAYS = "Always"
     NEVER = "Never"
 
@@ -146,7 +147,8 @@ class ActiveLearningSpec(ApiModel):
     mirror_images: MirrorImages = Field(
         default=MirrorImages.AUTO,
         description="ImageClassification: train (and check predictions) with left-right mirror images. Auto: "
-        "for images of 32 px and more, unless the labeled images, mirrored, are farther from their class "
+        "for images of 32 px and more, unless mirrored, the labeled images are farther from their class or "
+        "the unlabeled images from one another "
         "(the results' summary.json says what was decided, training.mirrorImages). Never: text, digits, anything whose "
         "mirror image is another class or none. Always: photographs.",
     )

@@ -170,8 +170,9 @@ def test_64_px_images_on_a_short_budget_are_trained_and_labeled_at_32_px_and_the
     assert summary["training"]["inputSize"] == [32, 32]
     assert summary["training"]["inputSizeFittedFrom"] == [64, 64]
     assert any("at 32x32 px instead of 64x64" in note for note in summary["notes"])
-    mirror = summary["training"]["mirrorImages"]  # digits of 32 px and more: their labeled images decide
-    assert mirror["used"] is False and "farther from their class" in mirror["reason"]
+    mirror = summary["training"]["mirrorImages"]  # digits of 32 px and more: the images decide
+    assert mirror["used"] is False and "labeled images are farther from their class" in mirror["reason"]
+    assert "unlabeled images are farther from one another" in mirror["reason"]  # the 40 of the pool
     assert any(note.startswith("mirror images were left out in training") for note in summary["notes"])
     assert summary["total"] == 40 and summary["autoLabeled"] + summary["hardExamples"] == 40
     exported = json.loads(Storage().read_bytes(out + "model/labels.json"))
