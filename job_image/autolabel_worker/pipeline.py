@@ -39,12 +39,13 @@ from .errors import PipelineError
 from .hard_examples import HardExampleRule, distance_limits, nearest_same_class_distance
 from .mirror import MIRROR_MIN_SIDE, MIRROR_POOL_SAMPLE, mirror_images
 from .models import CalibratedEnsemble, ModelSpec, choose_model_spec, export_model, load_model, median_size
-from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted, merge_shards
+from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_shards
 from .predict import Predictor, iter_batches
 from .preflight import PreflightError, PreflightResult, check_unreadable_share
 from .progress import ProgressReporter
 from .stages import (
     RunContext,
+    close_results,
     decoder,
     load_images,
     read_and_check,
@@ -653,11 +654,7 @@ def _write_results(
                     )
                 written += len(sources)
                 ctx.progress.update(written)
-            check_accounted(pre.unlabeled_sources, written_sources, unreadable)
-            check_unreadable_share(unreadable, pre.total_images if images_read is None else images_read, spec)
-            results.close()
-            if model_dir is not None:
-                results.upload_model(model_dir)
+            close_results(results, pre, written_sources, unreadable, images_read, spec, model_dir)
             estimated = calibration.estimated_precision
             if results.auto_labeled and calibration.trusted:
                 estimated = accepted_conf_sum / results.auto_labeled

@@ -7,7 +7,7 @@ import platform
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from autolabel.api import AutoLabelJob, Mode
+from autolabel.api import AutoLabelJob, AutoLabelJobSpec, Mode
 from autolabel.contract import Stage
 from autolabel.manifest import ManifestEntry, read_manifest
 from autolabel.preconditions import check_model, model_files
@@ -23,9 +23,9 @@ from autolabel.storage import ScopedWriter, Storage, StorageError, StorageUnreac
 
 from .errors import PipelineError
 from .images import decode_image
-from .outputs import ResultWriter
+from .outputs import ResultWriter, check_accounted
 from .predict import Decoder, image_to_array
-from .preflight import PreflightResult, run_preflight
+from .preflight import PreflightResult, check_unreadable_share, run_preflight
 from .progress import ProgressReporter
 
 PRELABELING_KEEP = {"UnsupportedTask", "NoUnlabeledImages", "ManifestInvalid"}
@@ -122,6 +122,25 @@ def shard_share(ctx: RunContext) -> Iterator[ManifestEntry]:
             continue
         if zlib.crc32(entry.source.encode()) % ctx.shard_count == ctx.shard_index:
             yield entry
+
+
+def close_results(
+    results: ResultWriter,
+    pre: PreflightResult,
+    written: Collection[str],
+    unreadable: list[dict[str, str]],
+    images_read: int | None,
+    spec: AutoLabelJobSpec,
+    model_dir: str | None,
+) -> None:
+    """The write stage's end for either task: every unlabeled image has a line or is listed unreadable, the
+    unreadable share is within the job's limit over the `images_read` (default: the preflight's), then the
+    result manifest is closed and the model (if any) uploaded."""
+    check_accounted(pre.unlabeled_sources, written, unreadable)
+    check_unreadable_share(unreadable, pre.total_images if images_read is None else images_read, spec)
+    results.close()
+    if model_dir is not None:
+        results.upload_model(model_dir)
 
 
 def run_summary(

@@ -35,9 +35,17 @@ from ..augment import TTA_REASONS, AugmentPolicy
 from ..ensemble import train_fold_ensemble
 from ..errors import PipelineError
 from ..models import CalibratedEnsemble, ModelSpec
-from ..outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, check_accounted
+from ..outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter
 from ..preflight import PreflightResult, check_unreadable_share
-from ..stages import RunContext, decoded_images, read_and_check, read_prelabeling_model, run_summary, shard_share
+from ..stages import (
+    RunContext,
+    close_results,
+    decoded_images,
+    read_and_check,
+    read_prelabeling_model,
+    run_summary,
+    shard_share,
+)
 from ..train import TrainConfig
 from . import calibrate as dcal
 from .crops import BackgroundSwap
@@ -611,11 +619,7 @@ def _write(
             results.add_detection(j.source, j.boxes, j.size, hard, coefficient, reasons)
             if n % 256 == 0:
                 ctx.progress.update(n)
-        check_accounted(pre.unlabeled_sources, {j.source for j in judged}, unreadable)
-        check_unreadable_share(unreadable, pre.total_images if images_read is None else images_read, spec)
-        results.close()
-        if model_dir is not None:
-            results.upload_model(model_dir)
+        close_results(results, pre, {j.source for j in judged}, unreadable, images_read, spec, model_dir)
         estimated = float(np.mean(accepted_conf)) if accepted_conf else None
         summary: dict[str, Any] = {
             **run_summary(
