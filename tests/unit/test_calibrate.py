@@ -285,12 +285,13 @@ def test_oracle_coverage_takes_ties_together() -> None:
 
 
 def calibrated_case(
-    rng: np.random.Generator, n: int, classes: int, scale: float = 1.0
+    rng: np.random.Generator, n: int, classes: int, scale: float = 1.0, spread: float = 2.5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A model whose confidence c is right with probability c (for `scale` 1; `scale` > 1 makes the
-    logits that much sharper than the truth: an over-confident model). Returns (logits, labels, conf,
-    correct) with confidences and correctness of the true (scale 1) model."""
-    logits = rng.normal(0, 2.5, size=(n, classes))
+    logits that much sharper than the truth: an over-confident model). `spread`: the logits' deviation
+    (larger: more images predicted with high confidence). Returns (logits, labels, conf, correct) with
+    confidences and correctness of the true (scale 1) model."""
+    logits = rng.normal(0, spread, size=(n, classes))
     probs = np.exp(cal.log_softmax(logits))
     labels = np.array([rng.choice(classes, p=p) for p in probs])
     return logits * scale, labels, probs.max(axis=1), probs.argmax(axis=1) == labels
@@ -464,14 +465,27 @@ def test_the_members_error_comes_from_their_agreement_on_the_pool_unless_held_ou
     assert 0.19 < eps < 20 / 50 and cal.binom_tail_ge(20, 50, eps) == pytest.approx(cal.CHECK_ALPHA, abs=1e-6)
 
 
-def test_on_small_pools_the_realized_precision_holds_the_target_nine_times_in_ten() -> None:
-    """A calibrated model: thresholds at an expected precision of exactly the target fall below it on about
-    half of the 300-image pools; aiming higher by the pool's own sampling error holds it on about 9 in 10."""
+def test_the_per_run_confidence_makes_nine_runs_of_ten_hold_the_target_with_probability_095() -> None:
+    """The issue's "at least 9 of 10 runs": a run that holds the target with probability q does so in at
+    least 9 of 10 with probability q^10 + 10 (1 - q) q^9; 0.9 per run gives only 0.74."""
+
+    def nine_of_ten(q: float) -> float:
+        return 1 - cal.binom_tail_ge(2, 10, 1 - q)
+
+    assert nine_of_ten(cal.POOL_CONFIDENCE) == pytest.approx(0.95, abs=0.0005)
+    assert nine_of_ten(0.9) == pytest.approx(0.736, abs=0.001)
+    assert abs(cal.POOL_Z - 1.79) < 0.005
+
+
+def test_on_small_pools_the_realized_precision_holds_the_target_in_at_least_nine_runs_of_ten() -> None:
+    """A calibrated model that auto-labels about 70% of each 300-image pool (as the benchmark's do):
+    thresholds at an expected precision of exactly the target fall below it on about half of the pools;
+    aiming higher by the pool's own sampling error holds it on about 96 in 100."""
     rng = np.random.default_rng(25)
     held, held_at_target = 0, 0
-    pools = 40
+    pools = 100
     for _ in range(pools):
-        _, _, conf, correct = calibrated_case(rng, 300, 4)
+        _, _, conf, correct = calibrated_case(rng, 300, 4, spread=6.0)
         pred = np.zeros(300, dtype=np.int64)
         hist = cal.ConfidenceHistogram(1)
         hist.add(pred, conf)
@@ -479,5 +493,5 @@ def test_on_small_pools_the_realized_precision_holds_the_target_nine_times_in_te
         assert 0.95 < aim < 0.99
         held += bool(correct[conf >= hist.threshold(aim)].mean() >= 0.95)
         held_at_target += bool(correct[conf >= hist.threshold(0.95)].mean() >= 0.95)
-    assert held >= 0.8 * pools
+    assert held >= 0.9 * pools
     assert held_at_target <= 0.7 * pools
