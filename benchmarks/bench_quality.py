@@ -211,9 +211,9 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
 
     def records(args: tuple, flags: Any) -> dict[str, Any]:
         replay: Any = real_infer
-        scratch, _, _ = replay(*args[:4], [], *args[5:8], 1.0)
+        scratch, _, _ = replay(*args[:4], [], *args[5:8], 1.0, *args[9:10])
         sources: list[str] = []
-        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", *FLAG_KEYS)}
+        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", "second", *FLAG_KEYS)}
         before_round_13 = without_brightness(flags)
         for src, rec in scratch.read():
             p = rec["pred"].astype(np.int64)
@@ -223,6 +223,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             sources += src
             found["pred"].append(p)
             found["conf"].append(rec["conf"])
+            found["second"].append(rec["second"].astype(np.int64))
             found["flag_views"].append(flags.flagged_apart_from_confidence(p, views, None))
             found["flag_all"].append(flags.flagged_apart_from_confidence(p, views, dist))
             found["flag_views_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, None))
@@ -287,6 +288,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             "cutByDeadline": training.get("cutByDeadline"),
             "mirrorImages": training.get("mirrorImages"),
             "precise": summary.get("precise"),
+            "secondOpinion": summary.get("secondOpinion"),
             "calibration": {
                 k: summary.get("calibration", {}).get(k)
                 for k in (
@@ -336,7 +338,7 @@ def save_replay(path: Path, captured: dict[str, Any]) -> None:
     }
     for which in ("cautious", "point", "members"):
         rec = captured[f"{which}_records"]
-        for key in ("pred", "conf", *FLAG_KEYS, "correct"):
+        for key in ("pred", "conf", "second", *FLAG_KEYS, "correct"):
             arrays[f"{which}_{key}"] = rec[key]
     if "pool_logits" in captured:
         arrays["pool_logits"] = captured["pool_logits"]
@@ -558,7 +560,8 @@ def load_replay(path: Path) -> dict[str, Any]:
     for which in ("cautious", "point", "members"):
         if f"{which}_pred" in z:  # replays made before the ensemble temperature have no "members"
             # (and those before round 13 no flags without the brightness views)
-            keys = [key for key in ("pred", "conf", *FLAG_KEYS, "correct") if f"{which}_{key}" in z]
+            # (and those before round 18 no second opinion)
+            keys = [key for key in ("pred", "conf", "second", *FLAG_KEYS, "correct") if f"{which}_{key}" in z]
             captured[f"{which}_records"] = {key: z[f"{which}_{key}"] for key in keys}
     if "nb_likelihood_ratio" in z:
         captured["noBrightness"] = {

@@ -478,9 +478,10 @@ def worker_kill(env: Env, runs: int, seed: int, shards: int = 3, work: float = 6
         while time.monotonic() < deadline and not victim:
             for pod in kget(env, ns, "pods", "-l", f"autolabel.dev/job={name}"):
                 ann = pod["metadata"].get("annotations") or {}
-                if ann.get("batch.kubernetes.io/job-completion-index") == str(index) and pod["status"].get(
-                    "phase"
-                ) == "Running":
+                if (
+                    ann.get("batch.kubernetes.io/job-completion-index") == str(index)
+                    and pod["status"].get("phase") == "Running"
+                ):
                     victim = find_pod_processes(pod)
             time.sleep(0.2)
         if not victim:

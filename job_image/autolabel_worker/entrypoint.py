@@ -218,8 +218,11 @@ def job_from_env(env: dict[str, str]) -> tuple[AutoLabelJob, str, int, int]:
         # than the operator's CRD, and running without the setting would silently do something else.
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: "
-            + ("unknown field (is the worker image older than the operator?)" if err["type"] == "extra_forbidden"
-               else err["msg"])
+            + (
+                "unknown field (is the worker image older than the operator?)"
+                if err["type"] == "extra_forbidden"
+                else err["msg"]
+            )
             for err in exc.errors()
         )
         raise JobConfigError(f"{Env.JOB} is not a valid AutoLabelJob: {problems}") from exc

@@ -7,18 +7,21 @@ Reason IDs follow ModelArts' numbering (docs/architecture.md, "Sources"):
   the predicted class is farther away than labeled images of one class usually are from each other;
 - 20, 21, 23, 24: the prediction changes under a test-time augmentation (flip left-right, crop, scale,
   translate) that the model was trained to be invariant to;
-- 28: the prediction changes when the image is made a little brighter or darker (augment.BRIGHTNESS_VIEWS).
+- 28: the prediction changes when the image is made a little brighter or darker (augment.BRIGHTNESS_VIEWS);
+- 31 (this worker's own, beyond ModelArts' 0-30): a second model of another kind, fitted on the same labeled
+  images, labels the image otherwise (second_opinion.py; only where that model is skilled enough).
 
 Reason 0 ("no object found") does not apply to classification.
 
-What makes an image hard: reason 1 alone; or reason 28 alone; or at least two of the other test-time views
-disagreeing; or being far from its class *and* one view disagreeing. A single signal of the weaker kinds
-does not: on the digits benchmark, images whose only flag was one disagreeing view were labeled right 100%
-of the time and those only far from their class 86% (docs/benchmarks.md), so flagging them cost coverage
-for no precision.
+What makes an image hard: reason 1 alone; or reason 28 alone; or reason 31 alone; or at least two of the other
+test-time views disagreeing; or being far from its class *and* one view disagreeing. A single signal of the
+weaker kinds does not: on the digits benchmark, images whose only flag was one disagreeing view were labeled
+right 100% of the time and those only far from their class 86% (docs/benchmarks.md), so flagging them cost
+coverage for no precision.
 Reasons are listed on hard lines only. The hard coefficient (0..1, higher means more in need of a person)
-is ``1 - confidence * agreement * nearness``: the calibrated confidence, discounted by the share of test-time
-views that agree and halved when the image is far from its class; it ranks every image, hard or not.
+is ``1 - confidence * agreement * nearness * seconded``: the calibrated confidence, discounted by the share of
+test-time views that agree, halved when the image is far from its class and halved again when the second
+opinion differs; it ranks every image, hard or not.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from .augment import BRIGHTNESS_VIEWS
 
 LOW_CONFIDENCE = 1
 FAR_FROM_CLASS = 3
+SECOND_OPINION_DIFFERS = 31
+"""Beyond ModelArts' numbering: its nearest, 2 ("clustering disagrees with the prediction"), is a clustering
+of the unlabeled images, not a second classifier."""
 
 
 @dataclass
@@ -59,7 +65,9 @@ class HardExampleRule:
         conf: np.ndarray,
         tta_pred: dict[str, np.ndarray] | None = None,
         distance: np.ndarray | None = None,
+        second: np.ndarray | None = None,
     ) -> Verdicts:
+        """`second`: the second opinion's class per image, -1 where it has none."""
         n = len(pred)
         found: list[list[int]] = [[] for _ in range(n)]
 
@@ -78,10 +86,14 @@ class HardExampleRule:
         for view, view_pred in views:
             for i in np.flatnonzero(view_pred != pred):
                 found[i].append(self.tta_reasons[view])
-        flagged = low | self._other_flags(disagree, decisive, far, len(views))
+        differs = np.zeros(n, dtype=bool) if second is None else (second >= 0) & (second != pred)
+        for i in np.flatnonzero(differs):
+            found[i].append(SECOND_OPINION_DIFFERS)
+        flagged = low | differs | self._other_flags(disagree, decisive, far, len(views))
         agreement = 1.0 - disagree / max(len(views), 1)
         nearness = np.where(far, 0.5, 1.0)
-        coefficient = np.clip(1.0 - conf * agreement * nearness, 0.0, 1.0)
+        seconded = np.where(differs, 0.5, 1.0)
+        coefficient = np.clip(1.0 - conf * agreement * nearness * seconded, 0.0, 1.0)
         reasons = [sorted(set(r)) if flagged[i] else [] for i, r in enumerate(found)]
         return Verdicts(flagged, coefficient, reasons)
 

@@ -43,6 +43,7 @@ from .outputs import ACTIVE_LEARNING_BY, PRE_LABELING_BY, ResultWriter, merge_sh
 from .predict import Predictor, iter_batches
 from .preflight import PreflightError, PreflightResult, check_unreadable_share
 from .progress import ProgressReporter
+from .second_opinion import SecondOpinion, fit_second_opinion
 from .stages import (
     RunContext,
     close_results,
@@ -242,11 +243,13 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     flags = HardExampleRule(np.zeros(len(classes)), TTA_REASONS, limits)  # thresholds come after inference
     oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy))
     likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
+    opinion = fit_second_opinion(x_lab, y_lab, len(classes), al.seed)
+    log.info("second opinion (texture statistics) %s", opinion.reason)
 
     # ---- inference
     predictor = Predictor(model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device)
     scratch, hist, infer_seconds = _infer(
-        ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab, flags, likelihood_ratio
+        ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab, flags, likelihood_ratio, opinion
     )
 
     # ---- thresholds, hard examples, write
@@ -267,6 +270,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         + _input_notes(fitted_from, model_spec, budget)
         + _schedule_notes(ensemble, budget)
         + mirror.notes()
+        + opinion.notes()
     )
     rule = HardExampleRule(calibration.thresholds_array(len(classes)), TTA_REASONS, limits)
     with tempfile.TemporaryDirectory(prefix="autolabel-model-") as tmp:
@@ -311,6 +315,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
                     "unlabeledImagesUsed": min(cfg.max_unlabeled, len(pre.unlabeled)) if semi else 0,
                 },
                 "precise": precise_info,
+                "secondOpinion": opinion.to_json(),
                 "inferenceSeconds": round(infer_seconds, 3),
                 "inferenceImagesPerSecond": round(scratch.count / infer_seconds, 3) if infer_seconds > 0 else None,
             },
@@ -514,7 +519,8 @@ class Scratch:
     """Per-image predictions kept on local disk between inference and writing (memory stays flat)."""
 
     # "tta": the test-time views' flags (`pack_view_flags`, a VIEW_FLAGS_DTYPE)
-    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4")])
+    # "second": the second opinion's class (second_opinion.py), -1 where it has none
+    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4"), ("second", "<i2")])
 
     def __init__(self, views: list[str]):
         self.views = views
@@ -523,9 +529,18 @@ class Scratch:
         self.records = open(os.path.join(self.dir.name, "records"), "wb")  # noqa: SIM115
         self.count = 0
 
-    def append(self, sources: list[str], pred: np.ndarray, conf: np.ndarray, tta: np.ndarray, dist: np.ndarray) -> None:
+    def append(
+        self,
+        sources: list[str],
+        pred: np.ndarray,
+        conf: np.ndarray,
+        tta: np.ndarray,
+        dist: np.ndarray,
+        second: np.ndarray | None = None,
+    ) -> None:
         rec = np.zeros(len(sources), dtype=self.DTYPE)
         rec["pred"], rec["conf"], rec["tta"], rec["dist"] = pred, conf, tta, dist
+        rec["second"] = -1 if second is None else second
         rec.tofile(self.records)
         for s in sources:
             self.sources.write(s.replace("\n", " ") + "\n")
@@ -561,10 +576,13 @@ def _infer(
     ref_labels: np.ndarray | None,
     flags: HardExampleRule,
     likelihood_ratio: float = 1.0,
+    opinion: SecondOpinion | None = None,
 ) -> tuple[Scratch, cal.ConfidenceHistogram, float]:
     """Stage inference: predict every image, keep results in a Scratch and, for the images not already
     hard for other reasons (`flags`), their confidences (adjusted for having passed those checks, see
-    `cal.flag_adjusted`) in the histogram that sets the thresholds."""
+    `cal.flag_adjusted`) in the histogram that sets the thresholds. The second opinion (`opinion`) is
+    kept for the verdicts, after the thresholds, and does not enter the histogram: the thresholds are the
+    ones the worker had without it, and it only takes images out of what they accept."""
     ctx.progress.set_stage(Stage.INFERENCE, total=len(entries))
     scratch = Scratch(predictor.tta_views)
     hist = cal.ConfidenceHistogram(num_classes)
@@ -593,7 +611,8 @@ def _infer(
                 dist = np.zeros(len(pred))
                 if out.features is not None and ref_feats is not None and ref_labels is not None:
                     dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
-                scratch.append(batch.sources, pred, conf, tta, dist)
+                second = opinion.predict(batch.x) if opinion is not None and opinion.used else None
+                scratch.append(batch.sources, pred, conf, tta, dist, second)
                 other = flags.flagged_apart_from_confidence(
                     pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None
                 )
@@ -638,7 +657,9 @@ def _write_results(
                 pred = rec["pred"].astype(np.int64)
                 conf = rec["conf"]
                 tta_pred = unpack_view_flags(rec["tta"], pred, scratch.views)
-                verdicts = rule.judge(pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None)
+                verdicts = rule.judge(
+                    pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None, rec["second"]
+                )
                 for i, source in enumerate(sources):
                     reasons = verdicts.reasons[i]
                     reasons_seen.update(str(r) for r in reasons)

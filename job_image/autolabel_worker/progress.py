@@ -20,6 +20,7 @@ from autolabel.storage import ScopedWriter, StorageError
 
 log = logging.getLogger("autolabel_worker.progress")
 
+
 class ProgressReporter:
     """Tracks ``processed``/``total`` within a stage and publishes it.
 
