@@ -32,6 +32,10 @@ MIN_CONFIDENCE_ONLY_CLASSIFICATION = (
     "spec.activeLearning.minConfidence is only used when task is ImageClassification "
     "(a detection result shows no image confidence to compare it with)"
 )
+SECOND_OPINION_ONLY_CLASSIFICATION = (
+    "spec.activeLearning.secondOpinion is only used when task is ImageClassification "
+    "(the detector asks no second opinion)"
+)
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+"
 S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 """A bucket, or a folder in it. Local paths are for ``autolabel run --local`` only, which never reaches an
@@ -63,6 +67,12 @@ class MirrorImages(StrEnum):
     """Images of 32 px and more, unless mirrored, the labeled images are farther from their class or the unlabeled
     images from one another."""
     ALWAYS = "Always"
+    NEVER = "Never"
+
+
+class SecondOpinion(StrEnum):
+    AUTO = "Auto"
+    """Where texture statistics tell the labeled images' classes apart well enough (cross-validated)."""
     NEVER = "Never"
 
 
@@ -151,6 +161,14 @@ class ActiveLearningSpec(ApiModel):
         "the unlabeled images from one another "
         "(the results' summary.json says what was decided, training.mirrorImages). Never: text, digits, anything whose "
         "mirror image is another class or none. Always: photographs.",
+    )
+    second_opinion: SecondOpinion = Field(
+        default=SecondOpinion.AUTO,
+        description="ImageClassification: a second model of another kind (texture statistics and a logistic "
+        "regression, fitted on the same labeled images) makes an image hard (reason 31) where it labels it "
+        "otherwise. Auto: only where its cross-validated accuracy on the labeled images shows it skilled "
+        "(textures, photographs; not letters or digits; summary.json's secondOpinion says). Never: no second "
+        'opinion, more auto-labels at a higher risk (docs/datasets.md, "A second opinion").',
     )
     pretrained_weights: str | None = Field(
         default=None,
@@ -257,6 +275,12 @@ class AutoLabelJobSpec(ApiModel):
             and self.active_learning.min_confidence is not None
         ):
             errors.append(MIN_CONFIDENCE_ONLY_CLASSIFICATION)
+        if (
+            self.task != Task.IMAGE_CLASSIFICATION
+            and self.active_learning
+            and self.active_learning.second_opinion != SecondOpinion.AUTO
+        ):
+            errors.append(SECOND_OPINION_ONLY_CLASSIFICATION)
         return errors
 
     @model_validator(mode="after")

@@ -145,6 +145,12 @@ def spec_schema() -> dict[str, Any]:
             api.MIN_CONFIDENCE_ONLY_CLASSIFICATION,
             ".activeLearning.minConfidence",
         ),
+        _rule(
+            "self.task == 'ImageClassification' || !has(self.activeLearning) || "
+            "!has(self.activeLearning.secondOpinion) || self.activeLearning.secondOpinion == 'Auto'",
+            api.SECOND_OPINION_ONLY_CLASSIFICATION,
+            ".activeLearning.secondOpinion",
+        ),
     ]
     return schema
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
+from autolabel.api import SecondOpinion as SecondOpinionMode
 from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, shard_prefix, time_budget
 from autolabel.manifest import ManifestEntry, read_manifest
 from autolabel.storage import ScopedWriter, Storage
@@ -243,7 +244,11 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     flags = HardExampleRule(np.zeros(len(classes)), TTA_REASONS, limits)  # thresholds come after inference
     oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy))
     likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
-    opinion = fit_second_opinion(x_lab, y_lab, len(classes), al.seed)
+    opinion = (
+        fit_second_opinion(x_lab, y_lab, len(classes), al.seed)
+        if al.second_opinion == SecondOpinionMode.AUTO
+        else SecondOpinion(None, None, None, "not used: activeLearning.secondOpinion is Never")
+    )
     log.info("second opinion (texture statistics) %s", opinion.reason)
 
     # ---- inference

@@ -53,6 +53,8 @@ def test_crd_is_established_with_short_name_and_printer_columns(cluster: LocalCl
          "spec.activeLearning.mirrorImages", "only used when task is ImageClassification"),
         ({"task": "ObjectDetection", "activeLearning": {"minConfidence": 0.8}},
          "spec.activeLearning.minConfidence", "only used when task is ImageClassification"),
+        ({"task": "ObjectDetection", "activeLearning": {"secondOpinion": "Never"}},
+         "spec.activeLearning.secondOpinion", "only used when task is ImageClassification"),
         ({"activeLearning": {"minConfidence": -0.1}}, "spec.activeLearning.minConfidence",
          "greater than or equal to 0"),
         ({"output": "/etc/"}, "spec.output", "should match"),

@@ -88,6 +88,8 @@ def test_active_learning_then_sharded_prelabeling(
     assert summary["durationSeconds"] > 0 and summary["imagesPerSecond"] > 0
     assert summary["unreadableImages"] == [] and summary["duplicates"] == []
     assert summary["training"]["mirrorImages"] == {"used": False, "reason": "images under 32 px are never mirrored"}
+    assert summary["secondOpinion"]["used"] is False  # texture statistics cannot tell digits apart
+    assert summary["secondOpinion"]["reason"].startswith("not used: texture statistics got")
     ensemble = summary["calibration"]["ensemble"]  # the ensemble's own temperature, from the pool
     assert 0 < ensemble["ensembleTemperature"] <= 1 and ensemble["memberErrorFrom"] in {"pool", "held-out"}
     assert all(0 < t <= 1 for t in ensemble["classTemperatures"].values())  # per predicted class, by label

@@ -89,6 +89,9 @@ def test_spec_defaults() -> None:
         ({"activeLearning": {"minConfidence": 1.2}}, "minConfidence"),
         ({"task": "ObjectDetection", "activeLearning": {"minConfidence": 0.8}},
          "minConfidence is only used when task is ImageClassification"),
+        ({"task": "ObjectDetection", "activeLearning": {"secondOpinion": "Never"}},
+         "secondOpinion is only used when task is ImageClassification"),
+        ({"activeLearning": {"secondOpinion": "Always"}}, "secondOpinion"),
     ],
 )
 def test_bad_specs_are_rejected_naming_the_field(overrides: dict, message: str) -> None:

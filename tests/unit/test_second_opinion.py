@@ -1,0 +1,196 @@
+"""The second opinion: texture statistics and a logistic regression, with a say only where they are skilled."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from autolabel_worker import second_opinion as so
+from autolabel_worker.hard_examples import SECOND_OPINION_DIFFERS, HardExampleRule
+from autolabel_worker.pipeline import Scratch, run_job
+from PIL import Image
+from skimage.feature import local_binary_pattern
+from sklearn.linear_model import LogisticRegression
+
+from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.manifest import CLASSIFICATION_TYPE
+from autolabel.storage import Storage
+
+
+def as_rgb(grey: np.ndarray) -> torch.Tensor:
+    """(N, H, W) uint8 grey -> (N, 3, H, W) uint8, as the worker's loader gives images."""
+    return torch.from_numpy(np.repeat(grey[:, None], 3, axis=1))
+
+
+def stripes(rng: np.random.Generator, n: int, period: int) -> np.ndarray:
+    """Horizontal stripes of `period` px at a random phase and contrast, with noise."""
+    rows = np.arange(so.SIDE)[:, None] + rng.integers(0, period, (n, 1, 1))
+    base = 128 + rng.uniform(40, 80, (n, 1, 1)) * np.sign(np.sin(2 * np.pi * rows / period))
+    return np.clip(base + rng.normal(0, 8, (n, so.SIDE, so.SIDE)), 0, 255).astype(np.uint8)
+
+
+def speckle(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, 256, (n, so.SIDE, so.SIDE)).astype(np.uint8)
+
+
+def smooth(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Near-uniform patches: a gentle ramp and faint noise."""
+    ramp = np.linspace(0, 30, so.SIDE)[None, None, :] + rng.uniform(60, 190, (n, 1, 1))
+    return np.clip(ramp + rng.normal(0, 1.5, (n, so.SIDE, so.SIDE)), 0, 255).astype(np.uint8)
+
+
+def textures(rng: np.random.Generator, per_class: int) -> tuple[torch.Tensor, np.ndarray]:
+    grey = np.concatenate([stripes(rng, per_class, 6), speckle(rng, per_class), smooth(rng, per_class)])
+    return as_rgb(grey), np.repeat(np.arange(3), per_class)
+
+
+def test_a_grey_image_stays_exactly_itself() -> None:
+    grey = np.random.default_rng(0).integers(0, 256, (2, so.SIDE, so.SIDE)).astype(np.uint8)
+    assert np.array_equal(so.grey_thumbnails(as_rgb(grey)).numpy(), grey.astype(np.float64))
+
+
+@pytest.mark.parametrize(("points", "radius"), so.LBP_SCALES)
+def test_the_patterns_are_scikit_images_rotation_invariant_uniform_ones(points: int, radius: float) -> None:
+    rng = np.random.default_rng(points)
+    grey = rng.integers(0, 256, (3, so.SIDE, so.SIDE)).astype(np.uint8)
+    grey[1, 8:24, 8:24] = 100  # a flat region: every comparison a tie
+    grey[2] = smooth(rng, 1)[0]
+    ours = so.lbp_histograms(so.grey_thumbnails(as_rgb(grey)), points, radius).numpy()
+    for image, hist in zip(grey, ours, strict=True):
+        codes = local_binary_pattern(image.astype(np.float64), points, radius, "uniform")
+        expected = np.bincount(codes.astype(np.int64).ravel(), minlength=points + 2) / codes.size
+        assert np.array_equal(hist, expected)
+
+
+def test_the_regression_is_scikit_learns_at_c_1() -> None:
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(m, 1.0, (12, 5)) for m in (0.0, 0.7, 1.4)])
+    y = np.repeat(np.arange(3), 12)
+    ours = so.fit_logistic(x, y, 3)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    theirs = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit((x - mean) / scale, y)
+    assert np.allclose(ours.weight, theirs.coef_.T, atol=1e-4)
+    assert np.allclose(ours.bias - ours.bias.mean(), theirs.intercept_ - theirs.intercept_.mean(), atol=1e-4)
+
+
+def test_textures_it_tells_apart_give_it_a_say_and_it_labels_new_ones_right() -> None:
+    rng = np.random.default_rng(2)
+    x, y = textures(rng, 5)
+    opinion = so.fit_second_opinion(x, y, 3, seed=0)
+    assert opinion.used and opinion.skill is not None and opinion.skill >= so.MIN_SKILL
+    assert opinion.reason.startswith("used: texture statistics got")
+    assert any("reason 31" in note for note in opinion.notes())
+    new_x, new_y = textures(np.random.default_rng(3), 20)
+    assert (opinion.predict(new_x) == new_y).mean() >= 0.95
+
+
+def test_classes_texture_statistics_cannot_tell_apart_leave_it_silent() -> None:
+    """A bright square on the left or on the right of the same speckle: the same statistics either way."""
+    rng = np.random.default_rng(4)
+    grey = speckle(rng, 16)
+    grey[:8, 10:22, 2:14] = 255
+    grey[8:, 10:22, 18:30] = 255
+    y = np.repeat(np.arange(2), 8)
+    opinion = so.fit_second_opinion(as_rgb(grey), y, 2, seed=0)
+    assert not opinion.used and opinion.reason.startswith("not used")
+    assert opinion.notes() == []
+    assert opinion.predict(as_rgb(grey)).tolist() == [-1] * 16
+
+
+def test_a_class_with_one_labeled_image_leaves_it_silent() -> None:
+    x, y = textures(np.random.default_rng(5), 2)
+    opinion = so.fit_second_opinion(x[:5], y[:5], 3, seed=0)  # class 2 has one image
+    assert not opinion.used and opinion.skill is None
+    assert opinion.to_json()["used"] is False
+
+
+def test_an_image_the_second_opinion_labels_otherwise_is_hard_for_reason_31() -> None:
+    rule = HardExampleRule(np.full(3, 0.5), {})
+    pred, conf = np.array([0, 1, 2, 0]), np.full(4, 0.99)
+    verdicts = rule.judge(pred, conf, second=np.array([0, 2, -1, 0]))
+    assert verdicts.hard.tolist() == [False, True, False, False]  # -1: no opinion
+    assert verdicts.reasons[1] == [SECOND_OPINION_DIFFERS]
+    assert verdicts.coefficient[1] == pytest.approx(1 - 0.99 * 0.5)
+    assert np.array_equal(rule.judge(pred, conf).hard, rule.judge(pred, conf, second=np.full(4, -1)).hard)
+
+
+def test_the_second_opinion_survives_the_scratch_file() -> None:
+    scratch = Scratch([])
+    try:
+        zeros = np.zeros(3)
+        scratch.append(["a", "b", "c"], np.array([0, 1, 2]), zeros, zeros.astype(np.uint16), zeros, np.array([0, 2, 1]))
+        scratch.append(["d"], np.array([1]), np.zeros(1), np.zeros(1, dtype=np.uint16), np.zeros(1))
+        recs = np.concatenate([rec for _, rec in scratch.read()])
+        assert recs["second"].tolist() == [0, 2, 1, -1]
+    finally:
+        scratch.close()
+
+
+def write_textures(folder: Path, labeled_per_class: int, unlabeled_per_class: int) -> Path:
+    """Stripes, speckle and near-uniform patches as 32 px PNGs, with a manifest: labeled images first."""
+    rng = np.random.default_rng(6)
+    (folder / "images").mkdir(parents=True)
+    lines = []
+    for per_class, labeled in ((labeled_per_class, True), (unlabeled_per_class, False)):
+        x, y = textures(rng, per_class)
+        for i, (image, label) in enumerate(zip(x[:, 0].numpy(), y, strict=True)):
+            name = f"images/{'l' if labeled else 'u'}{i:03d}.png"
+            Image.fromarray(image).save(folder / name)
+            doc: dict[str, object] = {"source": name}
+            if labeled:
+                doc["annotation"] = [{"type": CLASSIFICATION_TYPE, "name": str(label), "annotated-by": "human"}]
+            lines.append(json.dumps(doc))
+    manifest = folder / "textures.manifest"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def run_textures(tmp_path: Path, manifest: Path, **active_learning: object) -> tuple[dict, list[dict]]:
+    job = AutoLabelJob.model_validate(
+        {
+            "metadata": {"name": "textures", "namespace": "test", "uid": str(uuid.uuid4())},
+            "spec": {
+                "task": "ImageClassification",
+                "mode": "ActiveLearning",
+                "dataset": {"manifest": str(manifest)},
+                "activeLearning": {"algorithm": "Fast", "seed": 0, "timeBudgetSeconds": 10, **active_learning},
+                "output": str(tmp_path / "out"),
+            },
+        }
+    )
+    out = results_prefix(job)
+    summary = run_job(job, Storage(), out)
+    lines = [json.loads(line) for line in Path(out, "result.manifest").read_text().splitlines()]
+    return summary, lines
+
+
+def test_an_image_the_second_opinion_labels_otherwise_is_never_auto_labeled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
+    manifest = write_textures(tmp_path / "data", labeled_per_class=5, unlabeled_per_class=30)
+    summary, lines = run_textures(tmp_path / "auto", manifest)
+    assert summary["secondOpinion"]["used"] is True
+    assert any("Second opinion used" in note for note in summary["notes"])
+    # the second opinion, fitted as the worker fits it, on the labeled images as the worker reads them
+    docs = [json.loads(line) for line in manifest.read_text().splitlines()]
+    read = [np.asarray(Image.open(manifest.parent / d["source"]).convert("RGB")) for d in docs]
+    x = torch.from_numpy(np.stack(read)).permute(0, 3, 1, 2).contiguous()
+    labeled = np.array(["annotation" in d for d in docs])
+    y = np.array([int(d["annotation"][0]["name"]) for d in docs if "annotation" in d])
+    second = so.fit_second_opinion(x[labeled], y, 3, seed=0).predict(x[~labeled])
+    by_source = {line["source"]: line for line in lines}
+    unlabeled = [by_source[str(manifest.parent / d["source"])] for d in docs if "annotation" not in d]
+    differs = [int(line["annotation"][0]["name"]) != s for line, s in zip(unlabeled, second, strict=True)]
+    for line, other in zip(unlabeled, differs, strict=True):
+        assert ("31" in line.get("hard-reasons", "").split("-")) == other
+        assert line["hard"] or not other
+
+    never, never_lines = run_textures(tmp_path / "never", manifest, secondOpinion="Never")
+    assert never["secondOpinion"]["used"] is False
+    assert "activeLearning.secondOpinion is Never" in never["secondOpinion"]["reason"]
+    assert not any("31" in line.get("hard-reasons", "").split("-") for line in never_lines)
