@@ -70,7 +70,7 @@ class MirrorImages(StrEnum):
     NEVER = "Never"
 
 
-class SecondOpinion(StrEnum):
+class SecondOpinionMode(StrEnum):
     AUTO = "Auto"
     """Where texture statistics tell the labeled images' classes apart well enough (cross-validated)."""
     NEVER = "Never"
@@ -162,8 +162,8 @@ class ActiveLearningSpec(ApiModel):
         "(the results' summary.json says what was decided, training.mirrorImages). Never: text, digits, anything whose "
         "mirror image is another class or none. Always: photographs.",
     )
-    second_opinion: SecondOpinion = Field(
-        default=SecondOpinion.AUTO,
+    second_opinion: SecondOpinionMode = Field(
+        default=SecondOpinionMode.AUTO,
         description="ImageClassification: a second model of another kind (texture statistics and a logistic "
         "regression, fitted on the same labeled images) makes an image hard (reason 31) where it labels it "
         "otherwise. Auto: only where its cross-validated accuracy on the labeled images shows it skilled "
@@ -278,7 +278,7 @@ class AutoLabelJobSpec(ApiModel):
         if (
             self.task != Task.IMAGE_CLASSIFICATION
             and self.active_learning
-            and self.active_learning.second_opinion != SecondOpinion.AUTO
+            and self.active_learning.second_opinion != SecondOpinionMode.AUTO
         ):
             errors.append(SECOND_OPINION_ONLY_CLASSIFICATION)
         return errors

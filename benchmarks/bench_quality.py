@@ -28,7 +28,9 @@ test-time views' and the distance check's flags, and calls the worker's own `cal
 one margin removed at a time: the bootstrap percentile of the temperature (point estimate instead), the
 held-out check (no check), the views' likelihood ratio (the true one, measured on the pool with the
 ground truth; and none, 1.0), the distance check (left out). The coverage and precision each variant
-would reach are measured on the pool, so the cost of a margin is the coverage it takes away.
+would reach are measured on the pool, so the cost of a margin is the coverage it takes away. These variants
+leave out the second opinion (reason 31, from round 18), which comes after the thresholds; the records keep
+its class per image (``second``, -1 where it had no say), so a replay can apply it.
 
 ``--budget 60,180,300`` runs every seed at each budget, side by side, one table row per budget: what a
 shorter budget costs (the runs' names end in ``-b<seconds>``).

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autolabel.api import Algorithm, AutoLabelJob, Mode, Task
-from autolabel.api import SecondOpinion as SecondOpinionMode
+from autolabel.api import Algorithm, AutoLabelJob, Mode, SecondOpinionMode, Task
 from autolabel.contract import DEFAULT_TIME_BUDGET_SECONDS, Stage, shard_prefix, time_budget
 from autolabel.manifest import ManifestEntry, read_manifest
 from autolabel.storage import ScopedWriter, Storage
@@ -247,7 +246,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     opinion = (
         fit_second_opinion(x_lab, y_lab, len(classes), al.seed)
         if al.second_opinion == SecondOpinionMode.AUTO
-        else SecondOpinion(None, None, None, "not used: activeLearning.secondOpinion is Never")
+        else SecondOpinion.silent("not used: activeLearning.secondOpinion is Never")
     )
     log.info("second opinion (texture statistics) %s", opinion.reason)
 

@@ -165,6 +165,10 @@ class SecondOpinion:
     skill: float | None
     reason: str
 
+    @classmethod
+    def silent(cls, reason: str) -> SecondOpinion:
+        return cls(None, None, None, reason)
+
     @property
     def used(self) -> bool:
         return self.classifier is not None
@@ -202,7 +206,7 @@ def fit_second_opinion(x_u8: torch.Tensor, labels: np.ndarray, num_classes: int,
     """Cross-validate the texture model on the labeled images (stratified folds, as the ensemble's); fit
     it on all of them when its skill reaches MIN_SKILL."""
     if num_classes < 2 or len(labels) == 0 or np.bincount(labels, minlength=num_classes).min() < 2:
-        return SecondOpinion(None, None, None, "not used: a class has fewer than 2 labeled images")
+        return SecondOpinion.silent("not used: a class has fewer than 2 labeled images")
     features = texture_features(x_u8)
     folds = stratified_folds(labels, choose_folds(labels, 5), seed)
     right = 0
