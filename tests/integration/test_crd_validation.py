@@ -90,7 +90,9 @@ def test_valid_specs_are_accepted_with_defaults_filled_in(cluster: LocalCluster,
                     resources={"computeNodes": 5, "flavor": "gpu-1"})
     assert _apply(cluster, namespace, prelabel).returncode == 0
     stored = json.loads(cluster.kubectl("get", "alj", "al", "-n", namespace, "-o", "json").stdout)["spec"]
-    assert stored["activeLearning"] == {"algorithm": "Fast", "targetPrecision": 0.95, "seed": 0, "mirrorImages": "Auto"}
+    assert stored["activeLearning"] == {
+        "algorithm": "Fast", "targetPrecision": 0.95, "seed": 0, "mirrorImages": "Auto", "secondOpinion": "Auto"
+    }
     assert stored["resources"] == {"computeNodes": 1}
     assert stored["suspend"] is False
     assert stored["activeDeadlineSeconds"] == 86400
