@@ -4,10 +4,11 @@ The fold models share one recipe, and on texture-like images their errors too: t
 put near-uniform patches in one wrong class with all five members agreeing, which nothing the ensemble
 sees tells apart (docs/benchmarks.md, rounds 12 and 17). A model that sees only each image's local binary
 patterns (rotation-invariant uniform LBP at three radii, Ojala, Pietikainen and Maenpaa, TPAMI 2002) and
-its intensity and gradient statistics, fitted on the same labeled images, makes other mistakes: replayed on
-the 25 recorded `textures32` runs of rounds 15-16 (issue 12, round 18), an image auto-labeled by the
-ensemble that this model labels otherwise was wrong on 166 of the 195 wrong auto-labels and right on 330
-of the others' ~5,600 -- every run then held 0.95 (three runs of 25 had missed it).
+its intensity and gradient statistics, fitted on the same labeled images, makes other mistakes. Replayed on
+the 25 recorded `textures32` runs of rounds 15-16, it labeled otherwise 166 of the ensemble's 204 wrong
+auto-labels and 319 of its right ones; on 20 fresh runs (issue 12, round 18: Fast and Precise, seeds
+155-164) it made 177 of 218 wrong auto-labels hard, with 269 right ones, and every run held 0.95 (14 of
+20 on the same models without it).
 
 It is only as good as texture statistics are for the classes: on letters and digits it gets 0.2-0.5 of
 its own labeled images right under cross-validation, on photograph and texture patches 0.70-1.00 (the
