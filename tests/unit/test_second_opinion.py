@@ -194,3 +194,10 @@ def test_an_image_the_second_opinion_labels_otherwise_is_never_auto_labeled(
     assert never["secondOpinion"]["used"] is False
     assert "activeLearning.secondOpinion is Never" in never["secondOpinion"]["reason"]
     assert not any("31" in line.get("hard-reasons", "").split("-") for line in never_lines)
+
+
+def test_the_results_command_names_reason_31() -> None:
+    from autolabel_cli.results import reason_name
+
+    assert reason_name(str(SECOND_OPINION_DIFFERS)) == "a second model (texture statistics) labels it otherwise"
+    assert reason_name("32") == "unknown reason"
