@@ -524,7 +524,7 @@ class Scratch:
 
     # "tta": the test-time views' flags (`pack_view_flags`, a VIEW_FLAGS_DTYPE)
     # "second": the second opinion's class (second_opinion.py), -1 where it has none
-    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4"), ("second", "<i2")])
+    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4"), ("second", "<i4")])
 
     def __init__(self, views: list[str]):
         self.views = views
