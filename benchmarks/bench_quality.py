@@ -30,7 +30,8 @@ held-out check (no check), the views' likelihood ratio (the true one, measured o
 ground truth; and none, 1.0), the distance check (left out). The coverage and precision each variant
 would reach are measured on the pool, so the cost of a margin is the coverage it takes away. These variants
 leave out the second opinion (reason 31, from round 18), which comes after the thresholds; the records keep
-its class per image (``second``, -1 where it had no say), so a replay can apply it.
+its probability of the predicted class over chance per image (``support``, NaN where it had no say; round
+18's records its class, ``second``, -1 where it had no say), so a replay can apply it.
 
 ``--budget 60,180,300`` runs every seed at each budget, side by side, one table row per budget: what a
 shorter budget costs (the runs' names end in ``-b<seconds>``).
@@ -215,7 +216,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         replay: Any = real_infer
         scratch, _, _ = replay(*args[:4], [], *args[5:8], 1.0, *args[9:10])
         sources: list[str] = []
-        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", "second", *FLAG_KEYS)}
+        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", "support", *FLAG_KEYS)}
         before_round_13 = without_brightness(flags)
         for src, rec in scratch.read():
             p = rec["pred"].astype(np.int64)
@@ -225,7 +226,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             sources += src
             found["pred"].append(p)
             found["conf"].append(rec["conf"])
-            found["second"].append(rec["second"].astype(np.int64))
+            found["support"].append(rec["support"].astype(np.float64))
             found["flag_views"].append(flags.flagged_apart_from_confidence(p, views, None))
             found["flag_all"].append(flags.flagged_apart_from_confidence(p, views, dist))
             found["flag_views_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, None))
@@ -340,7 +341,7 @@ def save_replay(path: Path, captured: dict[str, Any]) -> None:
     }
     for which in ("cautious", "point", "members"):
         rec = captured[f"{which}_records"]
-        for key in ("pred", "conf", "second", *FLAG_KEYS, "correct"):
+        for key in ("pred", "conf", "support", *FLAG_KEYS, "correct"):
             arrays[f"{which}_{key}"] = rec[key]
     if "pool_logits" in captured:
         arrays["pool_logits"] = captured["pool_logits"]
@@ -562,8 +563,9 @@ def load_replay(path: Path) -> dict[str, Any]:
     for which in ("cautious", "point", "members"):
         if f"{which}_pred" in z:  # replays made before the ensemble temperature have no "members"
             # (and those before round 13 no flags without the brightness views)
-            # (and those before round 18 no second opinion)
-            keys = [key for key in ("pred", "conf", "second", *FLAG_KEYS, "correct") if f"{which}_{key}" in z]
+            # (those before round 18 no second opinion; those of round 18 its class, "second", not "support")
+            recorded = ("pred", "conf", "second", "support", *FLAG_KEYS, "correct")
+            keys = [key for key in recorded if f"{which}_{key}" in z]
             captured[f"{which}_records"] = {key: z[f"{which}_{key}"] for key in keys}
     if "nb_likelihood_ratio" in z:
         captured["noBrightness"] = {

@@ -55,7 +55,7 @@ HARD_REASONS = {
     28: "disagrees when brightened or darkened",
     29: "disagrees under inversion",
     30: "predicted abnormal",
-    31: "a second model (texture statistics) labels it otherwise",  # this worker's own, beyond ModelArts' 0-30
+    31: "a second model (texture statistics) finds the label unlikely",  # this worker's own, beyond ModelArts' 0-30
 }
 
 

@@ -9,7 +9,7 @@ Reason IDs follow ModelArts' numbering (docs/architecture.md, "Sources"):
   translate) that the model was trained to be invariant to;
 - 28: the prediction changes when the image is made a little brighter or darker (augment.BRIGHTNESS_VIEWS);
 - 31 (this worker's own, beyond ModelArts' 0-30): a second model of another kind, fitted on the same labeled
-  images, labels the image otherwise (second_opinion.py; only where that model is skilled enough).
+  images, finds the predicted class unlikely (second_opinion.py; only where that model is skilled enough).
 
 Reason 0 ("no object found") does not apply to classification.
 
@@ -21,7 +21,7 @@ coverage for no precision.
 Reasons are listed on hard lines only. The hard coefficient (0..1, higher means more in need of a person)
 is ``1 - confidence * agreement * nearness * seconded``: the calibrated confidence, discounted by the share of
 test-time views that agree, halved when the image is far from its class and halved again when the second
-opinion differs; it ranks every image, hard or not.
+opinion disputes the label; it ranks every image, hard or not.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .augment import BRIGHTNESS_VIEWS
+from .second_opinion import disputed
 
 LOW_CONFIDENCE = 1
 FAR_FROM_CLASS = 3
-SECOND_OPINION_DIFFERS = 31
+SECOND_OPINION_DISPUTES = 31
 """Beyond ModelArts' numbering: its nearest, 2 ("clustering disagrees with the prediction"), is a clustering
 of the unlabeled images, not a second classifier."""
 
@@ -65,9 +66,10 @@ class HardExampleRule:
         conf: np.ndarray,
         tta_pred: dict[str, np.ndarray] | None = None,
         distance: np.ndarray | None = None,
-        second: np.ndarray | None = None,
+        support: np.ndarray | None = None,
     ) -> Verdicts:
-        """`second`: the second opinion's class per image, -1 where it has none."""
+        """`support`: the second opinion's probability of the predicted class over chance per image (NaN where it
+        has no say; `second_opinion.SecondOpinion.support`)."""
         n = len(pred)
         found: list[list[int]] = [[] for _ in range(n)]
 
@@ -86,13 +88,13 @@ class HardExampleRule:
         for view, view_pred in views:
             for i in np.flatnonzero(view_pred != pred):
                 found[i].append(self.tta_reasons[view])
-        differs = np.zeros(n, dtype=bool) if second is None else (second >= 0) & (second != pred)
-        for i in np.flatnonzero(differs):
-            found[i].append(SECOND_OPINION_DIFFERS)
-        flagged = low | differs | self._other_flags(disagree, decisive, far, len(views))
+        disputes = np.zeros(n, dtype=bool) if support is None else disputed(support)
+        for i in np.flatnonzero(disputes):
+            found[i].append(SECOND_OPINION_DISPUTES)
+        flagged = low | disputes | self._other_flags(disagree, decisive, far, len(views))
         agreement = 1.0 - disagree / max(len(views), 1)
         nearness = np.where(far, 0.5, 1.0)
-        seconded = np.where(differs, 0.5, 1.0)
+        seconded = np.where(disputes, 0.5, 1.0)
         coefficient = np.clip(1.0 - conf * agreement * nearness * seconded, 0.0, 1.0)
         reasons = [sorted(set(r)) if flagged[i] else [] for i, r in enumerate(found)]
         return Verdicts(flagged, coefficient, reasons)

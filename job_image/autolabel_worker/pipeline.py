@@ -523,8 +523,8 @@ class Scratch:
     """Per-image predictions kept on local disk between inference and writing (memory stays flat)."""
 
     # "tta": the test-time views' flags (`pack_view_flags`, a VIEW_FLAGS_DTYPE)
-    # "second": the second opinion's class (second_opinion.py), -1 where it has none
-    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4"), ("second", "<i4")])
+    # "support": the second opinion's probability of "pred" over chance (second_opinion.py), NaN where it has no say
+    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4"), ("support", "<f4")])
 
     def __init__(self, views: list[str]):
         self.views = views
@@ -540,11 +540,11 @@ class Scratch:
         conf: np.ndarray,
         tta: np.ndarray,
         dist: np.ndarray,
-        second: np.ndarray | None = None,
+        support: np.ndarray | None = None,
     ) -> None:
         rec = np.zeros(len(sources), dtype=self.DTYPE)
         rec["pred"], rec["conf"], rec["tta"], rec["dist"] = pred, conf, tta, dist
-        rec["second"] = -1 if second is None else second
+        rec["support"] = np.nan if support is None else support
         rec.tofile(self.records)
         for s in sources:
             self.sources.write(s.replace("\n", " ") + "\n")
@@ -615,8 +615,8 @@ def _infer(
                 dist = np.zeros(len(pred))
                 if out.features is not None and ref_feats is not None and ref_labels is not None:
                     dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
-                second = opinion.predict(batch.x) if opinion is not None and opinion.used else None
-                scratch.append(batch.sources, pred, conf, tta, dist, second)
+                support = opinion.support(batch.x, pred) if opinion is not None and opinion.used else None
+                scratch.append(batch.sources, pred, conf, tta, dist, support)
                 other = flags.flagged_apart_from_confidence(
                     pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None
                 )
@@ -662,7 +662,7 @@ def _write_results(
                 conf = rec["conf"]
                 tta_pred = unpack_view_flags(rec["tta"], pred, scratch.views)
                 verdicts = rule.judge(
-                    pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None, rec["second"]
+                    pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None, rec["support"]
                 )
                 for i, source in enumerate(sources):
                     reasons = verdicts.reasons[i]

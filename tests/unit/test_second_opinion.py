@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from autolabel_worker import second_opinion as so
-from autolabel_worker.hard_examples import SECOND_OPINION_DIFFERS, HardExampleRule
+from autolabel_worker.hard_examples import SECOND_OPINION_DISPUTES, HardExampleRule
 from autolabel_worker.pipeline import Scratch, run_job
 from PIL import Image
 from skimage.feature import local_binary_pattern
@@ -85,7 +85,14 @@ def test_textures_it_tells_apart_give_it_a_say_and_it_labels_new_ones_right() ->
     assert opinion.reason.startswith("used: texture statistics got")
     assert any("reason 31" in note for note in opinion.notes())
     new_x, new_y = textures(np.random.default_rng(3), 20)
-    assert (opinion.predict(new_x) == new_y).mean() >= 0.95
+    assert opinion.classifier is not None
+    assert (opinion.classifier.predict(so.texture_features(new_x)) == new_y).mean() >= 0.95
+    # support: the probability of the class asked about, as a multiple of chance (3 classes: at most 3)
+    probs = opinion.classifier.probabilities(so.texture_features(new_x))
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert np.allclose(opinion.support(new_x, new_y), 3 * probs[np.arange(len(new_y)), new_y])
+    assert (opinion.support(new_x, new_y) > 1.0).mean() >= 0.95
+    assert so.disputed(opinion.support(new_x, (new_y + 1) % 3)).mean() >= 0.95
 
 
 def test_classes_texture_statistics_cannot_tell_apart_leave_it_silent() -> None:
@@ -98,7 +105,8 @@ def test_classes_texture_statistics_cannot_tell_apart_leave_it_silent() -> None:
     opinion = so.fit_second_opinion(as_rgb(grey), y, 2, seed=0)
     assert not opinion.used and opinion.reason.startswith("not used")
     assert opinion.notes() == []
-    assert opinion.predict(as_rgb(grey)).tolist() == [-1] * 16
+    assert np.isnan(opinion.support(as_rgb(grey), y)).all()
+    assert not so.disputed(opinion.support(as_rgb(grey), y)).any()
 
 
 def test_a_class_with_one_labeled_image_leaves_it_silent() -> None:
@@ -108,24 +116,28 @@ def test_a_class_with_one_labeled_image_leaves_it_silent() -> None:
     assert opinion.to_json()["used"] is False
 
 
-def test_an_image_the_second_opinion_labels_otherwise_is_hard_for_reason_31() -> None:
+def test_an_image_whose_label_the_second_opinion_finds_unlikely_is_hard_for_reason_31() -> None:
     rule = HardExampleRule(np.full(3, 0.5), {})
-    pred, conf = np.array([0, 1, 2, 0]), np.full(4, 0.99)
-    verdicts = rule.judge(pred, conf, second=np.array([0, 2, -1, 0]))
-    assert verdicts.hard.tolist() == [False, True, False, False]  # -1: no opinion
-    assert verdicts.reasons[1] == [SECOND_OPINION_DIFFERS]
+    pred, conf = np.array([0, 1, 2, 0, 1]), np.full(5, 0.99)
+    # over chance: well supported; below half of chance; no say; exactly half; below chance, not below half
+    support = np.array([2.0, 0.3, np.nan, 0.5, 0.8])
+    verdicts = rule.judge(pred, conf, support=support)
+    assert verdicts.hard.tolist() == [False, True, False, False, False]
+    assert verdicts.reasons[1] == [SECOND_OPINION_DISPUTES]
     assert verdicts.coefficient[1] == pytest.approx(1 - 0.99 * 0.5)
-    assert np.array_equal(rule.judge(pred, conf).hard, rule.judge(pred, conf, second=np.full(4, -1)).hard)
+    assert verdicts.coefficient[4] == pytest.approx(1 - 0.99)
+    assert np.array_equal(rule.judge(pred, conf).hard, rule.judge(pred, conf, support=np.full(5, np.nan)).hard)
 
 
 def test_the_second_opinion_survives_the_scratch_file() -> None:
     scratch = Scratch([])
     try:
         zeros = np.zeros(3)
-        scratch.append(["a", "b", "c"], np.array([0, 1, 2]), zeros, zeros.astype(np.uint16), zeros, np.array([0, 2, 1]))
+        support = np.array([2.5, 0.25, 1.0])
+        scratch.append(["a", "b", "c"], np.array([0, 1, 2]), zeros, zeros.astype(np.uint16), zeros, support)
         scratch.append(["d"], np.array([1]), np.zeros(1), np.zeros(1, dtype=np.uint16), np.zeros(1))
         recs = np.concatenate([rec for _, rec in scratch.read()])
-        assert recs["second"].tolist() == [0, 2, 1, -1]
+        assert recs["support"][:3].tolist() == [2.5, 0.25, 1.0] and np.isnan(recs["support"][3])
     finally:
         scratch.close()
 
@@ -168,7 +180,7 @@ def run_textures(tmp_path: Path, manifest: Path, **active_learning: object) -> t
     return summary, lines
 
 
-def test_an_image_the_second_opinion_labels_otherwise_is_never_auto_labeled(
+def test_an_image_whose_label_the_second_opinion_disputes_is_never_auto_labeled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AUTOLABEL_TORCH_THREADS", "1")
@@ -182,13 +194,15 @@ def test_an_image_the_second_opinion_labels_otherwise_is_never_auto_labeled(
     x = torch.from_numpy(np.stack(read)).permute(0, 3, 1, 2).contiguous()
     labeled = np.array(["annotation" in d for d in docs])
     y = np.array([int(d["annotation"][0]["name"]) for d in docs if "annotation" in d])
-    second = so.fit_second_opinion(x[labeled], y, 3, seed=0).predict(x[~labeled])
     by_source = {line["source"]: line for line in lines}
     unlabeled = [by_source[str(manifest.parent / d["source"])] for d in docs if "annotation" not in d]
-    differs = [int(line["annotation"][0]["name"]) != s for line, s in zip(unlabeled, second, strict=True)]
-    for line, other in zip(unlabeled, differs, strict=True):
-        assert ("31" in line.get("hard-reasons", "").split("-")) == other
-        assert line["hard"] or not other
+    pred = np.array([int(line["annotation"][0]["name"]) for line in unlabeled])
+    support = so.fit_second_opinion(x[labeled], y, 3, seed=0).support(x[~labeled], pred)
+    disputes = so.disputed(support.astype(np.float32))  # as the scratch file keeps it
+    assert disputes.any() and not disputes.all()
+    for line, disputed in zip(unlabeled, disputes, strict=True):
+        assert ("31" in line.get("hard-reasons", "").split("-")) == disputed
+        assert line["hard"] or not disputed
 
     never, never_lines = run_textures(tmp_path / "never", manifest, secondOpinion="Never")
     assert never["secondOpinion"]["used"] is False
@@ -199,5 +213,5 @@ def test_an_image_the_second_opinion_labels_otherwise_is_never_auto_labeled(
 def test_the_results_command_names_reason_31() -> None:
     from autolabel_cli.results import reason_name
 
-    assert reason_name(str(SECOND_OPINION_DIFFERS)) == "a second model (texture statistics) labels it otherwise"
+    assert reason_name(str(SECOND_OPINION_DISPUTES)) == "a second model (texture statistics) finds the label unlikely"
     assert reason_name("32") == "unknown reason"
