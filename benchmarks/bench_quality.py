@@ -32,6 +32,8 @@ would reach are measured on the pool, so the cost of a margin is the coverage it
 leave out the second opinion (reason 31, from round 18), which comes after the thresholds; the records keep
 its probability of the predicted class over chance per image (``support``, NaN where it had no say; round
 18's records its class, ``second``, -1 where it had no say), so a replay can apply it.
+The flags are the worker's, with the second opinion's confirmation (round 20: views and distance make
+nothing hard where it gives the label at least 0.75); ``flag_all_unconfirmed`` keeps them without it.
 
 ``--budget 60,180,300`` runs every seed at each budget, side by side, one table row per budget: what a
 shorter budget costs (the runs' names end in ``-b<seconds>``).
@@ -129,7 +131,9 @@ def group_of(dataset: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ child
 
-FLAG_KEYS = ("flag_views", "flag_all", "flag_views_nb", "flag_all_nb")
+FLAG_KEYS = ("flag_views", "flag_all", "flag_views_nb", "flag_all_nb", "flag_all_unconfirmed")
+"""The worker's flags apart from confidence: views only, with distance, without the brightness views (all with the
+second opinion's confirmation, round 20), and with distance but without the confirmation."""
 """Per pool image: flagged by the test-time views, by the views or the distance check; and the same
 without the brightness views (`_nb`, issue 12 round 13: the worker as it was before them)."""
 
@@ -201,13 +205,15 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         captured["oof_logits"], captured["labels"], captured["finish_kw"] = oof_logits, labels, kw
         return real_finish(hist, oof_logits, labels, **kw)
 
-    def held_out(ensemble: Any, flags: Any, views: list[str]) -> Any:
+    def held_out(ensemble: Any, flags: Any, views: list[str], opinion: Any = None) -> Any:
         """Also the held-out flags and likelihood ratio the worker would have without the brightness views."""
-        out = real_held_out(ensemble, flags, views)
+        out = real_held_out(ensemble, flags, views, opinion)
         kept = [i for i, v in enumerate(views) if v not in BRIGHTNESS_VIEWS]
         if ensemble.oof_view_preds is not None and len(kept) < len(views):
             without = replace(ensemble, oof_view_preds=ensemble.oof_view_preds[:, kept])
-            correct, flagged, check = real_held_out(without, without_brightness(flags), [views[i] for i in kept])
+            correct, flagged, check = real_held_out(
+                without, without_brightness(flags), [views[i] for i in kept], opinion
+            )
             captured["noBrightness"] = {"likelihood_ratio": cal.views_likelihood_ratio(correct, flagged)}
             captured["noBrightness"]["oof_flagged"] = check
         return out
@@ -223,14 +229,16 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             views = pipeline.unpack_view_flags(rec["tta"], p, scratch.views)
             geometric = {v: pred for v, pred in views.items() if v not in BRIGHTNESS_VIEWS}
             dist = rec["dist"].astype(np.float64)
+            support = rec["support"].astype(np.float64)
             sources += src
             found["pred"].append(p)
             found["conf"].append(rec["conf"])
-            found["support"].append(rec["support"].astype(np.float64))
-            found["flag_views"].append(flags.flagged_apart_from_confidence(p, views, None))
-            found["flag_all"].append(flags.flagged_apart_from_confidence(p, views, dist))
-            found["flag_views_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, None))
-            found["flag_all_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, dist))
+            found["support"].append(support)
+            found["flag_views"].append(flags.flagged_apart_from_confidence(p, views, None, support))
+            found["flag_all"].append(flags.flagged_apart_from_confidence(p, views, dist, support))
+            found["flag_views_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, None, support))
+            found["flag_all_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, dist, support))
+            found["flag_all_unconfirmed"].append(flags.flagged_apart_from_confidence(p, views, dist))
         scratch.close()
         return {"sources": sources, **{key: np.concatenate(parts) for key, parts in found.items()}}
 

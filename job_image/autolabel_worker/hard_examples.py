@@ -18,6 +18,9 @@ test-time views disagreeing; or being far from its class *and* one view disagree
 weaker kinds does not: on the digits benchmark, images whose only flag was one disagreeing view were labeled
 right 100% of the time and those only far from their class 86% (docs/benchmarks.md), so flagging them cost
 coverage for no precision.
+Where the second opinion *confirms* the label (gives it at least `second_opinion.CONFIRMS_AT`), the views and
+the distance make nothing hard: on the recorded texture runs 382 of the 387 images this let through on Fast
+were right (docs/benchmarks.md, round 20).
 Reasons are listed on hard lines only. The hard coefficient (0..1, higher means more in need of a person)
 is ``1 - confidence * agreement * nearness * seconded``: the calibrated confidence, discounted by the share of
 test-time views that agree, halved when the image is far from its class and halved again when the second
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .augment import BRIGHTNESS_VIEWS
-from .second_opinion import disputed
+from .second_opinion import confirmed, disputed
 
 LOW_CONFIDENCE = 1
 FAR_FROM_CLASS = 3
@@ -91,7 +94,7 @@ class HardExampleRule:
         disputes = np.zeros(n, dtype=bool) if support is None else disputed(support)
         for i in np.flatnonzero(disputes):
             found[i].append(SECOND_OPINION_DISPUTES)
-        flagged = low | disputes | self._other_flags(disagree, decisive, far, len(views))
+        flagged = low | disputes | self._unconfirmed(self._other_flags(disagree, decisive, far, len(views)), support)
         agreement = 1.0 - disagree / max(len(views), 1)
         nearness = np.where(far, 0.5, 1.0)
         seconded = np.where(disputes, 0.5, 1.0)
@@ -114,10 +117,18 @@ class HardExampleRule:
         needed = min(self.min_disagreeing_views, views) if views else 1
         return ((disagree >= needed) & (views > 0)) | decisive | (far & (disagree >= 1))
 
+    def _unconfirmed(self, other: np.ndarray, support: np.ndarray | None) -> np.ndarray:
+        return other if support is None else other & ~confirmed(support, len(self.thresholds))
+
     def flagged_apart_from_confidence(
-        self, pred: np.ndarray, tta_pred: dict[str, np.ndarray] | None = None, distance: np.ndarray | None = None
+        self,
+        pred: np.ndarray,
+        tta_pred: dict[str, np.ndarray] | None = None,
+        distance: np.ndarray | None = None,
+        support: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Which predictions are hard whatever their confidence (test-time views, distance).
+        """Which predictions are hard whatever their confidence (test-time views, distance), unless the second
+        opinion confirms them (`support`, as in `judge`).
 
         Calibration sets the confidence thresholds over the *other* predictions, so that the set finally
         auto-labeled (not flagged here and above its threshold) is the one whose precision is estimated.
@@ -127,7 +138,7 @@ class HardExampleRule:
         far = np.zeros(len(pred), dtype=bool)
         if distance is not None and self.distance_limits is not None:
             far = distance > self.distance_limits[pred]
-        return self._other_flags(disagree, decisive, far, len(views))
+        return self._unconfirmed(self._other_flags(disagree, decisive, far, len(views)), support)
 
 
 def nearest_same_class_distance(

@@ -241,14 +241,14 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     ref_feats = ref_feats_t.double().numpy()
     limits = distance_limits(ref_feats, y_lab, len(classes))
     flags = HardExampleRule(np.zeros(len(classes)), TTA_REASONS, limits)  # thresholds come after inference
-    oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy))
-    likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
     opinion = (
         fit_second_opinion(x_lab, y_lab, len(classes), al.seed)
         if al.second_opinion == SecondOpinionMode.AUTO
         else SecondOpinion.silent("not used: activeLearning.secondOpinion is Never")
     )
     log.info("second opinion (texture statistics) %s", opinion.reason)
+    oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy), opinion)
+    likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
 
     # ---- inference
     predictor = Predictor(model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device)
@@ -584,9 +584,9 @@ def _infer(
 ) -> tuple[Scratch, cal.ConfidenceHistogram, float]:
     """Stage inference: predict every image, keep results in a Scratch and, for the images not already
     hard for other reasons (`flags`), their confidences (adjusted for having passed those checks, see
-    `cal.flag_adjusted`) in the histogram that sets the thresholds. The second opinion (`opinion`) is
-    kept for the verdicts, after the thresholds, and does not enter the histogram: the thresholds are the
-    ones the worker had without it, and it only takes images out of what they accept."""
+    `cal.flag_adjusted`) in the histogram that sets the thresholds. The second opinion (`opinion`) enters
+    the histogram only where it confirms a label the views or the distance would flag; its disputes are
+    kept for the verdicts, after the thresholds, and only take images out of what they accept."""
     ctx.progress.set_stage(Stage.INFERENCE, total=len(entries))
     scratch = Scratch(predictor.tta_views)
     hist = cal.ConfidenceHistogram(num_classes)
@@ -618,7 +618,7 @@ def _infer(
                 support = opinion.support(batch.x, pred) if opinion is not None and opinion.used else None
                 scratch.append(batch.sources, pred, conf, tta, dist, support)
                 other = flags.flagged_apart_from_confidence(
-                    pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None
+                    pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None, support
                 )
                 hist.add(pred[~other], np.asarray(cal.flag_adjusted(conf[~other], likelihood_ratio)))
             ctx.progress.update(done)
@@ -750,12 +750,13 @@ def member_logits(
 
 
 def _held_out_view_flags(
-    ensemble: FoldEnsemble, flags: HardExampleRule, views: list[str]
+    ensemble: FoldEnsemble, flags: HardExampleRule, views: list[str], opinion: SecondOpinion | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The test-time-view flags on the held-out labeled predictions, for `cal.views_likelihood_ratio`:
     (right?, flagged?) per held-out prediction of every repeat, and the flags of the averaged out-of-fold
     prediction that `cal.finish` checks (flagged by any repeat). Distance (reason 3) is left out: a
-    held-out image has no labeled neighbours of its own, so the flags here are the views' alone."""
+    held-out image has no labeled neighbours of its own, so the flags here are the views' alone; where the
+    second opinion's held-out probability confirms a held-out prediction, it is not flagged (as in the pool)."""
     if ensemble.oof_view_preds is None or not views:
         pred = ensemble.oof_logits.mean(axis=0).argmax(axis=1)
         return pred == ensemble.labels, np.zeros(len(pred), dtype=bool), None
@@ -764,7 +765,8 @@ def _held_out_view_flags(
         pred = ensemble.oof_logits[r].argmax(axis=1)
         view_preds = {view: ensemble.oof_view_preds[r, v] for v, view in enumerate(views)}
         correct.append(pred == ensemble.labels)
-        flagged.append(flags.flagged_apart_from_confidence(pred, view_preds, None))
+        support = opinion.held_out_support(pred) if opinion is not None else None
+        flagged.append(flags.flagged_apart_from_confidence(pred, view_preds, None, support))
     return np.concatenate(correct), np.concatenate(flagged), np.any(flagged, axis=0)
 
 

@@ -129,6 +129,33 @@ def test_an_image_whose_label_the_second_opinion_finds_unlikely_is_hard_for_reas
     assert np.array_equal(rule.judge(pred, conf).hard, rule.judge(pred, conf, support=np.full(5, np.nan)).hard)
 
 
+def test_views_and_distance_make_nothing_hard_where_the_second_opinion_confirms_the_label() -> None:
+    rule = HardExampleRule(np.full(3, 0.5), {"flip": 20, "crop": 21}, distance_limits=np.full(3, 0.3))
+    pred, conf = np.zeros(4, dtype=np.int64), np.array([0.99, 0.99, 0.99, 0.4])
+    views = {"flip": np.array([1, 1, 1, 1]), "crop": np.array([1, 0, 1, 1])}  # two views disagree on 0, 2 and 3
+    distance = np.array([0.1, 0.9, 0.1, 0.1])  # image 1: far, and one view disagrees
+    confirming = 3 * so.CONFIRMS_AT  # 3 classes: a probability of CONFIRMS_AT, as a multiple of chance
+    support = np.array([confirming, confirming, confirming - 0.01, confirming])
+    verdicts = rule.judge(pred, conf, views, distance, support)
+    # 0 and 1 confirmed; 2 just short of it stays hard; 3 confirmed but below its class's threshold
+    assert verdicts.hard.tolist() == [False, False, True, True]
+    assert verdicts.reasons[3] == [1, 20, 21]
+    assert rule.flagged_apart_from_confidence(pred, views, distance, support).tolist() == [False, False, True, False]
+    assert rule.flagged_apart_from_confidence(pred, views, distance).all()
+    assert rule.judge(pred, conf, views, distance).hard.all()
+
+
+def test_the_held_out_support_comes_from_fold_models_that_did_not_see_the_image() -> None:
+    x, y = textures(np.random.default_rng(2), 5)
+    opinion = so.fit_second_opinion(x, y, 3, seed=0)
+    assert opinion.held_out_probabilities is not None and opinion.cross_validated_accuracy is not None
+    held_out = opinion.held_out_support(y)
+    assert held_out.shape == (15,) and np.all((held_out >= 0) & (held_out <= 3))
+    # the held-out accuracy is the cross-validated one the gate reads
+    assert (opinion.held_out_probabilities.argmax(axis=1) == y).mean() == opinion.cross_validated_accuracy
+    assert np.isnan(so.SecondOpinion.silent("not used").held_out_support(y)).all()
+
+
 def test_the_second_opinion_survives_the_scratch_file() -> None:
     scratch = Scratch([])
     try:
