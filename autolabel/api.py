@@ -166,7 +166,8 @@ class ActiveLearningSpec(ApiModel):
         default=SecondOpinionMode.AUTO,
         description="ImageClassification: a second model of another kind (texture statistics and a logistic "
         "regression, fitted on the same labeled images) makes an image hard (reason 31) where it gives the "
-        "predicted class less than half the chance probability. Auto: only where its cross-validated accuracy "
+        "predicted class less than half the chance probability; where it gives it at least 0.75, the test-time "
+        "views and the distance check do not make the image hard. Auto: only where its cross-validated accuracy "
         "on the labeled images shows it skilled "
         "(textures, photographs; not letters or digits; summary.json's secondOpinion says). Never: no second "
         'opinion, more auto-labels at a higher risk (docs/datasets.md, "A second opinion").',
