@@ -132,10 +132,9 @@ def group_of(dataset: str) -> str:
 # ------------------------------------------------------------------------------------------------ child
 
 FLAG_KEYS = ("flag_views", "flag_all", "flag_views_nb", "flag_all_nb", "flag_all_unconfirmed")
-"""The worker's flags apart from confidence: views only, with distance, without the brightness views (all with the
-second opinion's confirmation, round 20), and with distance but without the confirmation."""
-"""Per pool image: flagged by the test-time views, by the views or the distance check; and the same
-without the brightness views (`_nb`, issue 12 round 13: the worker as it was before them)."""
+"""Per pool image: flagged by the test-time views, by the views or the distance check; the same without the
+brightness views (`_nb`, issue 12 round 13: the worker as it was before them); all with the second opinion's
+confirmation (round 20), and `flag_all_unconfirmed` by the views or the distance check without it."""
 
 
 def without_brightness(rule: Any) -> Any:
