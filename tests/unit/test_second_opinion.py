@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
 from autolabel_worker import second_opinion as so
+from autolabel_worker.augment import TTA_REASONS
+from autolabel_worker.ensemble import FoldEnsemble
 from autolabel_worker.hard_examples import SECOND_OPINION_DISPUTES, HardExampleRule
-from autolabel_worker.pipeline import Scratch, run_job
+from autolabel_worker.pipeline import Scratch, _held_out_view_flags, run_job
 from PIL import Image
 from skimage.feature import local_binary_pattern
 from sklearn.linear_model import LogisticRegression
@@ -154,6 +158,25 @@ def test_the_held_out_support_comes_from_fold_models_that_did_not_see_the_image(
     # the held-out accuracy is the cross-validated one the gate reads
     assert (opinion.held_out_probabilities.argmax(axis=1) == y).mean() == opinion.cross_validated_accuracy
     assert np.isnan(so.SecondOpinion.silent("not used").held_out_support(y)).all()
+
+
+def test_the_views_held_out_ratio_counts_a_confirmed_held_out_prediction_as_passed() -> None:
+    labels = np.array([0, 0, 1, 1])
+    oof_logits = np.array([[[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]])  # one repeat; image 3 wrong
+    views = ["flip_lr", "crop"]
+    oof_view_preds = np.array([[[1, 0, 1, 1], [1, 0, 1, 1]]])  # both views disagree on images 0 and 3
+    ensemble = cast(FoldEnsemble, SimpleNamespace(oof_logits=oof_logits, oof_view_preds=oof_view_preds, labels=labels))
+    rule = HardExampleRule(np.full(2, 0.5), TTA_REASONS)
+    classifier = so.fit_logistic(np.array([[0.0], [1.0], [0.1], [0.9]]), np.array([0, 1, 0, 1]), 2)
+    # held out: image 0's class 0 at 0.9 (confirmed), image 3's predicted class 0 at 0.2 (not)
+    held_out = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    opinion = so.SecondOpinion(classifier, 1.0, 1.0, "used", held_out)
+    correct, flagged, check = _held_out_view_flags(ensemble, rule, views, opinion)
+    assert correct.tolist() == [True, True, True, False]
+    assert flagged.tolist() == [False, False, False, True]
+    assert check is not None and check.tolist() == [False, False, False, True]
+    _, unconfirmed, _ = _held_out_view_flags(ensemble, rule, views)
+    assert unconfirmed.tolist() == [True, False, False, True]
 
 
 def test_the_second_opinion_survives_the_scratch_file() -> None:
