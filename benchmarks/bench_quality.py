@@ -307,6 +307,8 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
                     "viewsLikelihoodRatio",
                     "fallbackToBound",
                     "heldOutAccuracy",
+                    "heldOutAccepted",
+                    "heldOutAcceptedCorrect",
                     "ensemble",
                 )
             },
