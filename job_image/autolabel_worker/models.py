@@ -180,10 +180,14 @@ class CalibratedEnsemble(nn.Module):
         members: list[nn.Module],
         temperature: float = 1.0,
         ensemble_temperature: float | Sequence[float] = 1.0,
+        point_temperature: float | None = None,
     ):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        # the best-fit member temperature (`temperature` is the cautious one), for estimatedPrecision only
+        point = temperature if point_temperature is None else point_temperature
+        self.register_buffer("point_temperature", torch.tensor(float(point)))
         # one value, or one per class, applied by the predicted class (which a temperature does not change)
         temps = torch.as_tensor(ensemble_temperature, dtype=torch.float32).reshape(-1)
         self.register_buffer("ensemble_temperature", temps)
@@ -204,15 +208,33 @@ class CalibratedEnsemble(nn.Module):
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities and the members' unit-norm penultimate features, concatenated and scaled by
         1/sqrt(K) so that the whole vector has unit norm (one pass for both)."""
+        logp, feats, _ = self.forward_with_estimate(x)
+        return logp, feats
+
+    @torch.jit.export
+    def forward_with_estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward_with_features`, and per image what `calibrate.expected_correct` makes estimatedPrecision
+        of: (n, 2) = the ensemble label's probability at the point temperature, and the share of members
+        whose own label (plain image) is the ensemble's."""
         feats: list[torch.Tensor] = []
+        votes: list[torch.Tensor] = []
         probs = torch.zeros(0)
+        point = torch.zeros(0)
         for i, member in enumerate(self.members):
             f = member.features(x)  # type: ignore[operator]
-            p = torch.softmax(member.fc(f) / self.temperature, dim=1)  # type: ignore[operator]
+            logits = member.fc(f)  # type: ignore[operator]
+            p = torch.softmax(logits / self.temperature, dim=1)
+            q = torch.softmax(logits / self.point_temperature, dim=1)
             probs = p if i == 0 else probs + p
+            point = q if i == 0 else point + q
+            votes.append(logits.argmax(dim=1))
             feats.append(F.normalize(f.float(), dim=1))
         scale = 1.0 / math.sqrt(len(self.members))
-        return self._combine(probs), torch.cat(feats, dim=1) * scale
+        logp = self._combine(probs)
+        label = logp.argmax(dim=1)
+        point_conf = self._combine(point).exp().gather(1, label.unsqueeze(1)).squeeze(1)
+        agreement = (torch.stack(votes) == label.unsqueeze(0)).float().mean(dim=0)
+        return logp, torch.cat(feats, dim=1) * scale, torch.stack([point_conf.float(), agreement], dim=1)
 
 
 @dataclass

@@ -233,7 +233,10 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     sharpness = _ensemble_sharpness(ctx, ensemble, pre.unlabeled, model_spec, cautious_t, al.seed)
     log.info("ensemble temperature: %s", sharpness.reason)
     model = CalibratedEnsemble(
-        [m.cpu() for m in ensemble.members], cautious_t, sharpness.temperatures(model_spec.num_classes).tolist()
+        [m.cpu() for m in ensemble.members],
+        cautious_t,
+        sharpness.temperatures(model_spec.num_classes).tolist(),
+        point_temperature=temperature,
     )
     model.eval()
     with torch.inference_mode():
@@ -524,7 +527,17 @@ class Scratch:
 
     # "tta": the test-time views' flags (`pack_view_flags`, a VIEW_FLAGS_DTYPE)
     # "support": the second opinion's probability of "pred" over chance (second_opinion.py), NaN where it has no say
-    DTYPE = np.dtype([("pred", "<i4"), ("conf", "<f8"), ("tta", "<u2"), ("dist", "<f4"), ("support", "<f4")])
+    # "estimate": what `cal.expected_correct` reads (`CalibratedEnsemble.forward_with_estimate`), NaN without it
+    DTYPE = np.dtype(
+        [
+            ("pred", "<i4"),
+            ("conf", "<f8"),
+            ("tta", "<u2"),
+            ("dist", "<f4"),
+            ("support", "<f4"),
+            ("estimate", "<f4", (2,)),
+        ]
+    )
 
     def __init__(self, views: list[str]):
         self.views = views
@@ -541,10 +554,12 @@ class Scratch:
         tta: np.ndarray,
         dist: np.ndarray,
         support: np.ndarray | None = None,
+        estimate: np.ndarray | None = None,
     ) -> None:
         rec = np.zeros(len(sources), dtype=self.DTYPE)
         rec["pred"], rec["conf"], rec["tta"], rec["dist"] = pred, conf, tta, dist
         rec["support"] = np.nan if support is None else support
+        rec["estimate"] = np.nan if estimate is None else estimate
         rec.tofile(self.records)
         for s in sources:
             self.sources.write(s.replace("\n", " ") + "\n")
@@ -616,7 +631,7 @@ def _infer(
                 if out.features is not None and ref_feats is not None and ref_labels is not None:
                     dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
                 support = opinion.support(batch.x, pred) if opinion is not None and opinion.used else None
-                scratch.append(batch.sources, pred, conf, tta, dist, support)
+                scratch.append(batch.sources, pred, conf, tta, dist, support, out.estimate)
                 other = flags.flagged_apart_from_confidence(
                     pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None, support
                 )
@@ -650,7 +665,7 @@ def _write_results(
     spec = ctx.job.spec
     ctx.progress.set_stage(Stage.WRITE, total=scratch.count)
     reasons_seen: Counter[str] = Counter()
-    accepted_conf_sum = 0.0
+    expected_correct_sum = 0.0  # over the auto-labels, for estimatedPrecision (ActiveLearning)
     use_distance = rule.distance_limits is not None
     written_sources: set[str] = set()
     try:
@@ -664,11 +679,12 @@ def _write_results(
                 verdicts = rule.judge(
                     pred, conf, tta_pred, rec["dist"].astype(np.float64) if use_distance else None, rec["support"]
                 )
+                auto = ~np.asarray(verdicts.hard, dtype=bool)
+                expected = cal.expected_correct(conf[auto], rec["estimate"][auto], calibration.likelihood_ratio)
+                expected_correct_sum += float(expected.sum())
                 for i, source in enumerate(sources):
                     reasons = verdicts.reasons[i]
                     reasons_seen.update(str(r) for r in reasons)
-                    if not verdicts.hard[i]:
-                        accepted_conf_sum += float(cal.flag_adjusted(float(conf[i]), calibration.likelihood_ratio))
                     results.add_classification(
                         source,
                         classes[int(pred[i])],
@@ -682,7 +698,7 @@ def _write_results(
             close_results(results, pre, written_sources, unreadable, images_read, spec, model_dir)
             estimated = calibration.estimated_precision
             if results.auto_labeled and calibration.trusted:
-                estimated = accepted_conf_sum / results.auto_labeled
+                estimated = expected_correct_sum / results.auto_labeled
             summary: dict[str, Any] = {
                 **run_summary(
                     ctx,

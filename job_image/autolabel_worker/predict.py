@@ -291,6 +291,7 @@ class BatchOutput:
     probs: np.ndarray  # (n, C) calibrated probabilities
     tta_pred: dict[str, np.ndarray]  # view -> argmax (n,)
     features: np.ndarray | None  # (n, D) unit-norm, or None when the model has none
+    estimate: np.ndarray | None = None  # (n, 2) `CalibratedEnsemble.forward_with_estimate`'s, or None
 
 
 class Predictor:
@@ -318,28 +319,32 @@ class Predictor:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.tta_views = list(tta_views)
         self.with_features = with_features and hasattr(model, "forward_with_features")
+        self.with_estimate = self.with_features and hasattr(model, "forward_with_estimate")
 
     def _normalize(self, x_u8: torch.Tensor) -> torch.Tensor:
         x = x_u8.to(self.device, non_blocking=True).float().div_(255.0)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
 
-    def _run(self, x: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        feats = estimate = None
         with autocast(self.device):  # as the held-out logits the temperature was fitted on (predict_logits)
-            if features:
+            if self.with_estimate:
+                logp, feats, estimate = self.model.forward_with_estimate(x)
+            elif self.with_features:
                 logp, feats = self.model.forward_with_features(x)
             else:
-                logp, feats = self.model(x), None
+                logp = self.model(x)
         # softmax of log-probabilities is the probabilities, of raw logits their softmax: one rule for both
         probs = torch.softmax(logp.float(), dim=1)
-        return probs, feats
+        return probs, feats, estimate
 
     @torch.inference_mode()
     def predict(self, x_u8: torch.Tensor) -> BatchOutput:
         n = len(x_u8)
         x = self._normalize(x_u8)
         views = [x] + [apply_tta(x if not self.cuda else x.float(), v, *self.normalization) for v in self.tta_views]
-        probs_all, feats = self._run(torch.cat(views) if len(views) > 1 else x, self.with_features)
+        probs_all, feats, estimate = self._run(torch.cat(views) if len(views) > 1 else x)
         probs = probs_all[:n]
         tta_pred = {
             v: probs_all[(i + 1) * n : (i + 2) * n].argmax(dim=1).cpu().numpy() for i, v in enumerate(self.tta_views)
@@ -348,4 +353,5 @@ class Predictor:
             probs=probs.cpu().double().numpy(),
             tta_pred=tta_pred,
             features=feats[:n].float().cpu().numpy() if feats is not None else None,
+            estimate=estimate[:n].double().cpu().numpy() if estimate is not None else None,
         )

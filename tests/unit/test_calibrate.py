@@ -495,3 +495,20 @@ def test_on_small_pools_the_realized_precision_holds_the_target_in_at_least_nine
         held_at_target += bool(correct[conf >= hist.threshold(0.95)].mean() >= 0.95)
     assert held >= 0.9 * pools
     assert held_at_target <= 0.7 * pools
+
+
+def test_an_auto_labels_expected_correctness_is_the_mean_of_its_point_probability_and_the_members_votes() -> None:
+    conf = np.array([0.96, 0.99])  # at the cautious temperature: not part of the estimate
+    estimate = np.array([[0.98, 1.0], [0.9, 0.6]])  # (point-temperature probability, members agreeing)
+    assert cal.expected_correct(conf, estimate, 1.0) == pytest.approx([0.99, 0.75])
+    # the views' likelihood ratio raises the probability's odds (passed the test-time checks), not the votes
+    adjusted = 0.9 * 3 / (0.9 * 3 + 0.1)
+    assert cal.expected_correct(conf[1:], estimate[1:], 3.0) == pytest.approx([(adjusted + 0.6) / 2])
+
+
+def test_an_auto_label_without_the_estimate_counts_at_its_adjusted_confidence() -> None:
+    conf = np.array([0.8, 0.9])
+    estimate = np.array([[np.nan, np.nan], [0.5, 0.5]])
+    fallback, point = 0.8 * 4 / (0.8 * 4 + 0.2), 0.5 * 4 / (0.5 * 4 + 0.5)
+    assert cal.expected_correct(conf, estimate, 4.0) == pytest.approx([fallback, (point + 0.5) / 2])
+

@@ -228,7 +228,9 @@ def test_export_and_load_round_trip(
     assert ens.oof_view_preds is not None and ens.oof_view_preds.shape == (1, 3, len(lab))
     assert_every_row_is_out_of_fold(ens, x[lab], spec, stratified_folds(labels[lab], 2, 0), trained_on, views)
     class_temperatures = [0.5 + 0.05 * c for c in range(10)]  # the ensemble's, one per predicted class
-    model = CalibratedEnsemble(ens.members, temperature=0.8, ensemble_temperature=class_temperatures).eval()
+    model = CalibratedEnsemble(
+        ens.members, temperature=0.8, ensemble_temperature=class_temperatures, point_temperature=0.6
+    ).eval()
     names = [str(i) for i in range(10)]
     model_path, labels_path = export_model(model, spec, names, tmp_path, task="ImageClassification")
     bundle = load_model(model_path.read_bytes(), labels_path.read_bytes(), str(tmp_path))
@@ -243,6 +245,13 @@ def test_export_and_load_round_trip(
     expected = cal.sharpened(cal.ensemble_probs(member_logits, 0.8), np.array(class_temperatures))
     np.testing.assert_allclose(torch.exp(bundle.model(xi)).detach().numpy(), expected, atol=1e-4)
     assert bundle.has_features
+    # and, for estimatedPrecision, each label's probability at the point temperature and the members' votes
+    with torch.no_grad():
+        _, _, estimate = bundle.model.forward_with_estimate(xi)
+    label = expected.argmax(axis=1)
+    at_point = cal.sharpened(cal.ensemble_probs(member_logits, 0.6), np.array(class_temperatures))
+    np.testing.assert_allclose(estimate[:, 0].numpy(), at_point[np.arange(len(label)), label], atol=1e-4)
+    np.testing.assert_allclose(estimate[:, 1].numpy(), (member_logits.argmax(axis=2) == label).mean(axis=0))
     with pytest.raises(ValueError, match="labels"):
         load_model(model_path.read_bytes(), b'{"labels": ["only-one"]}', "m/")
 
