@@ -131,6 +131,9 @@ def group_of(dataset: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ child
 
+ESTIMATE_KEYS = ("estimate", "witness")
+"""Per pool image: the worker's own estimate halves (`CalibratedEnsemble.forward_with_estimate`) and a
+Precise run's Fast models' rating of its label (`estimate_of`; NaN without them), issue 12 round 25."""
 FLAG_KEYS = ("flag_views", "flag_all", "flag_views_nb", "flag_all_nb", "flag_all_unconfirmed")
 """Per pool image: flagged by the test-time views, by the views or the distance check; the same without the
 brightness views (`_nb`, issue 12 round 13: the worker as it was before them); all with the second opinion's
@@ -221,7 +224,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         replay: Any = real_infer
         scratch, _, _ = replay(*args[:4], [], *args[5:8], 1.0, *args[9:10])
         sources: list[str] = []
-        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", "support", *FLAG_KEYS)}
+        found: dict[str, list[Any]] = {key: [] for key in ("pred", "conf", "support", *FLAG_KEYS, *ESTIMATE_KEYS)}
         before_round_13 = without_brightness(flags)
         for src, rec in scratch.read():
             p = rec["pred"].astype(np.int64)
@@ -238,6 +241,8 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             found["flag_views_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, None, support))
             found["flag_all_nb"].append(before_round_13.flagged_apart_from_confidence(p, geometric, dist, support))
             found["flag_all_unconfirmed"].append(flags.flagged_apart_from_confidence(p, views, dist))
+            found["estimate"].append(rec["estimate"].astype(np.float64))
+            found["witness"].append(rec["witness"].astype(np.float64))
         scratch.close()
         return {"sources": sources, **{key: np.concatenate(parts) for key, parts in found.items()}}
 
@@ -327,7 +332,47 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
         row["oracleCoverage"] = oracle
         row["coverageOverOracle"] = round(row["coverage"] / oracle, 4) if oracle else None
         save_replay(BENCH / "quality-runs" / f"{name}.npz", captured)
+        row["estimateCandidates"] = estimate_candidates(
+            captured["cautious_records"], Path(out) / "result.manifest", str(ds.folder), summary
+        )
     return row
+
+
+def estimate_candidates(rec: dict[str, Any], result_manifest: Path, root: str, summary: dict) -> dict[str, Any] | None:
+    """Issue 12 round 25: `estimatedPrecision` candidates over the run's auto-labels, where a Precise run's
+    Fast models rated its labels (`witness`): (a) the worker's own, (w) the Fast models' rating, (m) the mean
+    of the two, (s) the Fast models' rating where their label is the same and the own estimate where it
+    differs, (h) the same with one half where it differs (one of the two labels is wrong there). None
+    without a witness."""
+    import numpy as np
+    from autolabel_worker import calibrate as cal
+
+    witness = rec["witness"]
+    if len(witness) == 0 or np.isnan(witness[:, 0]).all():
+        return None
+    hard = {}
+    for line in result_manifest.read_text().splitlines():
+        doc = json.loads(line)
+        hard[os.path.relpath(doc["source"], root)] = bool(doc["hard"])
+    auto = np.array([not hard[os.path.relpath(s, root)] for s in rec["sources"]])
+    lr = float(summary.get("calibration", {}).get("viewsLikelihoodRatio") or 1.0)
+    own = cal.expected_correct(rec["conf"][auto], rec["estimate"][auto], lr)
+    rated = cal.expected_correct(rec["conf"][auto], witness[auto, :2], lr)
+    same = witness[auto, 2] == 1.0
+    means = {
+        "a": own.mean(),
+        "w": rated.mean(),
+        "m": 0.5 * (own.mean() + rated.mean()),
+        "s": np.where(same, rated, own).mean(),
+        "h": np.where(same, rated, 0.5).mean(),
+    }
+    return {
+        **{key: round(float(v), 6) for key, v in means.items()},
+        "autoLabeled": int(auto.sum()),
+        "fastLabelDiffers": int((~same).sum()),
+        "fastLabelDiffersWrong": int((~same & ~rec["correct"][auto]).sum()),
+        "fastLabelSameWrong": int((same & ~rec["correct"][auto]).sum()),
+    }
 
 
 def save_replay(path: Path, captured: dict[str, Any]) -> None:
@@ -350,7 +395,7 @@ def save_replay(path: Path, captured: dict[str, Any]) -> None:
     }
     for which in ("cautious", "point", "members"):
         rec = captured[f"{which}_records"]
-        for key in ("pred", "conf", "support", *FLAG_KEYS, "correct"):
+        for key in ("pred", "conf", "support", *FLAG_KEYS, *ESTIMATE_KEYS, "correct"):
             arrays[f"{which}_{key}"] = rec[key]
     if "pool_logits" in captured:
         arrays["pool_logits"] = captured["pool_logits"]
@@ -573,7 +618,7 @@ def load_replay(path: Path) -> dict[str, Any]:
         if f"{which}_pred" in z:  # replays made before the ensemble temperature have no "members"
             # (and those before round 13 no flags without the brightness views)
             # (those before round 18 no second opinion; those of round 18 its class, "second", not "support")
-            recorded = ("pred", "conf", "second", "support", *FLAG_KEYS, "correct")
+            recorded = ("pred", "conf", "second", "support", *FLAG_KEYS, *ESTIMATE_KEYS, "correct")
             keys = [key for key in recorded if f"{which}_{key}" in z]
             captured[f"{which}_records"] = {key: z[f"{which}_{key}"] for key in keys}
     if "nb_likelihood_ratio" in z:

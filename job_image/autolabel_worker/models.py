@@ -232,9 +232,32 @@ class CalibratedEnsemble(nn.Module):
         scale = 1.0 / math.sqrt(len(self.members))
         logp = self._combine(probs)
         label = logp.argmax(dim=1)
+        return logp, torch.cat(feats, dim=1) * scale, self._point_and_agreement(point, votes, label)
+
+    def _point_and_agreement(self, point: torch.Tensor, votes: list[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
+        """(n, 2): `label`'s probability at the point temperature (`point`: the members' summed
+        probabilities there) and the share of members (`votes`: each one's label) whose label it is."""
         point_conf = self._combine(point).exp().gather(1, label.unsqueeze(1)).squeeze(1)
         agreement = (torch.stack(votes) == label.unsqueeze(0)).float().mean(dim=0)
-        return logp, torch.cat(feats, dim=1) * scale, torch.stack([point_conf.float(), agreement], dim=1)
+        return torch.stack([point_conf.float(), agreement], dim=1)
+
+    def estimate_of(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """How this ensemble rates labels another model gave (`label`): (n, 3) = `forward_with_estimate`'s
+        two columns for `label`, and 1.0 where this ensemble's own label is `label` (else 0.0). A Precise
+        run asks its Fast models, which never trained on pseudo-labels, about the labels of its
+        semi-supervised ones (`pipeline._witness`)."""
+        votes: list[torch.Tensor] = []
+        probs = torch.zeros(0)
+        point = torch.zeros(0)
+        for i, member in enumerate(self.members):
+            logits = member(x)
+            p = torch.softmax(logits / self.temperature, dim=1)
+            q = torch.softmax(logits / self.point_temperature, dim=1)
+            probs = p if i == 0 else probs + p
+            point = q if i == 0 else point + q
+            votes.append(logits.argmax(dim=1))
+        same = (self._combine(probs).argmax(dim=1) == label).float().unsqueeze(1)
+        return torch.cat([self._point_and_agreement(point, votes, label), same], dim=1)
 
 
 @dataclass

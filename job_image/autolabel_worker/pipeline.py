@@ -196,6 +196,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         views=views,
     )
     precise_info: dict[str, Any] | None = None
+    witness_of: FoldEnsemble | None = None
     if semi:
         # Precise trains Fast's ensemble first (on its share of the budget), starts each semi-supervised
         # fold model from Fast's model of the same fold, and keeps the semi-supervised ensemble only when
@@ -217,6 +218,7 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
         )
         choice = choose_precise(fast, precise)
         ensemble = precise if choice.use_precise else fast
+        witness_of = fast if choice.use_precise else None
         precise_info = choice.to_json(fast, precise)
         if not choice.use_precise:
             precise_notes.append(f"Precise fell back to the Fast models: {choice.reason}")
@@ -225,6 +227,9 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
             log.info("Precise kept: %s", choice.reason)
     train_seconds = time.monotonic() - train_started
     del x_unlab
+
+    # Before the run's own calibration: the benchmark's recorder keeps the last temperatures it sees.
+    witness = _witness(ctx, witness_of, pre.unlabeled, model_spec, al.seed) if witness_of is not None else None
 
     # ---- calibrate (temperature from out-of-fold predictions; thresholds after inference)
     ctx.progress.set_stage(Stage.CALIBRATE)
@@ -253,8 +258,11 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy), opinion)
     likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
 
+
     # ---- inference
-    predictor = Predictor(model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device)
+    predictor = Predictor(
+        model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device, witness=witness
+    )
     scratch, hist, infer_seconds = _infer(
         ctx, predictor, pre.unlabeled, len(classes), unreadable, ref_feats, y_lab, flags, likelihood_ratio, opinion
     )
@@ -528,6 +536,7 @@ class Scratch:
     # "tta": the test-time views' flags (`pack_view_flags`, a VIEW_FLAGS_DTYPE)
     # "support": the second opinion's probability of "pred" over chance (second_opinion.py), NaN where it has no say
     # "estimate": what `cal.expected_correct` reads (`CalibratedEnsemble.forward_with_estimate`), NaN without it
+    # "witness": the same of the witness for the label (`CalibratedEnsemble.estimate_of`), NaN without one
     DTYPE = np.dtype(
         [
             ("pred", "<i4"),
@@ -536,6 +545,7 @@ class Scratch:
             ("dist", "<f4"),
             ("support", "<f4"),
             ("estimate", "<f4", (2,)),
+            ("witness", "<f4", (3,)),
         ]
     )
 
@@ -555,11 +565,13 @@ class Scratch:
         dist: np.ndarray,
         support: np.ndarray | None = None,
         estimate: np.ndarray | None = None,
+        witness: np.ndarray | None = None,
     ) -> None:
         rec = np.zeros(len(sources), dtype=self.DTYPE)
         rec["pred"], rec["conf"], rec["tta"], rec["dist"] = pred, conf, tta, dist
         rec["support"] = np.nan if support is None else support
         rec["estimate"] = np.nan if estimate is None else estimate
+        rec["witness"] = np.nan if witness is None else witness
         rec.tofile(self.records)
         for s in sources:
             self.sources.write(s.replace("\n", " ") + "\n")
@@ -631,7 +643,7 @@ def _infer(
                 if out.features is not None and ref_feats is not None and ref_labels is not None:
                     dist = nearest_same_class_distance(out.features, ref_feats, ref_labels, pred, num_classes)
                 support = opinion.support(batch.x, pred) if opinion is not None and opinion.used else None
-                scratch.append(batch.sources, pred, conf, tta, dist, support, out.estimate)
+                scratch.append(batch.sources, pred, conf, tta, dist, support, out.estimate, out.witness)
                 other = flags.flagged_apart_from_confidence(
                     pred, out.tta_pred, dist if out.features is not None and ref_feats is not None else None, support
                 )
@@ -666,6 +678,7 @@ def _write_results(
     ctx.progress.set_stage(Stage.WRITE, total=scratch.count)
     reasons_seen: Counter[str] = Counter()
     expected_correct_sum = 0.0  # over the auto-labels, for estimatedPrecision (ActiveLearning)
+    witness_sum, witnessed = 0.0, 0  # the same by the witness (Precise), over the auto-labels it rated
     use_distance = rule.distance_limits is not None
     written_sources: set[str] = set()
     try:
@@ -682,6 +695,10 @@ def _write_results(
                 auto = ~np.asarray(verdicts.hard, dtype=bool)
                 expected = cal.expected_correct(conf[auto], rec["estimate"][auto], calibration.likelihood_ratio)
                 expected_correct_sum += float(expected.sum())
+                rated = auto & ~np.isnan(rec["witness"][:, 0])
+                rating = cal.expected_correct(conf[rated], rec["witness"][rated, :2], calibration.likelihood_ratio)
+                witness_sum += float(rating.sum())
+                witnessed += int(rated.sum())
                 for i, source in enumerate(sources):
                     reasons = verdicts.reasons[i]
                     reasons_seen.update(str(r) for r in reasons)
@@ -717,6 +734,11 @@ def _write_results(
             }
             if results.auto_labeled == 0:
                 summary["estimatedPrecision"] = None
+            if witnessed and isinstance(summary.get("precise"), dict):
+                summary["precise"]["estimates"] = {
+                    "semiSupervisedModels": round(expected_correct_sum / results.auto_labeled, 6),
+                    "fastModels": round(witness_sum / witnessed, 6),
+                }
             return results.write_summary(summary)
     finally:
         scratch.close()
@@ -743,6 +765,21 @@ def _ensemble_sharpness(
     errors, points = held_out_member_errors(ensemble)
     logits = member_logits(ensemble.members, x_u8, spec, ctx.device)
     return cal.ensemble_temperature(logits, errors, points, member_temperature)
+
+
+def _witness(
+    ctx: RunContext, fast: FoldEnsemble, unlabeled: list[ManifestEntry], spec: ModelSpec, seed: int
+) -> CalibratedEnsemble:
+    """A Precise run's Fast models calibrated as a Fast run would calibrate them, to rate the labels of the
+    semi-supervised models (`CalibratedEnsemble.estimate_of`): they never trained on pseudo-labels, so
+    they do not share the errors those labels taught the semi-supervised members."""
+    point = cal.fit_temperature(fast.oof_logits, fast.labels)
+    cautious = cal.cautious_temperature(fast.oof_logits, fast.labels, seed=seed)
+    sharpness = _ensemble_sharpness(ctx, fast, unlabeled, spec, cautious, seed)
+    witness = CalibratedEnsemble(
+        [m.cpu() for m in fast.members], cautious, sharpness.temperatures(spec.num_classes).tolist(), point
+    )
+    return witness.eval()
 
 
 def held_out_member_errors(ensemble: FoldEnsemble) -> tuple[int, int]:

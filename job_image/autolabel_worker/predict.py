@@ -292,6 +292,7 @@ class BatchOutput:
     tta_pred: dict[str, np.ndarray]  # view -> argmax (n,)
     features: np.ndarray | None  # (n, D) unit-norm, or None when the model has none
     estimate: np.ndarray | None = None  # (n, 2) `CalibratedEnsemble.forward_with_estimate`'s, or None
+    witness: np.ndarray | None = None  # (n, 3) the witness's `estimate_of` the labels (Precise), or None
 
 
 class Predictor:
@@ -306,7 +307,9 @@ class Predictor:
         tta_views: list[str],
         device: torch.device | None = None,
         with_features: bool = True,
+        witness: Any = None,
     ):
+        """`witness`: a `CalibratedEnsemble` asked about each label (`BatchOutput.witness`), plain image only."""
         self.device = device or torch.device("cpu")
         self.cuda = self.device.type == "cuda"
         self.model = model.to(self.device)
@@ -320,6 +323,7 @@ class Predictor:
         self.tta_views = list(tta_views)
         self.with_features = with_features and hasattr(model, "forward_with_features")
         self.with_estimate = self.with_features and hasattr(model, "forward_with_estimate")
+        self.witness = witness.to(self.device).eval() if witness is not None else None
 
     def _normalize(self, x_u8: torch.Tensor) -> torch.Tensor:
         x = x_u8.to(self.device, non_blocking=True).float().div_(255.0)
@@ -349,9 +353,14 @@ class Predictor:
         tta_pred = {
             v: probs_all[(i + 1) * n : (i + 2) * n].argmax(dim=1).cpu().numpy() for i, v in enumerate(self.tta_views)
         }
+        witness = None
+        if self.witness is not None:
+            with autocast(self.device):
+                witness = self.witness.estimate_of(x, probs.argmax(dim=1)).double().cpu().numpy()
         return BatchOutput(
             probs=probs.cpu().double().numpy(),
             tta_pred=tta_pred,
             features=feats[:n].float().cpu().numpy() if feats is not None else None,
             estimate=estimate[:n].double().cpu().numpy() if estimate is not None else None,
+            witness=witness,
         )
