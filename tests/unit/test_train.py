@@ -256,6 +256,43 @@ def test_export_and_load_round_trip(
         load_model(model_path.read_bytes(), b'{"labels": ["only-one"]}', "m/")
 
 
+def test_another_ensemble_rates_the_labels_it_is_given_not_its_own(digits: tuple[torch.Tensor, np.ndarray]) -> None:
+    """`estimate_of` (a Precise run's Fast models rating the semi-supervised models' labels): the given
+    label's probability at the point temperature, the share of members voting for it, and whether it is
+    the rating ensemble's own label; the Predictor returns it beside the model's own estimate."""
+    x, _ = digits
+    spec = choose_model_spec([(8, 8)], 10)
+    torch.manual_seed(1)
+    members = [build_model(spec, pretrained=False).eval() for _ in range(3)]
+    class_temperatures = [0.6 + 0.03 * c for c in range(10)]
+    witness = CalibratedEnsemble(
+        members, temperature=1.3, ensemble_temperature=class_temperatures, point_temperature=0.9
+    )
+    xi = to_input(x[:40], spec)
+    with torch.no_grad():
+        member_logits = torch.stack([m(xi) for m in members]).double().numpy()
+    own = cal.sharpened(cal.ensemble_probs(member_logits, 1.3), np.array(class_temperatures)).argmax(axis=1)
+    given = (own + np.arange(40) % 2) % 10  # its own label on every other image, another class on the rest
+    with torch.no_grad():
+        rating = witness.estimate_of(xi, torch.as_tensor(given)).numpy()
+    mean_at_point = cal.ensemble_probs(member_logits, 0.9)
+    # the ensemble temperature goes by the rater's own label (the argmax at the point temperature here)
+    at_point = cal.sharpened(mean_at_point, np.array(class_temperatures))
+    np.testing.assert_allclose(rating[:, 0], at_point[np.arange(40), given], atol=1e-4)
+    np.testing.assert_allclose(rating[:, 1], (member_logits.argmax(axis=2) == given).mean(axis=0))
+    np.testing.assert_array_equal(rating[:, 2], (given == own).astype(np.float32))
+    model = CalibratedEnsemble(members[:2], temperature=1.0).eval()
+    out = Predictor(model, spec.input_size, spec.mean, spec.std, [], torch.device("cpu"), witness=witness).predict(
+        x[:40]
+    )
+    assert out.estimate is not None and out.witness is not None and out.witness.shape == (40, 3)
+    with torch.no_grad():
+        expected = witness.estimate_of(xi, torch.as_tensor(out.probs.argmax(axis=1))).numpy()
+    np.testing.assert_allclose(out.witness, expected, atol=1e-5)
+    plain = Predictor(model, spec.input_size, spec.mean, spec.std, [], torch.device("cpu")).predict(x[:40])
+    assert plain.witness is None
+
+
 def test_digits_dataset_writer(tmp_path: Path) -> None:
     ds = write_digits_dataset(tmp_path / "d", labeled_per_class=5, seed=1)
     lines = ds.manifest.read_text().splitlines()
