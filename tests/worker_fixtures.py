@@ -1,6 +1,6 @@
 """Worker test helpers shared by unit test modules: the digits sample dataset on local files, a tiny
-TorchScript "lookup" model whose answers a test chooses class by class, and PreLabeling jobs over them
-(imported as ``from worker_fixtures import ...``; tests/ is on the test path)."""
+TorchScript "lookup" model whose answers a test chooses class by class, and ActiveLearning and
+PreLabeling jobs over them (imported as ``from worker_fixtures import ...``; tests/ is on the test path)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,22 @@ def prelabeling_job(
                 "preLabeling": {"model": {"uri": model_uri}},
                 "activeLearning": {"targetPrecision": target},
                 "images": images,
+                "output": str(output),
+            },
+        }
+    )
+
+
+def active_learning_job(ds: DigitsDataset, output: Path, name: str, uid: str, **active_learning: Any) -> AutoLabelJob:
+    """An ActiveLearning job over `ds`, results under `output`; `active_learning` is spec.activeLearning."""
+    return AutoLabelJob.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "test", "uid": uid},
+            "spec": {
+                "task": "ImageClassification",
+                "mode": "ActiveLearning",
+                "dataset": {"manifest": str(ds.manifest)},
+                "activeLearning": active_learning,
                 "output": str(output),
             },
         }

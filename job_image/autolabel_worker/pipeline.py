@@ -258,7 +258,6 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     oof_correct, oof_flagged, check_flagged = _held_out_view_flags(ensemble, flags, tta_views(policy), opinion)
     likelihood_ratio = cal.views_likelihood_ratio(oof_correct, oof_flagged)
 
-
     # ---- inference
     predictor = Predictor(
         model, model_spec.input_size, model_spec.mean, model_spec.std, tta_views(policy), ctx.device, witness=witness

@@ -14,9 +14,9 @@ from autolabel_worker.models import ModelSpec, choose_model_spec
 from autolabel_worker.pipeline import run_job
 from autolabel_worker.train import MIN_FITTED_SIDE, BudgetSchedule, TrainConfig, fit_input_to_budget, side_for_budget
 from PIL import Image
-from worker_fixtures import digits
+from worker_fixtures import active_learning_job, digits
 
-from autolabel.api import AutoLabelJob, results_prefix
+from autolabel.api import results_prefix
 from autolabel.storage import Storage
 
 
@@ -153,18 +153,8 @@ def test_64_px_images_on_a_short_budget_are_trained_and_labeled_at_32_px_and_the
     ds = digits(tmp_path, unlabeled=40)
     for png in (ds.manifest.parent / "images").glob("*.png"):
         Image.open(png).resize((64, 64), Image.Resampling.BILINEAR).save(png)
-    job = AutoLabelJob.model_validate(
-        {
-            "metadata": {"name": "big-images", "namespace": "test", "uid": "0f0f0f0f-0000-4000-8000-000000000064"},
-            "spec": {
-                "task": "ImageClassification",
-                "mode": "ActiveLearning",
-                "dataset": {"manifest": str(ds.manifest)},
-                "activeLearning": {"algorithm": "Fast", "seed": 0, "timeBudgetSeconds": 10},
-                "output": str(tmp_path / "out"),
-            },
-        }
-    )
+    uid = "0f0f0f0f-0000-4000-8000-000000000064"
+    job = active_learning_job(ds, tmp_path / "out", "big-images", uid, algorithm="Fast", seed=0, timeBudgetSeconds=10)
     out = results_prefix(job)
     summary = run_job(job, Storage(), out)
     assert summary["training"]["inputSize"] == [32, 32]
