@@ -715,11 +715,6 @@ def _write_results(
             estimated = calibration.estimated_precision
             if results.auto_labeled and calibration.trusted:
                 estimated = expected_correct_sum / results.auto_labeled
-                if witnessed:
-                    # The semi-supervised models' own reading was more than 0.03 high on 2 of 12 runs
-                    # (they share the errors their pseudo-labels taught them); the mean with the Fast
-                    # models' rating was within 0.03 on 12 of 12 (docs/benchmarks.md, issue 12 round 26).
-                    estimated = 0.5 * (estimated + witness_sum / witnessed)
             summary: dict[str, Any] = {
                 **run_summary(
                     ctx,
