@@ -465,8 +465,11 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         t: float | None = None,
         min_confidence: float | None = None,
         brightness: bool = True,
+        own_estimate: bool = False,
     ) -> dict[str, Any]:
-        """`brightness=False`: the flags and the held-out check without the brightness views."""
+        """`brightness=False`: the flags and the held-out check without the brightness views.
+        `own_estimate`: also the worker's own estimate over the variant's auto-labels (`rec` must be the
+        run's own records: the others' estimate columns are not at the run's ensemble temperature)."""
         suffix = "" if brightness else "_nb"
         flagged = rec["flag_all" + suffix] if use_distance else rec["flag_views" + suffix]
         oof_flagged = kw.get("oof_flagged") if brightness else captured["noBrightness"]["oof_flagged"]
@@ -485,13 +488,18 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
             min_confidence=min_confidence,
         )
         accepted = keep & (rec["conf"] >= calib.thresholds_array(num_classes)[rec["pred"]])
-        return {
+        out = {
             "coverage": round(float(accepted.mean()), 4),
             "precision": round(float(rec["correct"][accepted].mean()), 4) if accepted.any() else None,
             "estimatedPrecision": calib.estimated_precision,
             "fallbackToBound": calib.fallback,
             "classesFailing": len(calib.failed_classes),
         }
+        if own_estimate and accepted.any():
+            # the worker's estimatedPrecision over these auto-labels (its mean of `expected_correct`)
+            own = cal.expected_correct(rec["conf"][accepted], rec["estimate"][accepted], likelihood_ratio)
+            out["ownEstimate"] = round(float(own.mean()), 6)
+        return out
 
     rec_c, rec_p = captured["cautious_records"], captured["point_records"]
     if "pool_logits" in captured:  # the ensemble temperature of this checkout, whatever the run used
@@ -519,6 +527,12 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         "allMarginsOff": variant(rec_p, true_lr_used, check=False, t=captured["point"]),
         "noEnsembleTemperature": variant(captured["members_records"], lr) if "members_records" in captured else None,
         "minConfidence": {str(floor): variant(rec_c, lr, min_confidence=floor) for floor in MIN_CONFIDENCES},
+        "ownAtFloor": {
+            str(floor): variant(captured["cautious_records"], lr, min_confidence=floor, own_estimate=True)
+            for floor in (None, *OWN_ESTIMATE_FLOORS)
+        }
+        if "estimate" in captured["cautious_records"]
+        else None,
         "noBrightnessViews": variant(rec_c, captured["noBrightness"]["likelihood_ratio"], brightness=False)
         if "noBrightness" in captured
         else None,
@@ -560,6 +574,11 @@ def shared_error_scale(oof_logits: Any, labels: Any, prior: float = SHARED_ERROR
 MIN_CONFIDENCES = (0.8, 0.9)
 """The job's `minConfidence` replayed at these floors (issue 12, round 12): what a floor under each auto-label
 buys in precision and costs in coverage, on the same models."""
+
+OWN_ESTIMATE_FLOORS = (0.7, 0.75, 0.8)
+"""Issue 12 round 27: the job's `minConfidence` at these floors replayed on the run's own records (its
+confidences, flags and calibration: the worker as it would have run with the floor), with the worker's own
+`estimatedPrecision` over what each floor leaves (`ownAtFloor`; "None": no floor)."""
 
 HELD_OUT_ALPHAS = (0.5, 0.2, 0.1)
 """The ensemble temperature replayed with the members' error taken from the held-out errors alone, at
@@ -646,6 +665,11 @@ def replay(pattern: str) -> list[dict[str, Any]]:
             + "".join(
                 f" | minConfidence {floor}: cov {v['coverage']:.3f} prec {v['precision']} est {v['estimatedPrecision']}"
                 for floor, v in comp["minConfidence"].items()
+            )
+            + "".join(
+                f" | own estimate, floor {floor}: cov {v['coverage']:.3f} prec {v['precision']} "
+                f"est {v.get('ownEstimate')}"
+                for floor, v in (comp["ownAtFloor"] or {}).items()
             )
             + (
                 f" | without brightness views: cov {nb['coverage']:.3f} prec {nb['precision']} "
