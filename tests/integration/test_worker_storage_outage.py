@@ -136,6 +136,13 @@ class OutageDuringInference(Storage):
         except StorageUnreachable:
             with self.unreachable_reads.get_lock():
                 self.unreachable_reads.value += 1
+                given_up = self.unreachable_reads.value
+            if self.back_after_failures is not None and given_up >= self.back_after_failures:
+                # The failure reaches the worker only once the server is back, so that what it writes next
+                # (its failed progress, and results if it wrongly went on) lands: without this wait the
+                # restart raced the worker's quick retries (a fresh-clone run, 2026-12-04, found progress
+                # still "inference").
+                assert self.back.wait(60), "the S3 server did not come back"
             raise
 
     def finish(self) -> None:
