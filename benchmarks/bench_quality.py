@@ -546,6 +546,29 @@ def margin_costs(captured: dict[str, Any]) -> dict[str, Any]:
         "memberErrorSharedPairs": variant(with_ensemble_temperature(captured, scale=scale), lr)
         if scale is not None and "pool_logits" in captured
         else None,
+        "estimateVariants": estimate_variants(captured, right, variant, lr)
+        if "pool_logits" in captured and "estimate" in captured.get("members_records", {})
+        else None,
+    }
+
+
+def estimate_variants(captured: dict[str, Any], right: Any, variant: Any, lr: float) -> dict[str, Any]:
+    """Issue 12 round 28: the worker's `estimatedPrecision` over the auto-labels (`ownEstimate`) when the
+    ensemble temperature is solved with the members' true error on the pool (`members_pool_error`, known
+    only from the truth) instead of their disagreement, and when the estimate's point temperature is
+    never below 1 (the thresholds keep the run's); "checkout": neither, as this checkout runs."""
+    from autolabel_worker import calibrate as cal
+
+    def at(**kw: Any) -> dict[str, Any]:
+        return variant({**with_ensemble_temperature(captured, **kw), "correct": right}, lr, own_estimate=True)
+
+    true_error = members_pool_error(captured, right)
+    return {
+        "memberDisagreement": round(cal.pairwise_disagreement(captured["pool_logits"]), 4),
+        "memberPoolError": round(true_error, 4),
+        "checkout": at(),
+        "trueMemberError": at(member_error=true_error),
+        "pointTemperatureAtLeastOne": at(point_temperature=max(1.0, captured["point"])),
     }
 
 
@@ -586,17 +609,23 @@ these upper Clopper-Pearson levels (0.5: about the point estimate), instead of t
 
 
 def with_ensemble_temperature(
-    captured: dict[str, Any], alpha: float | None = None, scale: float | None = None
+    captured: dict[str, Any],
+    alpha: float | None = None,
+    scale: float | None = None,
+    member_error: float | None = None,
+    point_temperature: float | None = None,
 ) -> dict[str, Any]:
     """The pool's records with confidences at the ensemble temperature `calibrate.ensemble_temperature`
     gives (with the members' error at the held-out bound `alpha`, or the pool's disagreement times
-    `scale`; neither: this checkout's rule). Flags and predictions do not depend on it."""
+    `scale`, or `member_error` as it is; none: this checkout's rule), and the `estimatedPrecision` columns
+    at it (the point column at `point_temperature` when given, else the run's). Flags, predictions and the
+    members' agreement do not depend on it."""
     import numpy as np
     from autolabel_worker import calibrate as cal
 
     logits, (errors, points) = captured["pool_logits"], (int(v) for v in captured["oof_counts"])
     member_t = captured["cautious"]
-    given = None
+    given = None if member_error is None else (member_error, "given")
     if alpha is not None:
         given = (1.0 - cal.clopper_pearson_lower(points - errors, points, alpha), "held-out")
     if scale is not None:
@@ -606,10 +635,27 @@ def with_ensemble_temperature(
             eps = cal.clopper_pearson_lower(errors, points, cal.CHECK_ALPHA)
         given = (eps, "pool x held-out pairs")
     sharp = cal.ensemble_temperature(logits, errors, points, member_t, member_error=given)
-    probs = cal.sharpened(cal.ensemble_probs(logits, member_t), sharp.temperatures(logits.shape[2]))
+    temperatures = sharp.temperatures(logits.shape[2])
+    rows = np.arange(logits.shape[1])
     rec = dict(captured["members_records"])
-    rec["conf"] = probs[np.arange(len(probs)), rec["pred"]]
+    rec["conf"] = cal.sharpened(cal.ensemble_probs(logits, member_t), temperatures)[rows, rec["pred"]]
+    if "estimate" in rec:  # as `CalibratedEnsemble.forward_with_estimate` (reproduces the run's to 1e-6)
+        at = captured["point"] if point_temperature is None else point_temperature
+        point = cal.sharpened(cal.ensemble_probs(logits, at), temperatures)[rows, rec["pred"]]
+        rec["estimate"] = np.column_stack([point, rec["estimate"][:, 1]])
     return rec
+
+
+def members_pool_error(captured: dict[str, Any], correct: Any) -> float:
+    """The least mean error of the members on the pool that the truth allows: where the ensemble is right,
+    a member that differs from it is wrong; where it is wrong, one that agrees with it is (one that
+    differs may be right: the replay file has no true label there)."""
+    import numpy as np
+
+    votes = captured["pool_logits"].argmax(axis=2)
+    label = captured["members_records"]["pred"]
+    wrong = ((votes != label) & correct) | ((votes == label) & ~correct)
+    return float(np.mean(wrong))
 
 
 def load_replay(path: Path) -> dict[str, Any]:
@@ -670,6 +716,11 @@ def replay(pattern: str) -> list[dict[str, Any]]:
                 f" | own estimate, floor {floor}: cov {v['coverage']:.3f} prec {v['precision']} "
                 f"est {v.get('ownEstimate')}"
                 for floor, v in (comp["ownAtFloor"] or {}).items()
+            )
+            + "".join(
+                f" | estimate, {name}: cov {v['coverage']:.3f} prec {v['precision']} est {v.get('ownEstimate')}"
+                for name, v in (comp["estimateVariants"] or {}).items()
+                if isinstance(v, dict)
             )
             + (
                 f" | without brightness views: cov {nb['coverage']:.3f} prec {nb['precision']} "
