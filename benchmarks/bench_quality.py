@@ -180,6 +180,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     real_cautious, real_finish, real_infer = cal.cautious_temperature, cal.finish, pipeline._infer
     real_held_out = pipeline._held_out_view_flags
     real_sharpness, real_train_config = pipeline._ensemble_sharpness, pipeline.train_config
+    real_sample = pipeline._sharpness_sample
 
     def train_config(job: Any, steps: int | None = None) -> Any:
         cfg, budget_s, semi = real_train_config(job, steps)
@@ -189,14 +190,18 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
             cfg.standardized_members = opts.standardized_members
         return cfg, budget_s, semi
 
-    def sharpness(ctx: Any, ensemble: Any, unlabeled: Any, spec: Any, member_t: float, seed: int) -> Any:
-        """Also every member's logits on the whole pool, to replay the ensemble temperature's choices."""
-        out = real_sharpness(ctx, ensemble, unlabeled, spec, member_t, seed)
+    def sample(ctx: Any, unlabeled: Any, spec: Any, seed: int) -> Any:
+        """Also the run's whole pool, decoded, for `sharpness` to record the members' logits on."""
         x_u8, kept = pipeline.load_images(ctx, unlabeled, spec.input_size, [])
-        captured["pool_logits"] = pipeline.member_logits(ensemble.members, x_u8, spec, ctx.device)
-        captured["pool_sources"] = [unlabeled[i].source for i in kept]
+        captured["pool_u8"], captured["pool_sources"] = x_u8, [unlabeled[i].source for i in kept]
+        return real_sample(ctx, unlabeled, spec, seed)
+
+    def sharpness(ensemble: Any, x_sample: Any, spec: Any, device: Any, member_t: float) -> Any:
+        """Also every member's logits on the whole pool, to replay the ensemble temperature's choices (the
+        last ensemble it sees is the run's own: a Precise run's witness comes first)."""
+        captured["pool_logits"] = pipeline.member_logits(ensemble.members, captured["pool_u8"], spec, device)
         captured["oof_counts"] = pipeline.held_out_member_errors(ensemble)
-        return out
+        return real_sharpness(ensemble, x_sample, spec, device, member_t)
 
     def cautious(logits: Any, labels: Any, seed: int = 0, **kw: Any) -> float:
         t = real_cautious(logits, labels, seed=seed, **kw)
@@ -266,6 +271,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
 
     cal.cautious_temperature, cal.finish, pipeline._infer = cautious, finish, infer
     pipeline._ensemble_sharpness, pipeline.train_config = sharpness, train_config
+    pipeline._sharpness_sample = sample
     pipeline._held_out_view_flags = held_out
     out = results_prefix(job)
     start = time.monotonic()
@@ -274,6 +280,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     finally:
         cal.cautious_temperature, cal.finish, pipeline._infer = real_cautious, real_finish, real_infer
         pipeline._ensemble_sharpness, pipeline.train_config = real_sharpness, real_train_config
+        pipeline._sharpness_sample = real_sample
         pipeline._held_out_view_flags = real_held_out
     wall = time.monotonic() - start
     truth = json.loads(ds.ground_truth.read_text())
@@ -322,6 +329,7 @@ def run_one(dataset: str, algorithm: str, seed: int, pool: int | None, opts: Run
     )
     if "cautious_records" in captured:
         # the members' pool logits in the records' order (for the ensemble temperature's variants)
+        captured.pop("pool_u8", None)
         row_of = {source: i for i, source in enumerate(captured.pop("pool_sources"))}
         order = [row_of[source] for source in captured["cautious_records"]["sources"]]
         captured["pool_logits"] = captured["pool_logits"][:, order, :]

@@ -229,13 +229,16 @@ def _active_learning(ctx: RunContext, train_steps: int | None = None) -> dict:
     del x_unlab
 
     # Before the run's own calibration: the benchmark's recorder keeps the last temperatures it sees.
-    witness = _witness(ctx, witness_of, pre.unlabeled, model_spec, al.seed) if witness_of is not None else None
+    # One decoded sample of the pool for both ensembles' temperatures (the witness's and the run's own).
+    sample = _sharpness_sample(ctx, pre.unlabeled, model_spec, al.seed)
+    witness = _witness(witness_of, sample, model_spec, ctx.device, al.seed) if witness_of is not None else None
 
     # ---- calibrate (temperature from out-of-fold predictions; thresholds after inference)
     ctx.progress.set_stage(Stage.CALIBRATE)
     temperature = cal.fit_temperature(ensemble.oof_logits, ensemble.labels)
     cautious_t = cal.cautious_temperature(ensemble.oof_logits, ensemble.labels, seed=al.seed)
-    sharpness = _ensemble_sharpness(ctx, ensemble, pre.unlabeled, model_spec, cautious_t, al.seed)
+    sharpness = _ensemble_sharpness(ensemble, sample, model_spec, ctx.device, cautious_t)
+    del sample
     log.info("ensemble temperature: %s", sharpness.reason)
     model = CalibratedEnsemble(
         [m.cpu() for m in ensemble.members],
@@ -749,32 +752,31 @@ standard error of a disagreement rate near 0.1 is below 0.01 at this size, and o
 they are 1% more decodes (not timed separately)."""
 
 
+def _sharpness_sample(ctx: RunContext, unlabeled: list[ManifestEntry], spec: ModelSpec, seed: int) -> torch.Tensor:
+    """Up to `ENSEMBLE_SAMPLE` unlabeled images (uint8), drawn with the job's seed, on which the members'
+    disagreement is measured (`_ensemble_sharpness`)."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(unlabeled))[:ENSEMBLE_SAMPLE])
+    return load_images(ctx, [unlabeled[i] for i in pick], spec.input_size, [])[0]
+
+
 def _ensemble_sharpness(
-    ctx: RunContext,
-    ensemble: FoldEnsemble,
-    unlabeled: list[ManifestEntry],
-    spec: ModelSpec,
-    member_temperature: float,
-    seed: int,
+    ensemble: FoldEnsemble, sample: torch.Tensor, spec: ModelSpec, device: torch.device, member_temperature: float
 ) -> cal.EnsembleSharpness:
-    """The ensemble's temperature from its members' disagreement on a sample of the unlabeled images."""
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.permutation(len(unlabeled))[:ENSEMBLE_SAMPLE])
-    x_u8, _ = load_images(ctx, [unlabeled[i] for i in pick], spec.input_size, [])
+    """The ensemble's temperature from its members' disagreement on `sample` (`_sharpness_sample`)."""
     errors, points = held_out_member_errors(ensemble)
-    logits = member_logits(ensemble.members, x_u8, spec, ctx.device)
+    logits = member_logits(ensemble.members, sample, spec, device)
     return cal.ensemble_temperature(logits, errors, points, member_temperature)
 
 
 def _witness(
-    ctx: RunContext, fast: FoldEnsemble, unlabeled: list[ManifestEntry], spec: ModelSpec, seed: int
+    fast: FoldEnsemble, sample: torch.Tensor, spec: ModelSpec, device: torch.device, seed: int
 ) -> CalibratedEnsemble:
     """A Precise run's Fast models calibrated as a Fast run would calibrate them, to rate the labels of the
     semi-supervised models (`CalibratedEnsemble.estimate_of`): they never trained on pseudo-labels, so
     they do not share the errors those labels taught the semi-supervised members."""
     point = cal.fit_temperature(fast.oof_logits, fast.labels)
     cautious = cal.cautious_temperature(fast.oof_logits, fast.labels, seed=seed)
-    sharpness = _ensemble_sharpness(ctx, fast, unlabeled, spec, cautious, seed)
+    sharpness = _ensemble_sharpness(fast, sample, spec, device, cautious)
     witness = CalibratedEnsemble(
         [m.cpu() for m in fast.members], cautious, sharpness.temperatures(spec.num_classes).tolist(), point
     )
